@@ -1,0 +1,388 @@
+"""``check-env``: what is wrong with an environment, and how to fix it.
+
+``check(values, ...)`` takes the resolved values (from the file alone, or
+with the process environment on top) and returns a ``Report``. Nothing here
+prints; ``muzo_ops.report`` formats. No message contains a value of a
+sensitive variable.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from muzo_ops import mongourl, schema
+from muzo_ops.constants import (
+    MASK,
+    MASK_VISIBLE_TAIL,
+    MIN_SERVER_SELECTION_TIMEOUT_MS,
+    RECOMMENDED_SERVER_SELECTION_TIMEOUT_MS,
+)
+from muzo_ops.schema import App, Kind, Variable
+
+
+class Severity(enum.StrEnum):
+    """How bad a problem is."""
+
+    ERROR = "error"  # the app will not work; exit 1
+    WARNING = "warning"  # likely wrong; exit 1 only with --strict
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong, with a stable ``code`` for scripts."""
+
+    variable: str | None  # the variable concerned, None for the whole file
+    severity: Severity
+    code: str  # short stable id, e.g. "missing", "mongo-direct-and-replicaset"
+    message: str  # what is wrong and the fix; never a secret value
+    special: bool = False  # shown under "Special Checks" in text output
+
+
+@dataclass(frozen=True)
+class VariableStatus:
+    """One schema variable as found in the environment."""
+
+    name: str
+    required: bool
+    present: bool  # set and non-empty
+    valid: bool  # present and no error about it
+    value: str | None  # masked for display; None when absent
+
+
+@dataclass(frozen=True)
+class Note:
+    """A special check that passed, shown with ✅."""
+
+    message: str
+
+
+@dataclass
+class Report:
+    """Everything ``check-env`` found."""
+
+    variables: list[VariableStatus] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity is Severity.ERROR]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity is Severity.WARNING]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def add(self, variable: str | None, severity: Severity, code: str, message: str,
+            special: bool = False) -> None:
+        self.problems.append(Problem(variable, severity, code, message, special))
+
+
+# ---------------------------------------------------------------- masking
+
+def mask(var: Variable | None, value: str) -> str:
+    """``value`` as it may be shown: secrets hidden, URL passwords hidden."""
+    if var is None:
+        return MASK
+    if var.kind is Kind.MONGO_URL:
+        return mongourl.redacted(value)
+    if var.kind is Kind.REDIS_URL:
+        return _redact_url_password(value)
+    if var.sensitive:
+        if len(value) >= 16:
+            return MASK + value[-MASK_VISIBLE_TAIL:]
+        return MASK
+    return value if len(value) <= 80 else value[:77] + "..."
+
+
+def _redact_url_password(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return MASK
+    if parts.password is None:
+        return value
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return value.replace(netloc[0] + "@", f"{user}:{MASK}@", 1)
+
+
+_SECRET_WORDS = ("SECRET", "PASSWORD", "KEY", "TOKEN")
+
+
+def secret_values(values: Mapping[str, str]) -> list[str]:
+    """Every secret in ``values``: sensitive values and URL passwords (for redaction)."""
+    found: list[str] = []
+    for name, value in values.items():
+        var = schema.BY_NAME.get(name)
+        if not value:
+            continue
+        url_kind = var is not None and var.kind in (Kind.MONGO_URL, Kind.REDIS_URL)
+        if not url_kind and ((var is None and any(w in name for w in _SECRET_WORDS))
+                             or (var is not None and var.sensitive)):
+            found.append(value)
+        for password in _url_passwords(value):
+            found.append(password)
+    return [s for s in found if len(s) >= 4]
+
+
+def _url_passwords(value: str) -> list[str]:
+    if "://" not in value or "@" not in value:
+        return []
+    try:
+        if value.startswith("mongodb"):
+            mongo = mongourl.parse(value)
+            if mongo.userinfo and ":" in mongo.userinfo:
+                raw = mongo.userinfo.split(":", 1)[1]
+                return [raw, mongo.password or raw]
+            return []
+        parts = urlsplit(value)
+        return [parts.password] if parts.password else []
+    except ValueError:
+        return []
+
+
+# ---------------------------------------------------------------- values
+
+_PLACEHOLDER_RE = re.compile(
+    r"^(your[-_].*|.*[-_]your[-_].*|replace[-_ ]?me.*|change[-_ ]?me.*|x{3,}|<.*>|todo|tbd|changeme|"
+    r".*\bPASSWORD@HOST\b.*|.*\bUSER:PASSWORD\b.*)$",
+    re.IGNORECASE,
+)
+_EMAIL_RE = re.compile(r"^(?:[^<>@\s][^<>]*<)?[^@\s<>]+@[^@\s<>]+(?:>)?$")
+_STRIPE_SECRET_RE = re.compile(r"^(sk|rk)_(test|live)_[A-Za-z0-9_]+$")
+_STRIPE_PUBLISHABLE_RE = re.compile(r"^pk_(test|live)_[A-Za-z0-9_]+$")
+
+
+def is_placeholder(var: Variable | None, value: str) -> bool:
+    """Whether ``value`` is still a placeholder rather than a real value."""
+    if var is not None and var.example and value == var.example and var.kind not in (
+        Kind.CHOICE, Kind.BOOL, Kind.PORT, Kind.POSITIVE_INT, Kind.CHOICE_LIST, Kind.AUTO_BOOL,
+    ):
+        return True
+    return bool(_PLACEHOLDER_RE.match(value.strip()))
+
+
+def value_error(var: Variable, value: str) -> str | None:
+    """Why ``value`` breaks ``var``'s format rule, or None. Never quotes a secret."""
+    kind = var.kind
+    if kind in (Kind.URL, Kind.HTTPS_URL):
+        try:
+            parts = urlsplit(value)
+        except ValueError:
+            return "is not a valid URL"
+        allowed = ("https",) if kind is Kind.HTTPS_URL else ("http", "https")
+        if parts.scheme not in allowed or not parts.netloc:
+            return f"must be an {' or '.join(allowed)} URL (e.g. {var.example})"
+    elif kind is Kind.MONGO_URL:
+        try:
+            mongourl.parse(value)
+        except ValueError as exc:
+            return str(exc)
+    elif kind is Kind.REDIS_URL:
+        if not value.startswith(("redis://", "rediss://")):
+            return "must start with redis:// or rediss://"
+    elif kind is Kind.BOOL:
+        if value.strip().lower() not in schema.TRUE_WORDS | schema.FALSE_WORDS:
+            return "must be a boolean: true/false, 1/0, yes/no or on/off"
+    elif kind is Kind.AUTO_BOOL:
+        if value.strip().lower() not in schema.TRUE_WORDS | schema.FALSE_WORDS:
+            return "must be on/off, true/false or 1/0 (leave unset to auto-detect)"
+    elif kind is Kind.PORT:
+        if not value.isdigit() or not 1 <= int(value) <= 65535:
+            return "must be a port number from 1 to 65535"
+    elif kind is Kind.POSITIVE_INT:
+        if not value.isdigit() or int(value) < 1:
+            return "must be a whole number of at least 1"
+    elif kind is Kind.CHOICE:
+        if value not in var.choices:
+            return f"must be one of {', '.join(var.choices)}"
+    elif kind is Kind.CHOICE_LIST:
+        items = [item.strip() for item in value.split(",")]
+        if not items or any(item not in var.choices for item in items):
+            return f"must be a comma list of {', '.join(var.choices)}"
+    elif kind is Kind.EMAIL:
+        if not _EMAIL_RE.match(value):
+            return "must be an e-mail address, or Name <address>"
+    elif kind is Kind.STRIPE_SECRET:
+        if not _STRIPE_SECRET_RE.match(value):
+            return "must be a Stripe secret key (sk_test_… or sk_live_…)"
+    elif kind is Kind.STRIPE_PUBLISHABLE and not _STRIPE_PUBLISHABLE_RE.match(value):
+        return "must be a Stripe publishable key (pk_test_… or pk_live_…)"
+    if var.min_length and len(value) < var.min_length:
+        return (f"is {len(value)} characters; it needs at least {var.min_length} "
+                "(generate one: muzo-ops secrets generate)")
+    return None
+
+
+# ---------------------------------------------------------------- the check
+
+def check(
+    values: Mapping[str, str],
+    app: App | None = None,
+    bare_keys: tuple[str, ...] = (),
+    duplicates: tuple[str, ...] = (),
+) -> Report:
+    """Check ``values`` against the schema and the cross-variable rules."""
+    report = Report()
+    in_scope = schema.for_app(app)
+    for var in in_scope:
+        _check_variable(report, var, values.get(var.name, ""))
+    production = values.get("NODE_ENV", "") == "production"
+    names = {v.name for v in in_scope}
+    if "DATABASE_URL" in names:
+        _check_database_url(report, values.get("DATABASE_URL", ""), production)
+    if "NEXTAUTH_URL" in names:
+        _check_nextauth_url(report, values.get("NEXTAUTH_URL", ""), production)
+    _check_public_secrets(report, values)
+    if names & {"STRIPE_SECRET_KEY", "STRIPE_PUBLISHABLE_KEY"}:
+        _check_stripe(report, values, names)
+    _check_unknown(report, values)
+    for key in duplicates:
+        report.add(key, Severity.WARNING, "duplicate",
+                   f"{key} is set more than once; the last one wins: delete the others")
+    for key in bare_keys:
+        report.add(key, Severity.WARNING, "no-equals",
+                   f"{key} has no '=' and is ignored: write {key}= for an empty value")
+    errored = {p.variable for p in report.errors}
+    report.variables = [
+        VariableStatus(
+            name=var.name,
+            required=var.required,
+            present=bool(values.get(var.name, "")),
+            valid=bool(values.get(var.name, "")) and var.name not in errored,
+            value=mask(var, values[var.name]) if values.get(var.name, "") else None,
+        )
+        for var in in_scope
+    ]
+    return report
+
+
+def _check_variable(report: Report, var: Variable, value: str) -> None:
+    if value == "":
+        if var.required:
+            how = " (generate it: muzo-ops init-env)" if var.generator else ""
+            report.add(var.name, Severity.ERROR, "missing",
+                       f"{var.name} is required by {var.apps_label} but not set{how}")
+        return
+    if is_placeholder(var, value):
+        report.add(var.name, Severity.ERROR, "placeholder",
+                   f"{var.name} is still a placeholder: put the real value in")
+        return
+    problem = value_error(var, value)
+    if problem:
+        report.add(var.name, Severity.ERROR, "invalid", f"{var.name} {problem}")
+
+
+def _check_database_url(report: Report, url: str, production: bool) -> None:
+    if not url:
+        return
+    try:
+        mongo = mongourl.parse(url)
+    except ValueError:
+        return  # already reported as invalid
+    name = "DATABASE_URL"
+    add = report.add
+    direct = mongo.flag("directConnection")
+    replica_set = mongo.option("replicaSet")
+    if direct and replica_set:
+        add(name, Severity.ERROR, "mongo-direct-and-replicaset",
+            f"{name} sets both directConnection=true and replicaSet={replica_set}: keep "
+            "directConnection=true for one server (no transactions) or replicaSet= for a "
+            "replica set, not both", special=True)
+    elif direct:
+        report.notes.append(Note(f"{name}: Direct connection mode (no transactions)"))
+    elif replica_set:
+        report.notes.append(Note(f"{name}: Replica set {replica_set} (transactions available)"))
+    elif mongo.srv:
+        report.notes.append(Note(f"{name}: mongodb+srv cluster (transactions available)"))
+    else:
+        report.notes.append(Note(f"{name}: topology not set in the URL (the worker asks the server)"))
+    timeout = mongo.option("serverSelectionTimeoutMS")
+    if timeout is None:
+        add(name, Severity.WARNING, "mongo-timeout-missing",
+            f"{name} has no serverSelectionTimeoutMS: add "
+            f"serverSelectionTimeoutMS={RECOMMENDED_SERVER_SELECTION_TIMEOUT_MS}", special=True)
+    elif not timeout.isdigit():
+        add(name, Severity.ERROR, "mongo-timeout-invalid",
+            f"{name} serverSelectionTimeoutMS must be a number of milliseconds", special=True)
+    elif int(timeout) < MIN_SERVER_SELECTION_TIMEOUT_MS:
+        add(name, Severity.WARNING, "mongo-timeout-low",
+            f"{name} serverSelectionTimeoutMS = {timeout}ms is under "
+            f"{MIN_SERVER_SELECTION_TIMEOUT_MS}ms: use "
+            f"{RECOMMENDED_SERVER_SELECTION_TIMEOUT_MS}", special=True)
+    else:
+        report.notes.append(Note(f"{name}: serverSelectionTimeoutMS = {timeout}ms"))
+    for option in ("tlsAllowInvalidCertificates", "tlsInsecure", "tlsAllowInvalidHostnames"):
+        if mongo.flag(option):
+            if production:
+                add(name, Severity.ERROR, "mongo-tls-insecure",
+                    f"{name} sets {option}=true with NODE_ENV=production: remove it and "
+                    "trust the server's certificate (tlsCAFile=) instead", special=True)
+            else:
+                add(name, Severity.WARNING, "mongo-tls-insecure",
+                    f"{name} sets {option}=true: acceptable only for local development",
+                    special=True)
+    problem = mongourl.userinfo_encoding_problem(mongo)
+    if problem:
+        add(name, Severity.ERROR, "mongo-password-encoding", f"{name}: {problem}", special=True)
+
+
+def _check_nextauth_url(report: Report, url: str, production: bool) -> None:
+    if url and production and not url.startswith("https://"):
+        report.add("NEXTAUTH_URL", Severity.ERROR, "nextauth-url-not-https",
+                   "NEXTAUTH_URL must be https:// when NODE_ENV=production", special=True)
+
+
+def _check_public_secrets(report: Report, values: Mapping[str, str]) -> None:
+    for name, value in values.items():
+        if name.startswith("NEXT_PUBLIC_") and re.search(r"\b(sk|rk)_(test|live)_", value):
+            report.add(name, Severity.ERROR, "secret-in-public",
+                       f"{name} holds a Stripe secret key, and NEXT_PUBLIC_* variables ship to "
+                       "every browser: put the pk_… publishable key there and rotate the "
+                       "secret key in the Stripe dashboard", special=True)
+
+
+def _stripe_mode(value: str) -> str | None:
+    match = re.match(r"^(?:sk|rk|pk)_(test|live)_", value)
+    return match.group(1) if match else None
+
+
+def _check_stripe(report: Report, values: Mapping[str, str], names: set[str]) -> None:
+    keys = [n for n in ("STRIPE_SECRET_KEY", "STRIPE_PUBLISHABLE_KEY",
+                        "NEXT_PUBLIC_STRIPE_PUBLISHABLE_KEY") if n in names]
+    modes = {n: _stripe_mode(values.get(n, "")) for n in keys}
+    seen = {m for m in modes.values() if m}
+    if len(seen) > 1:
+        detail = ", ".join(f"{n} is {m}" for n, m in modes.items() if m)
+        report.add("STRIPE_SECRET_KEY", Severity.ERROR, "stripe-mode-mixed",
+                   f"Stripe test and live keys are mixed ({detail}): use keys of one mode",
+                   special=True)
+    elif seen:
+        report.notes.append(Note(f"Stripe keys: all {seen.pop()} mode"))
+    public = values.get("NEXT_PUBLIC_STRIPE_PUBLISHABLE_KEY", "")
+    private = values.get("STRIPE_PUBLISHABLE_KEY", "")
+    if public and private and public != private and "NEXT_PUBLIC_STRIPE_PUBLISHABLE_KEY" in names:
+        report.add("NEXT_PUBLIC_STRIPE_PUBLISHABLE_KEY", Severity.WARNING, "stripe-publishable-differ",
+                   "NEXT_PUBLIC_STRIPE_PUBLISHABLE_KEY differs from STRIPE_PUBLISHABLE_KEY: "
+                   "they should be the same key", special=True)
+
+
+def _check_unknown(report: Report, values: Mapping[str, str]) -> None:
+    unknown = [n for n in values if n not in schema.BY_NAME]
+    if not unknown:
+        return
+    import difflib
+
+    for name in unknown:
+        close = difflib.get_close_matches(name, list(schema.BY_NAME), n=1, cutoff=0.8)
+        if close:
+            report.add(name, Severity.WARNING, "unknown-variable-typo",
+                       f"{name}: did you mean {close[0]}?")

@@ -1,0 +1,337 @@
+"""The ``muzo-ops`` / ``python -m muzo_ops`` command line: thin, over importable functions.
+
+Exit codes: 0 ok, 1 the check or job found problems, 2 unusable input or
+usage. Errors are one ``error:`` line (a traceback only with ``--debug``),
+and everything printed passes through ``_Output.redact`` with the secrets
+known so far, so no secret value reaches the terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from muzo_ops.constants import DEFAULT_ENV_FILE, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
+from muzo_ops.errors import MuzoOpsError, UsageError
+
+
+class _Output:
+    """stdout/stderr writer that hides every known secret value."""
+
+    def __init__(self) -> None:
+        self.secrets: set[str] = set()
+
+    def redact(self, text: str) -> str:
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
+
+    def out(self, text: str = "") -> None:
+        sys.stdout.write(self.redact(text) + ("" if text.endswith("\n") else "\n"))
+
+    def err(self, text: str) -> None:
+        sys.stderr.write(self.redact(text) + ("" if text.endswith("\n") else "\n"))
+
+
+OUT = _Output()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the house error format: one line, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        OUT.err(f"error: {message} (see: {self.prog} --help)")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _help(description: str, example: str) -> dict[str, object]:
+    return {
+        "description": description,
+        "epilog": f"example:\n  {example}",
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+    }
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_check_env(args: argparse.Namespace) -> int:
+    from muzo_ops import checks, envfile, report
+    from muzo_ops.schema import App
+
+    env = envfile.read(args.env_file)
+    raw = env.raw()
+    OUT.secrets.update(checks.secret_values(raw))
+    values = env.values(dict(os.environ) if args.include_environ else None)
+    OUT.secrets.update(checks.secret_values(values))
+    bare = tuple(e.key for e in env.entries if e.key is not None and e.value is None)
+    app = App(args.app) if args.app else None
+    result = checks.check(values, app, bare_keys=bare, duplicates=tuple(env.duplicates()))
+    connections = None
+    if args.connect:
+        connections = _connect(result, values, app, args.timeout)
+    if args.format == "json":
+        extra = {"connections": [{"ok": ok, "message": m} for ok, m in connections]} if connections else None
+        OUT.out(report.to_json(result, extra))
+    else:
+        OUT.out(report.to_text(result, args.env_file, connections))
+    if not result.ok or (args.strict and result.warnings):
+        return EXIT_PROBLEMS
+    return EXIT_OK
+
+
+def _connect(result: object, values: dict[str, str], app: object, timeout: float) -> list[tuple[bool, str]]:
+    from muzo_ops import checks, connect, schema
+    from muzo_ops.checks import Severity
+
+    assert isinstance(result, checks.Report)
+    lines: list[tuple[bool, str]] = []
+    probes: list[tuple[str, Callable[[str, float], connect.ConnectionResult]]] = [
+        ("DATABASE_URL", connect.check_mongo), ("REDIS_URL", connect.check_redis)]
+    for name, probe in probes:
+        var = schema.BY_NAME[name]
+        if app is not None and app not in var.apps:
+            continue
+        if any(p.variable == name and p.code in ("missing", "invalid", "placeholder")
+               for p in result.errors):
+            lines.append((False, f"{name}: not tried (fix the value first)"))
+            continue
+        outcome = probe(values[name], timeout)
+        lines.append((outcome.ok, outcome.message))
+        if not outcome.ok:
+            result.add(name, Severity.ERROR, outcome.code, outcome.message, special=True)
+    return lines
+
+
+def cmd_init_env(args: argparse.Namespace) -> int:
+    from muzo_ops import initenv
+    from muzo_ops.schema import Environment
+
+    supplied = initenv.parse_sets(args.set or [])
+    for name in args.set_stdin or []:
+        var = initenv._known(name)
+        line = sys.stdin.readline()
+        supplied[var.name] = line.rstrip("\r\n")
+    OUT.secrets.update(v for v in supplied.values() if len(v) >= 4)
+    interactive = not args.non_interactive and sys.stdin.isatty()
+    prompt = _prompt if interactive else None
+    result = initenv.init_env(
+        args.env_file,
+        Environment(args.environment) if args.environment else None,
+        supplied, force=args.force, prompt=prompt,
+    )
+    if result.created:
+        OUT.out(f"Created {result.path} (mode 0600): {len(result.added)} variables")
+    elif result.written:
+        OUT.out(f"Updated {result.path} (mode 0600): {len(result.added)} added, "
+                f"{len(result.changed)} changed; existing values, comments and order kept")
+    else:
+        OUT.out(f"{result.path} already has every variable: nothing changed")
+    if result.added and not result.created:
+        OUT.out("  added: " + ", ".join(result.added))
+    if result.changed:
+        OUT.out("  changed: " + ", ".join(result.changed))
+    if result.generated:
+        OUT.out("  generated: " + ", ".join(result.generated) + " (32 random bytes each)")
+    if result.backup:
+        OUT.out(f"  backup of the previous file: {result.backup} (mode 0600)")
+    if result.example:
+        OUT.out(f"  wrote {result.example}")
+    if result.missing:
+        OUT.out(f"Still to fill in ({len(result.missing)}): " + ", ".join(result.missing))
+        OUT.out(f"Then run: muzo-ops check-env --env-file {result.path}")
+    else:
+        OUT.out(f"Next: muzo-ops check-env --env-file {result.path}")
+    return EXIT_OK
+
+
+def _prompt(var: object) -> str:
+    import getpass
+
+    from muzo_ops import checks
+    from muzo_ops.schema import Variable
+
+    assert isinstance(var, Variable)
+    label = f"{var.name} ({var.description}) [{var.apps_label}]: "
+    for _ in range(3):
+        if var.sensitive:
+            value = getpass.getpass(label, stream=sys.stderr)
+        else:
+            sys.stderr.write(label)
+            sys.stderr.flush()
+            value = sys.stdin.readline().rstrip("\r\n")
+        if value == "":
+            OUT.err("  (left empty: fill it in later)")
+            return ""
+        problem = checks.value_error(var, value)
+        if problem is None:
+            OUT.secrets.add(value) if var.sensitive else None
+            return value
+        OUT.err(f"  {var.name} {problem}; try again")
+    return ""
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from muzo_ops import render
+
+    root = args.root
+    if args.check:
+        drift = render.drifted(root)
+        if args.format == "json":
+            import json
+
+            OUT.out(json.dumps({"ok": not drift, "drifted": drift}))
+        for name in drift if args.format == "text" else []:
+            OUT.out(f"❌ {name} differs from the schema: run `muzo-ops render` and commit it")
+        if not drift and args.format == "text":
+            OUT.out(f"✅ {len(render.RENDERED_FILES)} rendered files match the schema")
+        return EXIT_PROBLEMS if drift else EXIT_OK
+    for name in render.write_all(root):
+        OUT.out(f"wrote {os.path.join(root, name)}")
+    return EXIT_OK
+
+
+def cmd_secrets_generate(args: argparse.Namespace) -> int:
+    from muzo_ops import secretgen
+
+    OUT.out(secretgen.generate(secretgen.generator_for(args.name)))
+    return EXIT_OK
+
+
+def cmd_secrets_rotate(args: argparse.Namespace) -> int:
+    from muzo_ops import checks, envfile, initenv
+
+    OUT.secrets.update(checks.secret_values(envfile.read(args.env_file).raw()))
+    backup = initenv.rotate(args.env_file, args.name)
+    OUT.out(f"Rotated {args.name} in {args.env_file} (mode 0600); previous file kept as {backup} "
+            "(mode 0600). Restart the apps that read it; for NEXTAUTH_SECRET every session "
+            "signs in again.")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ parser
+
+
+def build_parser() -> _Parser:
+    parser = _Parser(
+        prog="muzo-ops",
+        **_help("Operations toolkit for muzo: env files, checks, secrets, the queue worker.",
+                "muzo-ops init-env && muzo-ops check-env"),  # type: ignore[arg-type]
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def env_file(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--env-file", default=DEFAULT_ENV_FILE, metavar="PATH",
+                       help="env file to use (default: ./.env)")
+
+    p = sub.add_parser("init-env", help="create or complete .env (secrets generated)",
+                       **_help(  # type: ignore[arg-type]
+        "Create .env (mode 0600) and .env.example beside it. Secrets are generated, "
+        "development defaults filled in; on a terminal you are asked for required values "
+        "(hidden input for secrets). An existing file is merged: missing variables are "
+        "added, existing values, comments and order kept; a value changes only with --set "
+        "or --force (the old file is backed up, mode 0600).",
+        "muzo-ops init-env --environment production --non-interactive --set S3_REGION=eu-west-3"))
+    env_file(p)
+    p.add_argument("--environment", choices=["development", "production"],
+                   help="defaults to use (default: the file's NODE_ENV, else development)")
+    p.add_argument("--non-interactive", action="store_true",
+                   help="never prompt; list what is still missing")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set a non-secret value (repeatable)")
+    p.add_argument("--set-stdin", action="append", metavar="NAME",
+                   help="read NAME's value from a line of standard input (for secrets)")
+    p.add_argument("--force", action="store_true",
+                   help="also replace existing values with defaults and fresh secrets")
+    p.set_defaults(func=cmd_init_env)
+
+    p = sub.add_parser("check-env", help="validate an env file",
+                       **_help(  # type: ignore[arg-type]
+        "Check every variable the muzo apps read: presence, format, and the rules between "
+        "them. Values come from the file alone so a check is repeatable; "
+        "--include-environ layers the process environment on top the way the apps see it "
+        "(a set variable wins). Exit 0 ok, 1 errors (or warnings with --strict), 2 "
+        "unreadable or malformed file.",
+        "muzo-ops check-env --app worker --connect --format json"))
+    env_file(p)
+    p.add_argument("--app", choices=["web", "worker"], help="check only what this app needs")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    p.add_argument("--connect", action="store_true",
+                   help="also connect to MongoDB and Redis (short timeout)")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="per-connection timeout for --connect (default 5)")
+    p.add_argument("--include-environ", action="store_true",
+                   help="layer the process environment over the file (it wins)")
+    p.set_defaults(func=cmd_check_env)
+
+    p = sub.add_parser("render", help="render .env.example, .env.template and the docs page",
+                       **_help(  # type: ignore[arg-type]
+        "Render the committed files from the schema; --check only compares and exits 1 "
+        "when one drifted.", "muzo-ops render --check"))
+    p.add_argument("--check", action="store_true", help="compare instead of writing")
+    p.add_argument("--root", default=".", metavar="DIR", help="repository root (default: .)")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("secrets", help="generate or rotate secrets",
+                       **_help("Generate or rotate generated secrets.",  # type: ignore[arg-type]
+                               "muzo-ops secrets rotate NEXTAUTH_SECRET"))
+    ssub = p.add_subparsers(dest="secrets_command", metavar="ACTION", parser_class=_Parser)
+    ssub.required = True
+    g = ssub.add_parser("generate", help="print a fresh value",
+                        **_help("Print a fresh value for a generated secret.",  # type: ignore[arg-type]
+                                "muzo-ops secrets generate NEXTAUTH_SECRET"))
+    g.add_argument("name", nargs="?", default="NEXTAUTH_SECRET", metavar="NAME")
+    g.set_defaults(func=cmd_secrets_generate)
+    r = ssub.add_parser("rotate", help="replace a secret in the env file",
+                        **_help(  # type: ignore[arg-type]
+        "Replace a generated secret in the env file with a fresh one: backup (0600), "
+        "atomic write (0600); the value is never printed.",
+        "muzo-ops secrets rotate NEXTAUTH_SECRET --env-file /etc/muzo/.env"))
+    r.add_argument("name", metavar="NAME")
+    env_file(r)
+    r.set_defaults(func=cmd_secrets_rotate)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Later modules (worker, jobs, dev-db) add their sub-commands here.
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[_Parser]], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        code: int = args.func(args)
+        return code
+    except MuzoOpsError as exc:
+        if debug:
+            import traceback
+
+            OUT.err(traceback.format_exc())
+        OUT.err(f"error: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        OUT.err("error: interrupted")
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:
+        if debug:
+            import traceback
+
+            OUT.err(traceback.format_exc())
+        OUT.err(f"error: unexpected {type(exc).__name__}: {exc} (run again with --debug and "
+                "report it)")
+        return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_PROBLEMS

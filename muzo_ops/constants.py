@@ -1,0 +1,46 @@
+"""Constants shared by muzo_ops, in one place."""
+
+from __future__ import annotations
+
+# Exit codes of every command.
+EXIT_OK = 0  # nothing wrong
+EXIT_PROBLEMS = 1  # the check or job found problems
+EXIT_USAGE = 2  # unusable input or usage
+
+# Env files.
+DEFAULT_ENV_FILE = ".env"
+EXAMPLE_ENV_FILE = ".env.example"
+TEMPLATE_ENV_FILE = ".env.template"
+DOCS_ENV_PAGE = "docs/ENVIRONMENT_VARIABLES.md"
+SECRET_FILE_MODE = 0o600
+BACKUP_SUFFIX = ".bak"
+
+# Secrets.
+NEXTAUTH_SECRET_BYTES = 32
+NEXTAUTH_SECRET_MIN_CHARS = 32
+MASK = "***"
+MASK_VISIBLE_TAIL = 4
+
+# MongoDB URL rules.
+RECOMMENDED_SERVER_SELECTION_TIMEOUT_MS = 30000
+MIN_SERVER_SELECTION_TIMEOUT_MS = 10000
+
+# check-env --connect.
+CONNECT_TIMEOUT_S = 5.0
+
+# The Job queue (names written by Prisma in the web app).
+JOB_COLLECTION = "Job"
+DEFAULT_POLL_INTERVAL_S = 1.0
+DEFAULT_LOCK_DURATION_S = 300.0
+DEFAULT_HEARTBEAT_FRACTION = 1 / 3  # heartbeat every third of the lock
+DEFAULT_RETRY_BASE_S = 2.0
+DEFAULT_RETRY_CAP_S = 300.0
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
+DEFAULT_MAX_ATTEMPTS = 3
+ERROR_BACKOFF_BASE_S = 0.5
+ERROR_BACKOFF_CAP_S = 10.0
+STALE_SWEEP_INTERVAL_S = 30.0
+
+# Logging.
+WORKER_LOGGER_NAME = "muzo-worker"
+QUEUE_INIT_LOGGER_NAME = "muzo-queue-init"

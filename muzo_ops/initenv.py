@@ -1,0 +1,204 @@
+"""``init-env``: a working ``.env`` for a new developer or server.
+
+New file: rendered from ``templates/env.j2`` with generated secrets and the
+environment's defaults. Existing file: merged, never clobbered: missing
+variables are appended, existing values, comments and order are kept, and a
+value changes only with ``--set`` (or ``--force`` for defaults and generated
+secrets). The old file is kept as a 0600 backup whenever it changes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from muzo_ops import checks, envfile, schema, secretgen
+from muzo_ops.constants import EXAMPLE_ENV_FILE
+from muzo_ops.errors import SchemaError, UsageError
+from muzo_ops.schema import Environment, Variable
+
+Prompt = Callable[[Variable], str]
+
+
+@dataclass
+class InitResult:
+    """What ``init-env`` did; names only, never values."""
+
+    path: str
+    created: bool  # the file did not exist
+    written: bool  # the file was (re)written
+    added: list[str] = field(default_factory=list)  # variables appended or rendered
+    changed: list[str] = field(default_factory=list)  # existing values replaced
+    generated: list[str] = field(default_factory=list)  # secrets generated
+    missing: list[str] = field(default_factory=list)  # required, still without a value
+    backup: str | None = None  # path of the backup of the old file
+    example: str | None = None  # the .env.example written beside it
+
+
+def parse_sets(pairs: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` strings into a dict, each checked against the schema.
+
+    Sensitive variables are refused: a command line is visible in ``ps``
+    and shell history (use ``--set-stdin NAME`` or the prompt instead).
+    """
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise UsageError(f"--set {name}: expected KEY=VALUE")
+        var = _known(name)
+        if var.sensitive:
+            raise UsageError(
+                f"--set {name}: secrets are not taken on the command line (ps and shell "
+                f"history would show them): use --set-stdin {name}, or run on a terminal "
+                "to be prompted"
+            )
+        out[name] = value
+    return out
+
+
+def _known(name: str) -> Variable:
+    var = schema.BY_NAME.get(name)
+    if var is None:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(schema.BY_NAME), n=1, cutoff=0.6)
+        hint = f": did you mean {close[0]}?" if close else ": see docs/ENVIRONMENT_VARIABLES.md"
+        raise SchemaError(f"{name} is not a muzo variable{hint}")
+    return var
+
+
+def validate_supplied(values: Mapping[str, str]) -> None:
+    """Refuse supplied values that break their rule (the message names no value)."""
+    for name, value in values.items():
+        var = _known(name)
+        if value == "":
+            continue
+        problem = checks.value_error(var, value)
+        if problem:
+            raise UsageError(f"{name} {problem}")
+        envfile.encode_value(name, value)
+
+
+def _initial_value(var: Variable, environment: Environment, generated: list[str]) -> str | None:
+    if var.generator is not None:
+        generated.append(var.name)
+        return secretgen.generate(var.generator)
+    return var.default_for(environment)
+
+
+def init_env(
+    path: str,
+    environment: Environment | None = None,
+    supplied: Mapping[str, str] | None = None,
+    force: bool = False,
+    prompt: Prompt | None = None,
+    write_example: bool = True,
+) -> InitResult:
+    """Create or complete the env file at ``path``; see the module doc."""
+    supplied = dict(supplied or {})
+    validate_supplied(supplied)
+    existing = envfile.read(path) if os.path.exists(path) else None
+    current = existing.raw() if existing else {}
+    if environment is None:
+        environment = (Environment.PRODUCTION if current.get("NODE_ENV") == "production"
+                       else Environment.DEVELOPMENT)
+    result = InitResult(path=path, created=existing is None, written=False)
+
+    final: dict[str, str] = {}
+    changes: dict[str, str] = {}
+    for var in schema.VARIABLES:
+        name = var.name
+        if name in supplied:
+            value: str | None = supplied[name]
+        elif name in current and current[name] != "" and not force:
+            final[name] = current[name]
+            continue
+        else:
+            value = _initial_value(var, environment, result.generated)
+            if value is None and name in current:
+                final[name] = current[name]
+                if current[name]:
+                    continue
+        if (value is None or value == "") and var.required and prompt is not None:
+            value = prompt(var)
+        if value is None:
+            if not var.required:
+                continue
+            value = ""
+        final[name] = value
+        if name in current:
+            if current[name] != value:
+                changes[name] = value
+                result.changed.append(name)
+        else:
+            result.added.append(name)
+    result.generated = [n for n in result.generated if n in result.added or n in result.changed]
+    result.missing = [v.name for v in schema.VARIABLES
+                      if v.required and (not final.get(v.name) or checks.is_placeholder(v, final[v.name]))]
+
+    if existing is None:
+        text = _render_new(final, environment)
+    else:
+        additions = [_addition(schema.BY_NAME[n], final[n]) for n in result.added]
+        if additions:
+            additions.insert(0, "# ===== Added by muzo-ops init-env =====\n")
+        text = envfile.with_changes(existing, changes, additions)
+        if text == existing.text():
+            text = ""
+    if text:
+        if existing is not None:
+            result.backup = envfile.backup(path)
+        envfile.write_atomic(path, text)
+        result.written = True
+    if write_example:
+        result.example = _write_example(path)
+    return result
+
+
+def _render_new(values: Mapping[str, str], environment: Environment) -> str:
+    from muzo_ops import render
+
+    return render.render_env(values, environment)
+
+
+def _addition(var: Variable, value: str) -> str:
+    flag = "REQUIRED" if var.required else "OPTIONAL"
+    return f"# {var.description} [{flag}; {var.apps_label}]\n" + envfile.format_line(var.name, value)
+
+
+def _write_example(env_path: str) -> str | None:
+    from muzo_ops import render
+
+    folder = os.path.dirname(os.path.abspath(env_path))
+    target = os.path.join(folder, EXAMPLE_ENV_FILE)
+    if os.path.abspath(target) == os.path.abspath(env_path):
+        return None
+    text = render.render_committed(EXAMPLE_ENV_FILE)
+    try:
+        with open(target, encoding="utf-8", newline="") as handle:
+            if handle.read() == text:
+                return target
+    except OSError:
+        pass
+    envfile.write_atomic(target, text, mode=0o644)
+    return target
+
+
+def rotate(path: str, name: str) -> str | None:
+    """Replace generated secret ``name`` in ``path`` with a fresh one.
+
+    The old file is backed up (0600) first and the new one written
+    atomically; returns the backup's path. The value is never returned.
+    """
+    generator = secretgen.generator_for(name)
+    existing = envfile.read(path)
+    fresh = secretgen.generate(generator)
+    if name in existing.raw():
+        text = envfile.with_changes(existing, {name: fresh})
+    else:
+        text = envfile.with_changes(existing, {}, [_addition(schema.BY_NAME[name], fresh)])
+    backup_path = envfile.backup(path)
+    envfile.write_atomic(path, text)
+    return backup_path

@@ -1,0 +1,102 @@
+"""Formatting a ``checks.Report``: the operators' text shape and stable JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from muzo_ops import schema
+from muzo_ops.checks import Report, Severity
+
+OK, ERROR, WARNING, UNSET = "✅", "❌", "⚠️ ", "⚪"
+
+
+def to_json(report: Report, extra: dict[str, Any] | None = None) -> str:
+    """The stable JSON shape of ``check-env --format json``."""
+    data: dict[str, Any] = {
+        "ok": report.ok,
+        "problems": [
+            {"variable": p.variable, "severity": p.severity.value, "code": p.code,
+             "message": p.message}
+            for p in report.problems
+        ],
+        "variables": [
+            {"name": v.name, "required": v.required, "present": v.present, "valid": v.valid,
+             "value": v.value}
+            for v in report.variables
+        ],
+    }
+    if extra:
+        data.update(extra)
+    return json.dumps(data, ensure_ascii=False, indent=2)
+
+
+def to_text(report: Report, source: str, connections: list[tuple[bool, str]] | None = None) -> str:
+    """The text report: a line per variable, Special Checks, Summary."""
+    width = max(len(v.name) for v in report.variables) + 2 if report.variables else 30
+    by_var: dict[str, list[Any]] = {}
+    for p in report.problems:
+        if p.variable and not p.special:
+            by_var.setdefault(p.variable, []).append(p)
+    lines = [f"📋 Environment Variables Check ({source})", ""]
+    statuses = {v.name: v for v in report.variables}
+    for group, variables in schema.grouped():
+        shown = [v for v in variables if v.name in statuses]
+        if not shown:
+            continue
+        lines.append(f"{group.value}")
+        for var in shown:
+            status = statuses[var.name]
+            tag = "[REQUIRED]" if var.required else "[OPTIONAL]"
+            problems = by_var.get(var.name, [])
+            errors = [p for p in problems if p.severity is Severity.ERROR]
+            if errors:
+                icon = ERROR
+            elif problems:
+                icon = WARNING
+            elif not status.present:
+                icon = UNSET if not var.required else ERROR
+            else:
+                icon = OK
+            shown_value = f"= {status.value}" if status.present else "(not set)"
+            line = f"{icon} {var.name:<{width}} {tag} {shown_value}"
+            if problems:
+                line += f"  — {problems[0].message}"
+            lines.append(line)
+        lines.append("")
+    others = [p for p in report.problems if p.variable not in statuses and not p.special]
+    if others:
+        lines.append("📄 Other variables")
+        lines.extend(f"{_icon(p.severity)} {p.message}" for p in others)
+        lines.append("")
+    special = [p for p in report.problems if p.special]
+    lines.append("🔍 Special Checks")
+    lines.append("")
+    lines.extend(f"{OK} {n.message}" for n in report.notes)
+    lines.extend(f"{_icon(p.severity)} {p.message}" for p in special)
+    if not report.notes and not special:
+        lines.append(f"{UNSET} nothing to check")
+    lines.append("")
+    if connections is not None:
+        lines.append("🔌 Connections")
+        lines.append("")
+        lines.extend(f"{OK if good else ERROR} {message}" for good, message in connections)
+        lines.append("")
+    required = [v for v in report.variables if v.required]
+    optional = [v for v in report.variables if not v.required]
+    lines.append("📊 Summary:")
+    lines.append(f"   Required: {sum(v.valid for v in required)}/{len(required)} configured")
+    lines.append(f"   Optional: {sum(v.present for v in optional)}/{len(optional)} configured")
+    lines.append(f"   Errors: {len(report.errors)}, warnings: {len(report.warnings)}")
+    lines.append("")
+    if report.errors:
+        lines.append(f"{ERROR} {len(report.errors)} error(s): fix them before starting the apps")
+    elif report.warnings:
+        lines.append(f"{WARNING} No errors, {len(report.warnings)} warning(s) to look at")
+    else:
+        lines.append(f"{OK} All checks passed! Your environment is properly configured")
+    return "\n".join(lines) + "\n"
+
+
+def _icon(severity: Severity) -> str:
+    return ERROR if severity is Severity.ERROR else WARNING
