@@ -298,13 +298,219 @@ def build_parser() -> _Parser:
     env_file(r)
     r.set_defaults(func=cmd_secrets_rotate)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    _add_worker_commands(sub, env_file)
     return parser
 
+# ------------------------------------------------------------------ worker, jobs, dev-db
 
-# Later modules (worker, jobs, dev-db) add their sub-commands here.
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[_Parser]], None]] = []
+
+def _worker_values(path: str, explicit: bool) -> dict[str, str]:
+    """Env values the way the apps see them: the file, with the process environment on top."""
+    from muzo_ops import envfile
+
+    if os.path.exists(path) or explicit:
+        values = envfile.read(path).values(dict(os.environ))
+    else:
+        values = dict(os.environ)
+    from muzo_ops import checks
+
+    OUT.secrets.update(checks.secret_values(values))
+    return values
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from muzo_ops import handlers, worker
+
+    values = _worker_values(args.env_file, args.env_file != DEFAULT_ENV_FILE)
+    overrides = {k: v for k, v in {
+        "lock_s": args.lock_seconds, "poll_s": args.poll_seconds,
+        "drain_timeout_s": args.drain_timeout, "retry_base_s": args.retry_base,
+        "retry_cap_s": args.retry_cap}.items() if v is not None}
+    settings = worker.settings_from_env(values, args.queues, args.concurrency, **overrides)
+    loaded = handlers.load(settings.queues, args.handler or [], values)
+    runner = worker.Worker(settings, loaded)
+
+    async def main() -> int:
+        runner.install_signal_handlers()
+        return await runner.run()
+
+    code = asyncio.run(main())
+    if runner.handler_threads_alive():
+        sys.stdout.flush()
+        os._exit(code)  # a plain-function handler still runs; its job was released
+    return code
+
+
+def _jobs_collection(args: argparse.Namespace) -> object:
+    from muzo_ops import checks, jobsadmin, schema
+    from muzo_ops.errors import ConfigError
+
+    values = _worker_values(args.env_file, args.env_file != DEFAULT_ENV_FILE)
+    url = values.get("DATABASE_URL", "")
+    problem = checks.value_error(schema.get("DATABASE_URL"), url) if url else "is not set"
+    if problem:
+        raise ConfigError(f"DATABASE_URL {problem}")
+    return jobsadmin.connect(url)
+
+
+def _print_json(data: object) -> None:
+    import json
+
+    OUT.out(json.dumps(data, indent=2, default=str))
+
+
+def cmd_jobs_status(args: argparse.Namespace) -> int:
+    from muzo_ops import jobsadmin
+
+    st = jobsadmin.status(_jobs_collection(args))
+    if args.format == "json":
+        _print_json(st.to_dict())
+        return EXIT_OK
+    statuses = ["PENDING", "RUNNING", "DONE", "FAILED"]
+    OUT.out(f"{'type':<13}" + "".join(f"{s:>9}" for s in statuses))
+    for job_type, counts in st.counts.items():
+        OUT.out(f"{job_type:<13}" + "".join(f"{counts.get(s, 0):>9}" for s in statuses))
+    age = "none due" if st.oldest_due_pending_s is None else f"{st.oldest_due_pending_s:.1f}s"
+    OUT.out(f"oldest due PENDING job: {age}")
+    OUT.out(f"PENDING not yet due (retries waiting): {st.future_pending}")
+    OUT.out(f"RUNNING past their lock (worker died or stalled): {st.stuck_running}")
+    return EXIT_OK
+
+
+def cmd_jobs_enqueue(args: argparse.Namespace) -> int:
+    import json
+
+    from muzo_ops import jobsadmin
+    from muzo_ops.jobs import JobType, PayloadError
+
+    try:
+        job_type = JobType(args.type.upper())
+    except ValueError as exc:
+        raise UsageError(f"unknown job type {args.type!r}: use GENERATION, MOCKUP or FULFILLMENT") from exc
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--payload is not JSON: {exc.msg} at column {exc.colno}") from exc
+    if not isinstance(payload, dict):
+        raise UsageError("--payload must be a JSON object")
+    from muzo_ops.jobstore import utcnow
+
+    run_at = jobsadmin.parse_run_at(args.run_at, utcnow()) if args.run_at else None
+    try:
+        job_id = jobsadmin.enqueue(_jobs_collection(args), job_type, payload, run_at, args.max_attempts)
+    except PayloadError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.format == "json":
+        _print_json({"id": job_id, "type": job_type.value, "availableAt": run_at})
+    else:
+        OUT.out(f"enqueued {job_type.value} job {job_id}")
+    return EXIT_OK
+
+
+def cmd_jobs_retry_failed(args: argparse.Namespace) -> int:
+    from muzo_ops import jobsadmin
+    from muzo_ops.jobs import JobType
+
+    count = jobsadmin.retry_failed(_jobs_collection(args), JobType(args.type.upper()) if args.type else None)
+    if args.format == "json":
+        _print_json({"retried": count})
+    else:
+        OUT.out(f"{count} FAILED job(s) back to PENDING")
+    return EXIT_OK
+
+
+def cmd_jobs_clear_failed(args: argparse.Namespace) -> int:
+    from muzo_ops import jobsadmin
+    from muzo_ops.jobs import JobType
+
+    age = jobsadmin.parse_duration(args.older_than)
+    count = jobsadmin.clear_failed(_jobs_collection(args), age, JobType(args.type.upper()) if args.type else None)
+    if args.format == "json":
+        _print_json({"deleted": count})
+    else:
+        OUT.out(f"{count} FAILED job(s) older than {args.older_than} deleted")
+    return EXIT_OK
+
+
+def cmd_dev_db(args: argparse.Namespace) -> int:
+    from muzo_ops import devdb
+
+    return devdb.run(args.port, args.data, OUT.out)
+
+
+def _add_worker_commands(sub: argparse._SubParsersAction[_Parser],
+                         env_file: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = sub.add_parser("worker", help="run the queue worker", **_help(  # type: ignore[arg-type]
+        "Process the MongoDB Job collection: one atomic claim per job, a heartbeat while it "
+        "runs, fenced writes, retries with back-off, change-stream wake-up (polling "
+        "otherwise). Reads DATABASE_URL, WORKER_QUEUES, GENERATION_WORKER_CONCURRENCY, "
+        "QUEUE_TRANSACTIONS and LOG_LEVEL from the env file with the process environment on "
+        "top. SIGTERM/SIGINT drain running jobs, release the rest and exit 0. Logs are "
+        "pino JSON lines on stdout. Works with MongoDB 6.0-8.x.",
+        "muzo-ops worker --queues generation,mockup --concurrency 4 "
+        "--handler GENERATION=muzo_ops.handlers.demo:echo --handler MOCKUP=muzo_ops.handlers.demo:sleep"))
+    env_file(p)
+    p.add_argument("--queues", metavar="LIST", help="comma list of generation, mockup, fulfillment "
+                   "(default: WORKER_QUEUES, else generation)")
+    p.add_argument("--concurrency", type=int, metavar="N",
+                   help="jobs run at once (default: GENERATION_WORKER_CONCURRENCY, else 1)")
+    p.add_argument("--handler", action="append", metavar="TYPE=module:callable",
+                   help="handler for a job type (repeatable); also MUZO_WORKER_HANDLERS and "
+                   "entry points in group muzo_ops.handlers")
+    p.add_argument("--lock-seconds", type=float, help="lock duration, renewed by heartbeats (default 300)")
+    p.add_argument("--poll-seconds", type=float, help="poll interval without change streams (default 1)")
+    p.add_argument("--drain-timeout", type=float, help="seconds to let running jobs finish on stop (default 30)")
+    p.add_argument("--retry-base", type=float, help="first retry delay in seconds (default 2)")
+    p.add_argument("--retry-cap", type=float, help="longest retry delay in seconds (default 300)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("jobs", help="inspect and operate the queue", **_help(  # type: ignore[arg-type]
+        "Queue operations on DATABASE_URL's Job collection.", "muzo-ops jobs status --format json"))
+    jsub = p.add_subparsers(dest="jobs_command", metavar="ACTION", parser_class=_Parser)
+    jsub.required = True
+
+    def common(q: argparse.ArgumentParser) -> None:
+        env_file(q)
+        q.add_argument("--format", choices=["text", "json"], default="text")
+
+    q = jsub.add_parser("status", help="counts by type and status, oldest due job, stuck jobs", **_help(
+        "Counts by type and status, the age of the oldest due PENDING job, and RUNNING jobs "
+        "past their lock.", "muzo-ops jobs status"))  # type: ignore[arg-type]
+    common(q)
+    q.set_defaults(func=cmd_jobs_status)
+    q = jsub.add_parser("enqueue", help="insert a job the way the web app does", **_help(
+        "Validate the payload for its type and insert a PENDING job.",  # type: ignore[arg-type]
+        "muzo-ops jobs enqueue MOCKUP --payload '{\"orderId\": \"o1\", \"outputAssetId\": \"a1\", "
+        "\"productVariantId\": \"v1\"}' --run-at +30s"))
+    common(q)
+    q.add_argument("type", metavar="TYPE", help="GENERATION, MOCKUP or FULFILLMENT")
+    q.add_argument("--payload", required=True, metavar="JSON")
+    q.add_argument("--run-at", metavar="WHEN", help="ISO 8601 time or +30s / +5m / +2h / +1d")
+    q.add_argument("--max-attempts", type=int, default=3, metavar="N")
+    q.set_defaults(func=cmd_jobs_enqueue)
+    q = jsub.add_parser("retry-failed", help="put FAILED jobs back to PENDING", **_help(
+        "Put FAILED jobs back to PENDING with attempts reset.",  # type: ignore[arg-type]
+        "muzo-ops jobs retry-failed --type GENERATION"))
+    common(q)
+    q.add_argument("--type", metavar="TYPE")
+    q.set_defaults(func=cmd_jobs_retry_failed)
+    q = jsub.add_parser("clear-failed", help="delete old FAILED jobs", **_help(
+        "Delete FAILED jobs last updated longer ago than --older-than.",  # type: ignore[arg-type]
+        "muzo-ops jobs clear-failed --older-than 7d"))
+    common(q)
+    q.add_argument("--older-than", default="7d", metavar="AGE", help="e.g. 12h, 7d (default 7d)")
+    q.add_argument("--type", metavar="TYPE")
+    q.set_defaults(func=cmd_jobs_clear_failed)
+
+    p = sub.add_parser("dev-db", help="run a local MongoDB-compatible server (SecantusDB)", **_help(
+        "Start SecantusDB (optional extra, GPL-2.0: pip install 'muzo-ops[devdb]') in the "
+        "foreground and print the DATABASE_URL for .env.",  # type: ignore[arg-type]
+        "muzo-ops dev-db --port 27017 --data .muzo-dev-db"))
+    p.add_argument("--port", type=int, default=27017)
+    p.add_argument("--data", default=".muzo-dev-db", metavar="DIR")
+    p.set_defaults(func=cmd_dev_db)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

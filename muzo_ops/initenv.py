@@ -48,7 +48,9 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
         if not sep:
             raise UsageError(f"--set {name}: expected KEY=VALUE")
         var = _known(name)
-        if var.sensitive:
+        url_without_password = var.kind in (schema.Kind.MONGO_URL, schema.Kind.REDIS_URL) and not (
+            checks.secret_values({name: value}))
+        if var.sensitive and not url_without_password:
             raise UsageError(
                 f"--set {name}: secrets are not taken on the command line (ps and shell "
                 f"history would show them): use --set-stdin {name}, or run on a terminal "
