@@ -328,6 +328,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "lock_s": args.lock_seconds, "poll_s": args.poll_seconds,
         "drain_timeout_s": args.drain_timeout, "retry_base_s": args.retry_base,
         "retry_cap_s": args.retry_cap}.items() if v is not None}
+    if args.no_change_streams:
+        overrides["change_streams"] = False
     settings = worker.settings_from_env(values, args.queues, args.concurrency, **overrides)
     loaded = handlers.load(settings.queues, args.handler or [], values)
     runner = worker.Worker(settings, loaded)
@@ -464,6 +466,8 @@ def _add_worker_commands(sub: argparse._SubParsersAction[_Parser],
     p.add_argument("--drain-timeout", type=float, help="seconds to let running jobs finish on stop (default 30)")
     p.add_argument("--retry-base", type=float, help="first retry delay in seconds (default 2)")
     p.add_argument("--retry-cap", type=float, help="longest retry delay in seconds (default 300)")
+    p.add_argument("--no-change-streams", action="store_true",
+                   help="poll only, even where the server offers change streams")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("jobs", help="inspect and operate the queue", **_help(  # type: ignore[arg-type]

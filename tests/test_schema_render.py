@@ -84,6 +84,7 @@ def test_example_values_are_all_placeholders() -> None:
 
 def test_every_command_has_help_with_an_example() -> None:
     for command in (["init-env"], ["check-env"], ["render"], ["secrets", "generate"],
-                    ["secrets", "rotate"], []):
+                    ["secrets", "rotate"], ["worker"], ["jobs"], ["jobs", "status"], ["jobs", "enqueue"],
+                    ["jobs", "retry-failed"], ["jobs", "clear-failed"], ["dev-db"], []):
         proc = run_cli(*command, "--help")
         assert proc.returncode == 0 and "example:" in proc.stdout, command

@@ -1,0 +1,95 @@
+"""jobs status / enqueue / retry-failed / clear-failed, and dev-db."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from conftest import run_cli
+from pymongo import MongoClient
+from servers import Secantus, free_port
+from workers import mockup_payload, now, prisma_job
+
+
+def test_jobs_commands(tmp_path: Path, secantus: Secantus) -> None:
+    db = "j" + uuid.uuid4().hex[:10]
+    env = tmp_path / ".env"
+    env.write_text(f"DATABASE_URL={secantus.url(db)}\n")
+    client: MongoClient[dict[str, Any]] = MongoClient(secantus.uri)
+    jobs = client[db]["Job"]
+    old = now() - dt.timedelta(days=10)
+    jobs.insert_many([
+        prisma_job("MOCKUP", status="FAILED", updatedAt=old, attempts=3),
+        prisma_job("GENERATION", status="FAILED", attempts=3),
+        prisma_job("MOCKUP", status="RUNNING", lockedBy="dead", lockedUntil=now() - dt.timedelta(minutes=1)),
+        prisma_job("MOCKUP", availableAt=now() - dt.timedelta(seconds=90)),
+        prisma_job("MOCKUP", availableAt=now() + dt.timedelta(hours=1)),
+    ])
+    proc = run_cli("jobs", "status", "--env-file", str(env), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["counts"]["MOCKUP"] == {"PENDING": 2, "RUNNING": 1, "DONE": 0, "FAILED": 1}
+    assert data["runningPastLock"] == 1 and data["pendingNotYetDue"] == 1
+    assert 85 <= data["oldestDuePendingSeconds"] < 200
+    text = run_cli("jobs", "status", "--env-file", str(env)).stdout
+    assert "RUNNING past their lock (worker died or stalled): 1" in text
+
+    proc = run_cli("jobs", "enqueue", "MOCKUP", "--env-file", str(env), "--format", "json",
+                   "--payload", json.dumps(mockup_payload(7)), "--run-at", "+30s")
+    assert proc.returncode == 0, proc.stderr
+    created = jobs.find_one({"payload.orderId": "order-7"})
+    assert created["status"] == "PENDING" and created["attempts"] == 0 and created["maxAttempts"] == 3
+    assert created["availableAt"] > created["createdAt"] + dt.timedelta(seconds=25)
+    bad = run_cli("jobs", "enqueue", "MOCKUP", "--env-file", str(env), "--payload", '{"orderId": 1}')
+    assert bad.returncode == 2 and bad.stderr.startswith("error: invalid MOCKUP payload: orderId")
+    bad = run_cli("jobs", "enqueue", "MOCKUP", "--env-file", str(env), "--payload", "{nope")
+    assert bad.returncode == 2 and "--payload is not JSON" in bad.stderr
+
+    proc = run_cli("jobs", "retry-failed", "--type", "generation", "--env-file", str(env), "--format", "json")
+    assert json.loads(proc.stdout) == {"retried": 1}
+    assert jobs.count_documents({"type": "GENERATION", "status": "PENDING", "attempts": 0}) == 1
+    proc = run_cli("jobs", "clear-failed", "--older-than", "7d", "--env-file", str(env), "--format", "json")
+    assert json.loads(proc.stdout) == {"deleted": 1}
+    assert jobs.count_documents({"status": "FAILED"}) == 0
+    assert run_cli("jobs", "clear-failed", "--older-than", "week", "--env-file", str(env)).returncode == 2
+    client.drop_database(db)
+    client.close()
+
+
+def test_jobs_without_a_reachable_database_is_one_line(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text(f"DATABASE_URL=mongodb://127.0.0.1:{free_port()}/x?serverSelectionTimeoutMS=500\n")
+    proc = run_cli("jobs", "status", "--env-file", str(env))
+    assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_dev_db_prints_a_working_url(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "muzo_ops", "dev-db", "--port", str(port),
+                             "--data", str(tmp_path / "dev")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        url = None
+        deadline = time.monotonic() + 60
+        assert proc.stdout is not None
+        while time.monotonic() < deadline and url is None:
+            line = proc.stdout.readline()
+            if line.startswith("DATABASE_URL="):
+                url = line.strip().split("=", 1)[1]
+        assert url is not None
+        client: MongoClient[dict[str, Any]] = MongoClient(url, serverSelectionTimeoutMS=10000)
+        assert client.admin.command("ping")["ok"] == 1
+        client.close()
+        env = tmp_path / ".env"
+        env.write_text(f"DATABASE_URL={url}\n")
+        check = run_cli("check-env", "--env-file", str(env), "--app", "worker", "--format", "json")
+        assert not [p for p in json.loads(check.stdout)["problems"] if p["variable"] == "DATABASE_URL"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
