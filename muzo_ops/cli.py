@@ -537,7 +537,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
-    except Exception as exc:
+    except Exception as exc:  # the last line of defence: one line unless --debug
+        if type(exc).__module__.startswith(("pymongo", "bson")):
+            from muzo_ops.connect import mongo_error_line
+
+            if debug:
+                import traceback
+
+                OUT.err(traceback.format_exc())
+            OUT.err(f"error: {mongo_error_line(exc)}")
+            return EXIT_PROBLEMS
         if debug:
             import traceback
 

@@ -38,6 +38,18 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def mongo_error_line(exc: BaseException) -> str:
+    """One line for a pymongo error, without the driver's (possibly secret-bearing) text."""
+    code = getattr(exc, "code", None)
+    if code in (18, 13) or "Authentication" in type(exc).__name__:
+        return "MongoDB authentication failed: check the user and password in DATABASE_URL"
+    name = type(exc).__name__
+    if name in ("ServerSelectionTimeoutError", "AutoReconnect", "NetworkTimeout", "ConnectionFailure"):
+        return (f"MongoDB unreachable ({_reason(exc)}): check DATABASE_URL and that the server runs "
+                "(muzo-ops check-env --connect)")
+    return f"MongoDB command failed ({name}{f', code {code}' if code is not None else ''})"
+
+
 def check_mongo(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> ConnectionResult:
     """Ping MongoDB, then say: server version, auth, topology, transactions."""
     from pymongo import MongoClient

@@ -66,7 +66,10 @@ def test_jobs_without_a_reachable_database_is_one_line(tmp_path: Path) -> None:
     env = tmp_path / ".env"
     env.write_text(f"DATABASE_URL=mongodb://127.0.0.1:{free_port()}/x?serverSelectionTimeoutMS=500\n")
     proc = run_cli("jobs", "status", "--env-file", str(env))
-    assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: MongoDB unreachable (connection refused): check DATABASE_URL and that the server runs "
+        "(muzo-ops check-env --connect)"]
 
 
 def test_dev_db_prints_a_working_url(tmp_path: Path) -> None:
