@@ -7,7 +7,7 @@ All in one run on one MongoDB server (a SecantusDB it starts, or --uri):
 Prints jobs/s, (b)/(a), (b)/(c), and enqueue-to-start latency p50/p95 for (b)
 and (c) (lockedAt − createdAt of jobs inserted one by one into an idle queue).
 
-    python bench/worker.py --jobs 200 --latency-jobs 40
+    python bench/worker.py --jobs 30 --rounds 4 --latency-jobs 40
     python bench/worker.py --uri 'mongodb://127.0.0.1:27017/bench?replicaSet=rs0'
 """
 
@@ -111,22 +111,26 @@ def stop(procs: list[tuple[subprocess.Popen[bytes], Path]]) -> None:
         proc.wait(60)
 
 
-def throughput(kind: str, client: MongoClient[dict[str, Any]], uri: str, db: str, n: int, count: int,
-               folder: Path) -> float:
+def throughput(kind: str, client: MongoClient[dict[str, Any]], uri: str, db: str, size: int, rounds: int,
+               count: int, folder: Path) -> float:
+    """Jobs/s over ``rounds`` batches of ``size`` jobs; DONE ones are cleared between rounds."""
+    import datetime as dt
+
     jobs = fresh(client, db)
     procs = start_processes(kind, with_db(uri, db), count, folder)
+    busy = 0.0
     try:
         wait_ready(procs, jobs, kind)
-        docs = [prisma_job("MOCKUP", mockup_payload(i)) for i in range(n)]
-        import datetime as dt
-
-        start = dt.datetime.now(dt.UTC)
-        jobs.insert_many(docs)
-        # Poll rarely (the poll itself loads the server); time comes from the documents.
-        while jobs.count_documents({"status": "DONE"}) < n:
-            time.sleep(0.5)
-        last = max(d["updatedAt"] for d in jobs.find({"status": "DONE"}, {"updatedAt": 1}))
-        return n / (last.replace(tzinfo=dt.UTC) - start).total_seconds()
+        for r in range(rounds):
+            start = dt.datetime.now(dt.UTC)
+            jobs.insert_many([prisma_job("MOCKUP", mockup_payload(r * size + i)) for i in range(size)])
+            # Poll rarely (the poll itself loads the server); time comes from the documents.
+            while jobs.count_documents({"status": "DONE"}) < size:
+                time.sleep(0.25)
+            last = max(d["updatedAt"] for d in jobs.find({"status": "DONE"}, {"updatedAt": 1}))
+            busy += (last.replace(tzinfo=dt.UTC) - start).total_seconds()
+            jobs.delete_many({"status": "DONE"})
+        return size * rounds / busy
     finally:
         stop(procs)
 
@@ -158,7 +162,8 @@ def latency(kind: str, client: MongoClient[dict[str, Any]], uri: str, db: str, n
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=200, help="jobs per throughput run (collection size)")
+    parser.add_argument("--jobs", type=int, default=30, help="jobs per round: the collection's size")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per throughput run")
     parser.add_argument("--latency-jobs", type=int, default=40)
     parser.add_argument("--uri", help="benchmark this MongoDB instead of a fresh SecantusDB")
     parser.add_argument("--worker-arg", action="append", default=[], help="extra argument for (b)'s workers")
@@ -181,8 +186,10 @@ def main() -> int:
         a = asyncio.run(bare_limit(with_db(uri, "bench_a"), n))
         results: dict[str, float] = {}
         for kind, count in (("new", 1), ("new", 4), ("old", 1), ("old", 4)):
-            progress(f"{'(b) muzo_ops' if kind == 'new' else '(c) old algorithm'} worker x{count}, {n} jobs")
-            results[f"{kind}{count}"] = throughput(kind, client, uri, f"bench_{kind}{count}", n, count, folder)
+            progress(f"{'(b) muzo_ops' if kind == 'new' else '(c) old algorithm'} worker x{count}, "
+                     f"{args.rounds} rounds of {n} jobs")
+            results[f"{kind}{count}"] = throughput(kind, client, uri, f"bench_{kind}{count}", n, args.rounds,
+                                                   count, folder)
         progress(f"latency, {args.latency_jobs} jobs inserted one by one")
         lat_new = latency("new", client, uri, "bench_lat_new", args.latency_jobs, folder)
         lat_old = latency("old", client, uri, "bench_lat_old", args.latency_jobs, folder)
@@ -191,7 +198,8 @@ def main() -> int:
         if server is not None:
             server.stop()
     hello_note = "SecantusDB (replica set, change streams)" if server else uri.split("@")[-1]
-    print(f"server: {hello_note}; collection size: {n} jobs per run; handler: demo echo")
+    print(f"server: {hello_note}; collection size: {n} jobs ({args.rounds} rounds for (b), (c)); "
+          "handler: demo echo")
     print(f"(a) bare claim+complete loop      {a:8.1f} jobs/s")
     for count in (1, 4):
         b, c = results[f"new{count}"], results[f"old{count}"]

@@ -39,7 +39,8 @@ DEFAULT_DRAIN_TIMEOUT_S = 30.0
 DEFAULT_MAX_ATTEMPTS = 3
 ERROR_BACKOFF_BASE_S = 0.5
 ERROR_BACKOFF_CAP_S = 10.0
-STALE_SWEEP_INTERVAL_S = 30.0
+STALE_SWEEP_INTERVAL_S = 30.0  # fail expired jobs on their last attempt
+TAKEOVER_INTERVAL_S = 5.0  # a busy worker still looks for expired locks this often
 
 # Logging.
 WORKER_LOGGER_NAME = "muzo-worker"

@@ -37,6 +37,7 @@ from muzo_ops.constants import (
     ERROR_BACKOFF_CAP_S,
     QUEUE_INIT_LOGGER_NAME,
     STALE_SWEEP_INTERVAL_S,
+    TAKEOVER_INTERVAL_S,
     WORKER_LOGGER_NAME,
 )
 from muzo_ops.errors import ConfigError
@@ -72,6 +73,7 @@ class WorkerSettings:
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     error_backoff_cap_s: float = ERROR_BACKOFF_CAP_S
     sweep_interval_s: float = STALE_SWEEP_INTERVAL_S
+    takeover_interval_s: float = TAKEOVER_INTERVAL_S
     change_streams: bool = True
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:"
                                                    f"{random.getrandbits(24):06x}")
@@ -163,6 +165,8 @@ class Worker:
         self.change_streams_active = False
         self.stats = {"done": 0, "failed": 0, "retried": 0, "lost": 0, "released": 0}
         self._job_logs = {t: self.log.child(f"muzo-{t.queue}-worker") for t in JobType}
+        self._rotation = 0  # which queue is tried first: rotates for fairness
+        self._next_takeover = 0.0  # monotonic time of the next expired-first claim
         self._client: Any = None
         self._store: Any = None
 
@@ -295,8 +299,14 @@ class Worker:
             self.last_tick = time.monotonic()
             self.wake.clear()
             try:
-                claimed = await self._store.claim(self.settings.worker_id, self.settings.queues,
-                                                  self.settings.lock_s)
+                types = self.settings.queues
+                self._rotation = (self._rotation + 1) % len(types)
+                expired_first = time.monotonic() >= self._next_takeover
+                if expired_first:
+                    self._next_takeover = time.monotonic() + self.settings.takeover_interval_s
+                claimed = await self._store.claim(self.settings.worker_id,
+                                                  types[self._rotation:] + types[:self._rotation],
+                                                  self.settings.lock_s, expired_first=expired_first)
                 self.consecutive_errors = 0
             except Exception as exc:
                 slots.release()

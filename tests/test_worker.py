@@ -412,3 +412,36 @@ def test_runs_with_only_database_url_and_handlers_from_the_environment(tmp_path:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
+
+
+def test_busy_queue_still_takes_over_expired_jobs(secantus: Secantus, dbname: str, jobs: Any) -> None:
+    import asyncio
+    import datetime as dt
+
+    from pymongo import AsyncMongoClient
+    from workers import now
+
+    from muzo_ops.jobs import JobType
+    from muzo_ops.jobstore import JobStore
+
+    expired = prisma_job("MOCKUP", status="RUNNING", attempts=1, lockedBy="dead",
+                         lockedUntil=now() - dt.timedelta(seconds=5), availableAt=now() - dt.timedelta(hours=1))
+    jobs.insert_many([expired, *[prisma_job("MOCKUP", mockup_payload(i)) for i in range(3)],
+                      prisma_job("GENERATION", generation_payload())])
+
+    async def scenario() -> list[tuple[str, str, int]]:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(secantus.uri)
+        store = JobStore(client[dbname])
+        got = []
+        for expired_first in (False, True, False):
+            claimed = await store.claim("w", [JobType.MOCKUP], 30, expired_first=expired_first)
+            assert claimed is not None
+            before, after = claimed
+            got.append((before["status"], str(before.get("lockedBy")), after["attempts"]))
+        other = await store.claim("w", [JobType.GENERATION, JobType.MOCKUP], 30)
+        assert other is not None and other[1]["type"] == "GENERATION"
+        await client.close()
+        return got
+
+    got = asyncio.run(scenario())
+    assert got == [("PENDING", "None", 1), ("RUNNING", "dead", 2), ("PENDING", "None", 1)]
