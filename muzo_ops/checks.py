@@ -224,13 +224,21 @@ def value_error(var: Variable, value: str) -> str | None:
 
 # ---------------------------------------------------------------- the check
 
+_NEXT_EXPANDS = re.compile(r"(?<!\\)\$(?:\{?[A-Za-z0-9_]+)")
+
+
 def check(
     values: Mapping[str, str],
     app: App | None = None,
     bare_keys: tuple[str, ...] = (),
     duplicates: tuple[str, ...] = (),
+    raw: Mapping[str, str] | None = None,
 ) -> Report:
-    """Check ``values`` against the schema and the cross-variable rules."""
+    """Check ``values`` against the schema and the cross-variable rules.
+
+    ``raw`` (the file's values before expansion) enables the check for
+    ``$name`` text that Next.js would expand but python-dotenv would not.
+    """
     report = Report()
     in_scope = schema.for_app(app)
     for var in in_scope:
@@ -245,6 +253,13 @@ def check(
     if names & {"STRIPE_SECRET_KEY", "STRIPE_PUBLISHABLE_KEY"}:
         _check_stripe(report, values, names)
     _check_unknown(report, values)
+    for key, value in (raw or {}).items():
+        known = schema.BY_NAME.get(key)
+        if (known is None or known.needed_by(app)) and "${" not in value and _NEXT_EXPANDS.search(value):
+            report.add(key, Severity.WARNING, "dollar-expansion",
+                       f"{key} has `$` before a name, which Next.js expands as a variable (and "
+                       "python-dotenv does not): the apps would read different values; remove it "
+                       "or, inside a URL, percent-encode `$` as %24")
     for key in duplicates:
         report.add(key, Severity.WARNING, "duplicate",
                    f"{key} is set more than once; the last one wins: delete the others")

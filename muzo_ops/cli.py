@@ -69,7 +69,7 @@ def cmd_check_env(args: argparse.Namespace) -> int:
     OUT.secrets.update(checks.secret_values(values))
     bare = tuple(e.key for e in env.entries if e.key is not None and e.value is None)
     app = App(args.app) if args.app else None
-    result = checks.check(values, app, bare_keys=bare, duplicates=tuple(env.duplicates()))
+    result = checks.check(values, app, bare_keys=bare, duplicates=tuple(env.duplicates()), raw=raw)
     connections = None
     if args.connect:
         connections = _connect(result, values, app, args.timeout)
@@ -99,6 +99,9 @@ def _connect(result: object, values: dict[str, str], app: object, timeout: float
                for p in result.errors):
             lines.append((False, f"{name}: not tried (fix the value first)"))
             continue
+        if sys.stderr.isatty():
+            OUT.err(f"… connecting to {'MongoDB' if name == 'DATABASE_URL' else 'Redis'} "
+                    f"(timeout {timeout:g}s)")
         outcome = probe(values[name], timeout)
         lines.append((outcome.ok, outcome.message))
         if not outcome.ok:

@@ -41,8 +41,11 @@ def _reason(exc: BaseException) -> str:
 def mongo_error_line(exc: BaseException) -> str:
     """One line for a pymongo error, without the driver's (possibly secret-bearing) text."""
     code = getattr(exc, "code", None)
-    if code in (18, 13) or "Authentication" in type(exc).__name__:
+    if code == 18 or "Authentication" in type(exc).__name__:
         return "MongoDB authentication failed: check the user and password in DATABASE_URL"
+    if code == 13:
+        return ("MongoDB refused the command: the DATABASE_URL user lacks a privilege "
+                "(readWrite on the database is needed)")
     name = type(exc).__name__
     if name in ("ServerSelectionTimeoutError", "AutoReconnect", "NetworkTimeout", "ConnectionFailure"):
         return (f"MongoDB unreachable ({_reason(exc)}): check DATABASE_URL and that the server runs "
@@ -77,7 +80,7 @@ def check_mongo(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> ConnectionRes
         return ConnectionResult("mongodb", True, "",
                                 f"MongoDB {where}: ping ok, server {version}, {auth}, {topology}, {tx}")
     except OperationFailure as exc:
-        if exc.code in (18, 13):
+        if exc.code == 18:
             return ConnectionResult("mongodb", False, "mongo-auth-failed",
                                     f"MongoDB {where}: authentication failed: check the user and "
                                     "password in DATABASE_URL")

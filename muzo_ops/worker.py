@@ -250,7 +250,16 @@ class Worker:
         else:
             init.info("Mongo transactions enabled for the queue", reason=mode.reason,
                       source=mode.source.value)
-        created = await self._retrying("createIndexes", self._store.ensure_indexes, until_stop=True)
+        from pymongo.errors import OperationFailure
+
+        try:
+            created = await self._retrying("createIndexes", self._store.ensure_indexes, until_stop=True)
+        except OperationFailure as exc:
+            if exc.code == 18:
+                raise
+            init.log("warn", "Could not check or create the queue indexes; claims may be slow",
+                     err=exc, code=exc.code)
+            created = []
         if created:
             init.info("Created queue indexes", indexes=created)
 

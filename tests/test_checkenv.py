@@ -83,6 +83,16 @@ def test_rule(change: dict[str, str | None], code: str, severity: str, variable:
     assert found.get(code) == (severity, variable), found
 
 
+def test_dollar_names_that_next_would_expand_are_flagged() -> None:
+    raw = {**FULL, "EMAIL_SERVER_PASSWORD": "pa$word-real-42"}
+    report = checks.check(raw, raw=raw)
+    found = {p.code: (p.severity.value, p.variable) for p in report.problems}
+    assert found == {"dollar-expansion": ("warning", "EMAIL_SERVER_PASSWORD")}
+    message = report.problems[0].message
+    assert "pa$word" not in message
+    assert checks.check(FULL, raw={**FULL, "EMAIL_SERVER_PASSWORD": "cost-5$-ok"}).problems == []
+
+
 def test_insecure_tls_is_only_a_warning_outside_production() -> None:
     values = {**FULL, "NODE_ENV": "development",
               "NEXTAUTH_URL": "http://localhost:3000",
