@@ -421,6 +421,15 @@ class Worker:
     # ---------------------------------------------------------------- one job
 
     async def _run_job(self, before: Doc, entry: _Running) -> None:
+        try:
+            await self._process(before, entry)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug or a refused write: the lock expires and the job is retried
+            self.log.log("error", "Job processing error; the job will be retried after its lock expires",
+                         err=exc, jobId=str(entry.doc["_id"]))
+
+    async def _process(self, before: Doc, entry: _Running) -> None:
         doc = entry.doc
         job_type = JobType(doc["type"])
         log = self._job_logs[job_type]
@@ -450,8 +459,15 @@ class Worker:
             self.stats["lost"] += 1
             log.warn("Job lock lost; result not written", jobId=job_id)
             return
-        written = await self._retrying("complete", lambda: self._store.complete(doc, result),
-                                       deadline=entry.locked_until)
+        try:
+            written = await self._retrying("complete", lambda: self._store.complete(doc, result),
+                                           deadline=entry.locked_until)
+        except Exception as exc:  # e.g. a result over MongoDB's 16 MB document limit
+            if is_connection_error(exc):
+                raise
+            await self._after_failure(entry, FatalJobError(
+                f"the result could not be stored ({type(exc).__name__})"), log)
+            return
         if written:
             self.stats["done"] += 1
             log.info("Job completed", jobId=job_id, type=job_type.value,

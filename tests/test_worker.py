@@ -445,3 +445,20 @@ def test_busy_queue_still_takes_over_expired_jobs(secantus: Secantus, dbname: st
 
     got = asyncio.run(scenario())
     assert got == [("PENDING", "None", 1), ("RUNNING", "dead", 2), ("PENDING", "None", 1)]
+
+
+def test_unstorable_results_fail_the_job_instead_of_hanging(tmp_path: Path, secantus: Secantus, dbname: str,
+                                                            jobs: Any) -> None:
+    doc = prisma_job("MOCKUP")
+    big = prisma_job("MOCKUP", mockup_payload(1, size=17_000_000))
+    jobs.insert_many([doc, big])
+    worker = start_worker(tmp_path, secantus.url(dbname), name="unstorable",
+                          handler="MOCKUP=handlers_for_tests:unstorable")
+    try:
+        wait_until(lambda: jobs.count_documents({"status": "FAILED"}) == 2, 60, "both FAILED")
+    finally:
+        assert worker.terminate() == 0
+    first = jobs.find_one({"_id": doc["_id"]})
+    assert first["attempts"] == 1 and "cannot be stored" in first["lastError"]["message"]
+    second = jobs.find_one({"_id": big["_id"]})
+    assert second["lastError"]["message"] == "the result could not be stored (DocumentTooLarge)"
