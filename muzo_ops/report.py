@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from muzo_ops import schema
@@ -13,6 +12,8 @@ OK, ERROR, WARNING, UNSET = "✅", "❌", "⚠️ ", "⚪"
 
 def to_json(report: Report, extra: dict[str, Any] | None = None) -> str:
     """The stable JSON shape of ``check-env --format json``."""
+    import json
+
     data: dict[str, Any] = {
         "ok": report.ok,
         "problems": [
