@@ -280,6 +280,13 @@ def check(
     return report
 
 
+def check_file_mode(report: Report, path: str, mode: int) -> None:
+    """Warn when an env file holding secrets is open to group or others."""
+    if mode & 0o077:
+        report.add(None, Severity.WARNING, "file-permissions",
+                   f"{path} is readable by others (mode {mode & 0o777:04o}): run chmod 600 {path}")
+
+
 def _check_variable(report: Report, var: Variable, value: str) -> None:
     if value == "":
         if var.required:

@@ -70,6 +70,7 @@ def cmd_check_env(args: argparse.Namespace) -> int:
     bare = tuple(e.key for e in env.entries if e.key is not None and e.value is None)
     app = App(args.app) if args.app else None
     result = checks.check(values, app, bare_keys=bare, duplicates=tuple(env.duplicates()), raw=raw)
+    checks.check_file_mode(result, args.env_file, os.stat(args.env_file).st_mode)
     connections = None
     if args.connect:
         connections = _connect(result, values, app, args.timeout)
@@ -126,6 +127,8 @@ def cmd_init_env(args: argparse.Namespace) -> int:
         Environment(args.environment) if args.environment else None,
         supplied, force=args.force, prompt=prompt,
     )
+    if result.tightened:
+        OUT.out(f"  {result.path} was readable by others: mode set to 0600")
     if result.created:
         OUT.out(f"Created {result.path} (mode 0600): {len(result.added)} variables")
     elif result.written:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from muzo_ops import checks, envfile, schema, secretgen
-from muzo_ops.constants import EXAMPLE_ENV_FILE
+from muzo_ops.constants import EXAMPLE_ENV_FILE, SECRET_FILE_MODE
 from muzo_ops.errors import SchemaError, UsageError
 from muzo_ops.schema import Environment, Variable
 
@@ -34,6 +34,7 @@ class InitResult:
     missing: list[str] = field(default_factory=list)  # required, still without a value
     backup: str | None = None  # path of the backup of the old file
     example: str | None = None  # the .env.example written beside it
+    tightened: bool = False  # an existing file's mode was narrowed to 0600
 
 
 def parse_sets(pairs: list[str]) -> dict[str, str]:
@@ -154,6 +155,9 @@ def init_env(
             result.backup = envfile.backup(path)
         envfile.write_atomic(path, text)
         result.written = True
+    elif existing is not None and os.stat(path).st_mode & 0o077:
+        os.chmod(path, SECRET_FILE_MODE)
+        result.tightened = True
     if write_example:
         result.example = _write_example(path)
     return result

@@ -42,6 +42,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("nextauth-url-not-https", "error", "NEXTAUTH_URL is not https:// with NODE_ENV=production."),
     ("unknown-variable-typo", "warning", "An unknown variable close to a known name."),
     ("duplicate", "warning", "A variable set twice (the last one wins)."),
+    ("file-permissions", "warning", "The env file is readable by group or others (not 0600)."),
     ("dollar-expansion", "warning", "A `$name` in a value: Next.js expands it, python-dotenv does not."),
 )
 

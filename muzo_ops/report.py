@@ -67,7 +67,7 @@ def to_text(report: Report, source: str, connections: list[tuple[bool, str]] | N
         lines.append("")
     others = [p for p in report.problems if p.variable not in statuses and not p.special]
     if others:
-        lines.append("📄 Other variables")
+        lines.append("📄 The file and other variables")
         lines.extend(f"{_icon(p.severity)} {p.message}" for p in others)
         lines.append("")
     special = [p for p in report.problems if p.special]

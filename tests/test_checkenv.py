@@ -221,6 +221,18 @@ def test_values_come_from_the_file_unless_include_environ(tmp_path: Path) -> Non
     assert proc.returncode == 1 and "NODE_ENV must be one of" in proc.stdout
 
 
+def test_env_file_open_to_others_is_a_warning(tmp_path: Path) -> None:
+    env = write_env(tmp_path / ".env", FULL)
+    env.chmod(0o644)
+    proc = run_cli("check-env", "--env-file", str(env), "--format", "json")
+    problems = json.loads(proc.stdout)["problems"]
+    assert [(p["code"], p["severity"], p["variable"]) for p in problems] == [("file-permissions", "warning", None)]
+    assert "chmod 600" in problems[0]["message"]
+    assert run_cli("check-env", "--env-file", str(env), "--strict").returncode == 1
+    proc = run_cli("init-env", "--env-file", str(env), "--non-interactive")
+    assert "mode set to 0600" in proc.stdout and env.stat().st_mode & 0o777 == 0o600
+
+
 def test_debug_shows_traceback_only_with_flag(tmp_path: Path) -> None:
     env = tmp_path / ".env"
     env.write_text('A="x\n')
