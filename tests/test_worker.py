@@ -81,7 +81,7 @@ def test_job_longer_than_the_lock_is_not_run_twice(tmp_path: Path, secantus: Sec
     doc = prisma_job("MOCKUP", mockup_payload(seconds=4))
     jobs.insert_one(doc)
     url = secantus.url(dbname)
-    workers = [start_worker(tmp_path, url, "--lock-seconds", "1", "--poll-seconds", "0.2", name=f"w{i}")
+    workers = [start_worker(tmp_path, url, "--lock-seconds", "1.5", "--poll-seconds", "0.2", name=f"w{i}")
                for i in range(2)]
     try:
         wait_until(lambda: jobs.find_one({"_id": doc["_id"]})["status"] == "DONE", 60, "DONE")
@@ -274,9 +274,8 @@ def test_outage_is_logged_backed_off_and_survived(tmp_path: Path) -> None:
         worker = start_worker(tmp_path, url, "--poll-seconds", "0.2", name="outage")
         wait_until(lambda: jobs.count_documents({"status": "DONE"}) == 10, 60, "first batch")
         server.stop()
-        worker.wait_for(lambda: worker.messages().count("MongoDB connection error in worker loop") >= 3,
+        worker.wait_for(lambda: worker.messages().count("MongoDB connection error in worker loop") >= 4,
                         60, "outage logged")
-        time.sleep(2)
         server.start()
         jobs.insert_many([prisma_job("MOCKUP", mockup_payload(i, seconds=0.1)) for i in range(10, 20)])
         wait_until(lambda: jobs.count_documents({"status": "DONE"}) == 20, 90, "second batch")
