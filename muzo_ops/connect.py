@@ -69,6 +69,8 @@ def check_mongo(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> ConnectionRes
         client.admin.command("ping")
         hello = client.admin.command("hello")
         version = str(client.server_info().get("version", "?"))
+        db = client.get_default_database(default="muzo")
+        jobs = db["Job"].estimated_document_count()  # needs the app's privileges on its database
         user = parsed.userinfo.partition(":")[0] if parsed.userinfo else None
         auth = f"authenticated as {user}" if user else "no credentials"
         set_name = hello.get("setName")
@@ -78,12 +80,17 @@ def check_mongo(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> ConnectionRes
         available = from_url if from_url is not None else bool(set_name or hello.get("msg") == "isdbgrid")
         tx = "transactions available" if available else "no transactions"
         return ConnectionResult("mongodb", True, "",
-                                f"MongoDB {where}: ping ok, server {version}, {auth}, {topology}, {tx}")
+                                f"MongoDB {where}: ping ok, server {version}, {auth}, {topology}, {tx}; "
+                                f"database {db.name}: {jobs} Job document(s)")
     except OperationFailure as exc:
         if exc.code == 18:
             return ConnectionResult("mongodb", False, "mongo-auth-failed",
                                     f"MongoDB {where}: authentication failed: check the user and "
                                     "password in DATABASE_URL")
+        if exc.code == 13:
+            return ConnectionResult("mongodb", False, "mongo-unauthorized",
+                                    f"MongoDB {where}: not allowed to read the database: give the "
+                                    "DATABASE_URL user readWrite on it (or add credentials)")
         return ConnectionResult("mongodb", False, "mongo-command-failed",
                                 f"MongoDB {where}: command failed (code {exc.code})")
     except PyMongoError as exc:

@@ -42,6 +42,9 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("nextauth-url-not-https", "error", "NEXTAUTH_URL is not https:// with NODE_ENV=production."),
     ("unknown-variable-typo", "warning", "An unknown variable close to a known name."),
     ("duplicate", "warning", "A variable set twice (the last one wins)."),
+    ("mongo-unreachable / mongo-auth-failed / mongo-unauthorized / redis-unreachable / redis-auth-failed",
+     "error", "With --connect: the server did not answer, refused the credentials, or the user "
+     "may not read the app's database."),
     ("file-permissions", "warning", "The env file is readable by group or others (not 0600)."),
     ("dollar-expansion", "warning", "A `$name` in a value: Next.js expands it, python-dotenv does not."),
 )

@@ -26,6 +26,27 @@ def secantus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secantus]:
     server.stop()
 
 
+MONGO_APP_PASSWORD = "Str0ng-Mongo-App-Pass-77"
+
+
+@pytest.fixture(scope="module")
+def secantus_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secantus]:
+    """A SecantusDB with --auth and a user muzo_app (readWrite on muzo)."""
+    from pymongo import MongoClient
+
+    server = Secantus(tmp_path_factory.mktemp("secantus-auth") / "data")
+    server.start()
+    client: MongoClient[dict[str, object]] = MongoClient(server.uri)
+    client.admin.command("createUser", "muzo_app", pwd=MONGO_APP_PASSWORD,
+                         roles=[{"role": "readWrite", "db": "muzo"}])
+    client.close()
+    server.stop()
+    server.auth = True
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
     server = Redis(tmp_path_factory.mktemp("redis"), password="r3dis-test-pass-991")

@@ -53,6 +53,7 @@ class Secantus:
     data: Path
     port: int = field(default_factory=free_port)
     standalone: bool = False
+    auth: bool = False
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
 
@@ -72,6 +73,8 @@ class Secantus:
                "--log-level", "WARNING"]
         if self.standalone:
             cmd.append("--standalone")
+        if self.auth:
+            cmd.append("--auth")
         self.log = self.data.parent / f"secantus-{self.port}.log"
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,

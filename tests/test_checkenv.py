@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -291,3 +292,23 @@ def test_plain_check_env_does_not_import_heavy_modules(tmp_path: Path) -> None:
 
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "HEAVY []" in proc.stdout, proc.stdout[-300:]
+
+
+def test_connect_checks_authentication_and_privileges(tmp_path: Path, secantus_auth) -> None:  # type: ignore[no-untyped-def]
+    from conftest import MONGO_APP_PASSWORD
+
+    def run(userinfo: str) -> subprocess.CompletedProcess[str]:
+        url = (f"mongodb://{userinfo}127.0.0.1:{secantus_auth.port}/muzo?directConnection=true"
+               "&authSource=admin&serverSelectionTimeoutMS=30000")
+        env = write_env(tmp_path / ".env", {**FULL, "DATABASE_URL": url})
+        return run_cli("check-env", "--env-file", str(env), "--connect", "--app", "worker", "--timeout", "3")
+
+    good = run(f"muzo_app:{MONGO_APP_PASSWORD}@")
+    assert good.returncode == 0, good.stdout
+    assert "authenticated as muzo_app" in good.stdout and "database muzo: 0 Job document(s)" in good.stdout
+    bad = run("muzo_app:not-the-password-1@")
+    assert bad.returncode == 1 and "authentication failed: check the user and password" in bad.stdout
+    anonymous = run("")
+    assert anonymous.returncode == 1 and "not allowed to read the database" in anonymous.stdout
+    for proc in (good, bad, anonymous):
+        assert_no_secret(proc.stdout + proc.stderr, [MONGO_APP_PASSWORD, "not-the-password-1"])
