@@ -12,10 +12,14 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from muzo_ops.constants import DEFAULT_ENV_FILE, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
 from muzo_ops.errors import MuzoOpsError, UsageError
+
+if TYPE_CHECKING:  # imported lazily at run time: start-up stays light
+    from muzo_ops.checks import Report
+    from muzo_ops.schema import App, Variable
 
 
 class _Output:
@@ -84,11 +88,10 @@ def cmd_check_env(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _connect(result: object, values: dict[str, str], app: object, timeout: float) -> list[tuple[bool, str]]:
-    from muzo_ops import checks, connect, schema
+def _connect(result: Report, values: dict[str, str], app: App | None, timeout: float) -> list[tuple[bool, str]]:
+    from muzo_ops import connect, schema
     from muzo_ops.checks import Severity
 
-    assert isinstance(result, checks.Report)
     lines: list[tuple[bool, str]] = []
     probes: list[tuple[str, Callable[[str, float], connect.ConnectionResult]]] = [
         ("DATABASE_URL", connect.check_mongo), ("REDIS_URL", connect.check_redis)]
@@ -116,7 +119,7 @@ def cmd_init_env(args: argparse.Namespace) -> int:
 
     supplied = initenv.parse_sets(args.set or [])
     for name in args.set_stdin or []:
-        var = initenv._known(name)
+        var = initenv.known_variable(name)
         line = sys.stdin.readline()
         supplied[var.name] = line.rstrip("\r\n")
     OUT.secrets.update(v for v in supplied.values() if len(v) >= 4)
@@ -154,13 +157,11 @@ def cmd_init_env(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _prompt(var: object) -> str:
+def _prompt(var: Variable) -> str:
     import getpass
 
     from muzo_ops import checks
-    from muzo_ops.schema import Variable
 
-    assert isinstance(var, Variable)
     label = f"{var.name} ({var.description}) [{var.apps_label}]: "
     for _ in range(3):
         if var.sensitive:
@@ -174,7 +175,8 @@ def _prompt(var: object) -> str:
             return ""
         problem = checks.value_error(var, value)
         if problem is None:
-            OUT.secrets.add(value) if var.sensitive else None
+            if var.sensitive:
+                OUT.secrets.add(value)
             return value
         OUT.err(f"  {var.name} {problem}; try again")
     return ""

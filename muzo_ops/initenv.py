@@ -48,7 +48,7 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
         name, sep, value = pair.partition("=")
         if not sep:
             raise UsageError(f"--set {name}: expected KEY=VALUE")
-        var = _known(name)
+        var = known_variable(name)
         url_without_password = var.kind in (schema.Kind.MONGO_URL, schema.Kind.REDIS_URL) and not (
             checks.secret_values({name: value}))
         if var.sensitive and not url_without_password:
@@ -61,7 +61,7 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def _known(name: str) -> Variable:
+def known_variable(name: str) -> Variable:
     var = schema.BY_NAME.get(name)
     if var is None:
         import difflib
@@ -75,7 +75,7 @@ def _known(name: str) -> Variable:
 def validate_supplied(values: Mapping[str, str]) -> None:
     """Refuse supplied values that break their rule (the message names no value)."""
     for name, value in values.items():
-        var = _known(name)
+        var = known_variable(name)
         if value == "":
             continue
         problem = checks.value_error(var, value)
