@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from muzo_ops.constants import DEFAULT_ENV_FILE, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
 from muzo_ops.errors import MuzoOpsError, UsageError
@@ -51,7 +51,7 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def _help(description: str, example: str) -> dict[str, object]:
+def _help(description: str, example: str) -> dict[str, Any]:
     return {
         "description": description,
         "epilog": f"example:\n  {example}",
@@ -227,7 +227,7 @@ def build_parser() -> _Parser:
     parser = _Parser(
         prog="muzo-ops",
         **_help("Operations toolkit for muzo: env files, checks, secrets, the queue worker.",
-                "muzo-ops init-env && muzo-ops check-env"),  # type: ignore[arg-type]
+                "muzo-ops init-env && muzo-ops check-env"),
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -238,7 +238,7 @@ def build_parser() -> _Parser:
                        help="env file to use (default: ./.env)")
 
     p = sub.add_parser("init-env", help="create or complete .env (secrets generated)",
-                       **_help(  # type: ignore[arg-type]
+                       **_help(
         "Create .env (mode 0600) and .env.example beside it. Secrets are generated, "
         "development defaults filled in; on a terminal you are asked for required values "
         "(hidden input for secrets). An existing file is merged: missing variables are "
@@ -259,7 +259,7 @@ def build_parser() -> _Parser:
     p.set_defaults(func=cmd_init_env)
 
     p = sub.add_parser("check-env", help="validate an env file",
-                       **_help(  # type: ignore[arg-type]
+                       **_help(
         "Check every variable the muzo apps read: presence, format, and the rules between "
         "them. Values come from the file alone so a check is repeatable; "
         "--include-environ layers the process environment on top the way the apps see it "
@@ -279,7 +279,7 @@ def build_parser() -> _Parser:
     p.set_defaults(func=cmd_check_env)
 
     p = sub.add_parser("render", help="render .env.example, .env.template and the docs page",
-                       **_help(  # type: ignore[arg-type]
+                       **_help(
         "Render the committed files from the schema; --check only compares and exits 1 "
         "when one drifted.", "muzo-ops render --check"))
     p.add_argument("--check", action="store_true", help="compare instead of writing")
@@ -288,17 +288,17 @@ def build_parser() -> _Parser:
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("secrets", help="generate or rotate secrets",
-                       **_help("Generate or rotate generated secrets.",  # type: ignore[arg-type]
+                       **_help("Generate or rotate generated secrets.",
                                "muzo-ops secrets rotate NEXTAUTH_SECRET"))
     ssub = p.add_subparsers(dest="secrets_command", metavar="ACTION", parser_class=_Parser)
     ssub.required = True
     g = ssub.add_parser("generate", help="print a fresh value",
-                        **_help("Print a fresh value for a generated secret.",  # type: ignore[arg-type]
+                        **_help("Print a fresh value for a generated secret.",
                                 "muzo-ops secrets generate NEXTAUTH_SECRET"))
     g.add_argument("name", nargs="?", default="NEXTAUTH_SECRET", metavar="NAME")
     g.set_defaults(func=cmd_secrets_generate)
     r = ssub.add_parser("rotate", help="replace a secret in the env file",
-                        **_help(  # type: ignore[arg-type]
+                        **_help(
         "Replace a generated secret in the env file with a fresh one: backup (0600), "
         "atomic write (0600); the value is never printed.",
         "muzo-ops secrets rotate NEXTAUTH_SECRET --env-file /etc/muzo/.env"))
@@ -452,7 +452,7 @@ def cmd_dev_db(args: argparse.Namespace) -> int:
 
 def _add_worker_commands(sub: argparse._SubParsersAction[_Parser],
                          env_file: Callable[[argparse.ArgumentParser], None]) -> None:
-    p = sub.add_parser("worker", help="run the queue worker", **_help(  # type: ignore[arg-type]
+    p = sub.add_parser("worker", help="run the queue worker", **_help(
         "Process the MongoDB Job collection: one atomic claim per job, a heartbeat while it "
         "runs, fenced writes, retries with back-off, change-stream wake-up (polling "
         "otherwise). Reads DATABASE_URL, WORKER_QUEUES, GENERATION_WORKER_CONCURRENCY, "
@@ -478,7 +478,7 @@ def _add_worker_commands(sub: argparse._SubParsersAction[_Parser],
                    help="poll only, even where the server offers change streams")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("jobs", help="inspect and operate the queue", **_help(  # type: ignore[arg-type]
+    p = sub.add_parser("jobs", help="inspect and operate the queue", **_help(
         "Queue operations on DATABASE_URL's Job collection.", "muzo-ops jobs status --format json"))
     jsub = p.add_subparsers(dest="jobs_command", metavar="ACTION", parser_class=_Parser)
     jsub.required = True
@@ -489,11 +489,11 @@ def _add_worker_commands(sub: argparse._SubParsersAction[_Parser],
 
     q = jsub.add_parser("status", help="counts by type and status, oldest due job, stuck jobs", **_help(
         "Counts by type and status, the age of the oldest due PENDING job, and RUNNING jobs "
-        "past their lock.", "muzo-ops jobs status"))  # type: ignore[arg-type]
+        "past their lock.", "muzo-ops jobs status"))
     common(q)
     q.set_defaults(func=cmd_jobs_status)
     q = jsub.add_parser("enqueue", help="insert a job the way the web app does", **_help(
-        "Validate the payload for its type and insert a PENDING job.",  # type: ignore[arg-type]
+        "Validate the payload for its type and insert a PENDING job.",
         "muzo-ops jobs enqueue MOCKUP --payload '{\"orderId\": \"o1\", \"outputAssetId\": \"a1\", "
         "\"productVariantId\": \"v1\"}' --run-at +30s"))
     common(q)
@@ -503,13 +503,13 @@ def _add_worker_commands(sub: argparse._SubParsersAction[_Parser],
     q.add_argument("--max-attempts", type=int, default=3, metavar="N")
     q.set_defaults(func=cmd_jobs_enqueue)
     q = jsub.add_parser("retry-failed", help="put FAILED jobs back to PENDING", **_help(
-        "Put FAILED jobs back to PENDING with attempts reset.",  # type: ignore[arg-type]
+        "Put FAILED jobs back to PENDING with attempts reset.",
         "muzo-ops jobs retry-failed --type GENERATION"))
     common(q)
     q.add_argument("--type", metavar="TYPE")
     q.set_defaults(func=cmd_jobs_retry_failed)
     q = jsub.add_parser("clear-failed", help="delete old FAILED jobs", **_help(
-        "Delete FAILED jobs last updated longer ago than --older-than.",  # type: ignore[arg-type]
+        "Delete FAILED jobs last updated longer ago than --older-than.",
         "muzo-ops jobs clear-failed --older-than 7d"))
     common(q)
     q.add_argument("--older-than", default="7d", metavar="AGE", help="e.g. 12h, 7d (default 7d)")
@@ -518,7 +518,7 @@ def _add_worker_commands(sub: argparse._SubParsersAction[_Parser],
 
     p = sub.add_parser("dev-db", help="run a local MongoDB-compatible server (SecantusDB)", **_help(
         "Start SecantusDB (optional extra, GPL-2.0: pip install 'muzo-ops[devdb]') in the "
-        "foreground and print the DATABASE_URL for .env.",  # type: ignore[arg-type]
+        "foreground and print the DATABASE_URL for .env.",
         "muzo-ops dev-db --port 27017 --data .muzo-dev-db"))
     p.add_argument("--port", type=int, default=27017)
     p.add_argument("--data", default=".muzo-dev-db", metavar="DIR")
