@@ -10,10 +10,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from muzo_ops import schema
 from muzo_ops.constants import DOCS_ENV_PAGE, EXAMPLE_ENV_FILE, TEMPLATE_ENV_FILE
 from muzo_ops.envfile import format_line
+
+if TYPE_CHECKING:
+    import jinja2
 
 # Committed file -> the template it is rendered from.
 RENDERED_FILES: dict[str, str] = {
@@ -61,7 +65,7 @@ def _md(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _environment() -> object:
+def _environment() -> jinja2.Environment:
     import jinja2
 
     env = jinja2.Environment(
@@ -86,7 +90,7 @@ def render(template: str, **context: object) -> str:
         "rules": RULES,
     }
     base.update(context)
-    return str(env.get_template(template).render(**base))  # type: ignore[attr-defined]
+    return env.get_template(template).render(**base)
 
 
 def render_env(values: Mapping[str, str], environment: schema.Environment) -> str:
