@@ -19,6 +19,7 @@ from muzo_ops.errors import MuzoOpsError, UsageError
 
 if TYPE_CHECKING:  # imported lazily at run time: start-up stays light
     from muzo_ops.checks import Report
+    from muzo_ops.jobs import JobType
     from muzo_ops.schema import App, Variable
 
 
@@ -393,12 +394,10 @@ def cmd_jobs_enqueue(args: argparse.Namespace) -> int:
     import json
 
     from muzo_ops import jobsadmin
-    from muzo_ops.jobs import JobType, PayloadError
+    from muzo_ops.jobs import PayloadError
 
-    try:
-        job_type = JobType(args.type.upper())
-    except ValueError as exc:
-        raise UsageError(f"unknown job type {args.type!r}: use GENERATION, MOCKUP or FULFILLMENT") from exc
+    job_type = _job_type(args.type)
+    assert job_type is not None
     try:
         payload = json.loads(args.payload)
     except json.JSONDecodeError as exc:
@@ -412,36 +411,44 @@ def cmd_jobs_enqueue(args: argparse.Namespace) -> int:
         job_id = jobsadmin.enqueue(_jobs_collection(args), job_type, payload, run_at, args.max_attempts)
     except PayloadError as exc:
         raise UsageError(str(exc)) from exc
+    return _result(args, {"id": job_id, "type": job_type.value, "availableAt": run_at},
+                   f"enqueued {job_type.value} job {job_id}")
+
+
+def _job_type(text: str | None) -> JobType | None:
+    """A --type / TYPE argument; UsageError names the choices."""
+    from muzo_ops.jobs import JobType
+
+    if text is None:
+        return None
+    try:
+        return JobType(text.strip().upper())
+    except ValueError as exc:
+        choices = ", ".join(t.value for t in JobType)
+        raise UsageError(f"unknown job type {text!r}: use one of {choices}") from exc
+
+
+def _result(args: argparse.Namespace, data: dict[str, Any], text: str) -> int:
     if args.format == "json":
-        _print_json({"id": job_id, "type": job_type.value, "availableAt": run_at})
+        _print_json(data)
     else:
-        OUT.out(f"enqueued {job_type.value} job {job_id}")
+        OUT.out(text)
     return EXIT_OK
 
 
 def cmd_jobs_retry_failed(args: argparse.Namespace) -> int:
     from muzo_ops import jobsadmin
-    from muzo_ops.jobs import JobType
 
-    count = jobsadmin.retry_failed(_jobs_collection(args), JobType(args.type.upper()) if args.type else None)
-    if args.format == "json":
-        _print_json({"retried": count})
-    else:
-        OUT.out(f"{count} FAILED job(s) back to PENDING")
-    return EXIT_OK
+    count = jobsadmin.retry_failed(_jobs_collection(args), _job_type(args.type))
+    return _result(args, {"retried": count}, f"{count} FAILED job(s) back to PENDING")
 
 
 def cmd_jobs_clear_failed(args: argparse.Namespace) -> int:
     from muzo_ops import jobsadmin
-    from muzo_ops.jobs import JobType
 
     age = jobsadmin.parse_duration(args.older_than)
-    count = jobsadmin.clear_failed(_jobs_collection(args), age, JobType(args.type.upper()) if args.type else None)
-    if args.format == "json":
-        _print_json({"deleted": count})
-    else:
-        OUT.out(f"{count} FAILED job(s) older than {args.older_than} deleted")
-    return EXIT_OK
+    count = jobsadmin.clear_failed(_jobs_collection(args), age, _job_type(args.type))
+    return _result(args, {"deleted": count}, f"{count} FAILED job(s) older than {args.older_than} deleted")
 
 
 def cmd_dev_db(args: argparse.Namespace) -> int:

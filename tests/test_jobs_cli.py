@@ -58,6 +58,12 @@ def test_jobs_commands(tmp_path: Path, secantus: Secantus) -> None:
     assert json.loads(proc.stdout) == {"deleted": 1}
     assert jobs.count_documents({"status": "FAILED"}) == 0
     assert run_cli("jobs", "clear-failed", "--older-than", "week", "--env-file", str(env)).returncode == 2
+    for args in (["retry-failed", "--type", "printing"], ["enqueue", "PRINTING", "--payload", "{}"]):
+        proc = run_cli("jobs", *args, "--env-file", str(env))
+        assert proc.returncode == 2
+        assert proc.stderr.strip() == ("error: unknown job type 'printing': use one of GENERATION, MOCKUP, FULFILLMENT"
+                                       if "retry-failed" in args else
+                                       "error: unknown job type 'PRINTING': use one of GENERATION, MOCKUP, FULFILLMENT")
     client.drop_database(db)
     client.close()
 
