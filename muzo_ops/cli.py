@@ -52,6 +52,24 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+def _positive(text: str) -> float:
+    """argparse type: a number above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number of at least 1")
+    return int(text)
+
+
 def _help(description: str, example: str) -> dict[str, Any]:
     return {
         "description": description,
@@ -273,7 +291,7 @@ def build_parser() -> _Parser:
     p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     p.add_argument("--connect", action="store_true",
                    help="also connect to MongoDB and Redis (short timeout)")
-    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=_positive, default=5.0, metavar="SECONDS",
                    help="per-connection timeout for --connect (default 5)")
     p.add_argument("--include-environ", action="store_true",
                    help="layer the process environment over the file (it wins)")
@@ -471,16 +489,16 @@ def _add_worker_commands(sub: argparse._SubParsersAction[_Parser],
     env_file(p)
     p.add_argument("--queues", metavar="LIST", help="comma list of generation, mockup, fulfillment "
                    "(default: WORKER_QUEUES, else generation)")
-    p.add_argument("--concurrency", type=int, metavar="N",
+    p.add_argument("--concurrency", type=_positive_int, metavar="N",
                    help="jobs run at once (default: GENERATION_WORKER_CONCURRENCY, else 1)")
     p.add_argument("--handler", action="append", metavar="TYPE=module:callable",
                    help="handler for a job type (repeatable); also MUZO_WORKER_HANDLERS and "
                    "entry points in group muzo_ops.handlers")
-    p.add_argument("--lock-seconds", type=float, help="lock duration, renewed by heartbeats (default 300)")
-    p.add_argument("--poll-seconds", type=float, help="poll interval without change streams (default 1)")
-    p.add_argument("--drain-timeout", type=float, help="seconds to let running jobs finish on stop (default 30)")
-    p.add_argument("--retry-base", type=float, help="first retry delay in seconds (default 2)")
-    p.add_argument("--retry-cap", type=float, help="longest retry delay in seconds (default 300)")
+    p.add_argument("--lock-seconds", type=_positive, help="lock duration, renewed by heartbeats (default 300)")
+    p.add_argument("--poll-seconds", type=_positive, help="poll interval without change streams (default 1)")
+    p.add_argument("--drain-timeout", type=_positive, help="seconds to let running jobs finish on stop (default 30)")
+    p.add_argument("--retry-base", type=_positive, help="first retry delay in seconds (default 2)")
+    p.add_argument("--retry-cap", type=_positive, help="longest retry delay in seconds (default 300)")
     p.add_argument("--no-change-streams", action="store_true",
                    help="poll only, even where the server offers change streams")
     p.set_defaults(func=cmd_worker)
@@ -507,7 +525,7 @@ def _add_worker_commands(sub: argparse._SubParsersAction[_Parser],
     q.add_argument("type", metavar="TYPE", help="GENERATION, MOCKUP or FULFILLMENT")
     q.add_argument("--payload", required=True, metavar="JSON")
     q.add_argument("--run-at", metavar="WHEN", help="ISO 8601 time or +30s / +5m / +2h / +1d")
-    q.add_argument("--max-attempts", type=int, default=3, metavar="N")
+    q.add_argument("--max-attempts", type=_positive_int, default=3, metavar="N")
     q.set_defaults(func=cmd_jobs_enqueue)
     q = jsub.add_parser("retry-failed", help="put FAILED jobs back to PENDING", **_help(
         "Put FAILED jobs back to PENDING with attempts reset.",
@@ -527,7 +545,7 @@ def _add_worker_commands(sub: argparse._SubParsersAction[_Parser],
         "Start SecantusDB (optional extra, GPL-2.0: pip install 'muzo-ops[devdb]') in the "
         "foreground and print the DATABASE_URL for .env.",
         "muzo-ops dev-db --port 27017 --data .muzo-dev-db"))
-    p.add_argument("--port", type=int, default=27017)
+    p.add_argument("--port", type=_positive_int, default=27017)
     p.add_argument("--data", default=".muzo-dev-db", metavar="DIR")
     p.set_defaults(func=cmd_dev_db)
 

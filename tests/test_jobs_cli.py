@@ -102,3 +102,16 @@ def test_dev_db_prints_a_working_url(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_numeric_options_are_checked_before_anything_runs() -> None:
+    cases = [
+        (["worker", "--lock-seconds", "-1"], "argument --lock-seconds: '-1' must be above 0"),
+        (["worker", "--concurrency", "0"], "argument --concurrency: '0' must be a whole number of at least 1"),
+        (["check-env", "--timeout", "soon"], "argument --timeout: 'soon' is not a number"),
+        (["jobs", "enqueue", "MOCKUP", "--payload", "{}", "--max-attempts", "0"], "--max-attempts"),
+    ]
+    for args, message in cases:
+        proc = run_cli(*args)
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
