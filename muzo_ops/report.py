@@ -37,7 +37,7 @@ def to_text(report: Report, source: str, connections: list[tuple[bool, str]] | N
     width = max(len(v.name) for v in report.variables) + 2 if report.variables else 30
     by_var: dict[str, list[Any]] = {}
     for p in report.problems:
-        if p.variable and not p.special:
+        if p.variable:
             by_var.setdefault(p.variable, []).append(p)
     lines = [f"📋 Environment Variables Check ({source})", ""]
     statuses = {v.name: v for v in report.variables}
@@ -61,8 +61,11 @@ def to_text(report: Report, source: str, connections: list[tuple[bool, str]] | N
                 icon = OK
             shown_value = f"= {status.value}" if status.present else "(not set)"
             line = f"{icon} {var.name:<{width}} {tag} {shown_value}"
-            if problems:
-                line += f"  — {problems[0].message}"
+            own = [p for p in problems if not p.special]
+            if own:
+                line += f"  — {own[0].message}"
+            elif problems:
+                line += "  — see Special Checks"
             lines.append(line)
         lines.append("")
     others = [p for p in report.problems if p.variable not in statuses and not p.special]
