@@ -312,3 +312,11 @@ def test_connect_checks_authentication_and_privileges(tmp_path: Path, secantus_a
     assert anonymous.returncode == 1 and "not allowed to read the database" in anonymous.stdout
     for proc in (good, bad, anonymous):
         assert_no_secret(proc.stdout + proc.stderr, [MONGO_APP_PASSWORD, "not-the-password-1"])
+
+
+def test_text_marks_a_variable_with_a_special_check_error(tmp_path: Path) -> None:
+    env = write_env(tmp_path / ".env", {**FULL, "DATABASE_URL": URL + "&replicaSet=rs0"})
+    out = run_cli("check-env", "--env-file", str(env)).stdout
+    line = next(x for x in out.splitlines() if " DATABASE_URL " in x and "[REQUIRED]" in x)
+    assert line.startswith("❌") and line.endswith("— see Special Checks")
+    assert "Required: 19/20 configured" in out
