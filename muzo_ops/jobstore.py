@@ -16,7 +16,7 @@ from bson import ObjectId
 from pymongo import ASCENDING, ReturnDocument
 
 from muzo_ops.constants import DEFAULT_MAX_ATTEMPTS, JOB_COLLECTION
-from muzo_ops.jobs import JobStatus, JobType, max_attempts_of
+from muzo_ops.jobs import JobStatus, JobType
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.client_session import AsyncClientSession
@@ -239,4 +239,4 @@ def error_document(exc: BaseException, attempts: int) -> Doc:
     }
 
 
-__all__ = ["JobStore", "error_document", "fence", "max_attempts_of", "new_job_document", "utcnow"]
+__all__ = ["JobStore", "error_document", "fence", "new_job_document", "utcnow"]

@@ -25,6 +25,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import bson
+from pymongo import AsyncMongoClient
+from pymongo.errors import ConnectionFailure, OperationFailure
+
 from muzo_ops import checks, mongourl, schema, topology
 from muzo_ops.constants import (
     DEFAULT_DRAIN_TIMEOUT_S,
@@ -43,7 +47,9 @@ from muzo_ops.constants import (
 from muzo_ops.errors import ConfigError
 from muzo_ops.handlers import Handler
 from muzo_ops.jobs import FatalJobError, JobType, PayloadError, job_from_document, max_attempts_of
+from muzo_ops.jobstore import JobStore, error_document, utcnow
 from muzo_ops.logs import Logger
+from muzo_ops.payloads import validate
 from muzo_ops.sdnotify import Notifier
 
 T = TypeVar("T")
@@ -122,8 +128,6 @@ def settings_from_env(values: Mapping[str, str], queues: str | None = None,
 
 def is_connection_error(exc: BaseException) -> bool:
     """A MongoDB outage (retry later), as opposed to a bad command."""
-    from pymongo.errors import ConnectionFailure
-
     return isinstance(exc, ConnectionFailure) or bool(CONNECTION_ERROR_TEXT.search(str(exc)))
 
 
@@ -225,10 +229,6 @@ class Worker:
     # ---------------------------------------------------------------- start-up
 
     async def _connect(self) -> None:
-        from pymongo import AsyncMongoClient
-
-        from muzo_ops.jobstore import JobStore
-
         parsed = mongourl.parse(self.settings.url)
         kwargs: dict[str, Any] = {"appname": "muzo-worker"}
         if parsed.option("serverSelectionTimeoutMS") is None:
@@ -250,8 +250,6 @@ class Worker:
         else:
             init.info("Mongo transactions enabled for the queue", reason=mode.reason,
                       source=mode.source.value)
-        from pymongo.errors import OperationFailure
-
         try:
             created = await self._retrying("createIndexes", self._store.ensure_indexes, until_stop=True)
         except OperationFailure as exc:
@@ -267,7 +265,7 @@ class Worker:
         """Run until stopped; the process exit code (0)."""
         await self._connect()
         if self.stopping.is_set():
-            await self._shutdown([])
+            await self._shutdown()
             return 0
         await self._sweep()
         self.log.info("Worker bootstrapped and listening for jobs", workerId=self.settings.worker_id,
@@ -293,7 +291,7 @@ class Worker:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        await self._shutdown(background)
+        await self._shutdown()
         return 0
 
     # ---------------------------------------------------------------- loops
@@ -346,8 +344,6 @@ class Worker:
         return finished
 
     async def _watch_loop(self) -> None:
-        from pymongo.errors import OperationFailure
-
         pipeline = [{"$match": {"$or": [
             {"operationType": "insert"},
             {"updateDescription.updatedFields.status": "PENDING"},
@@ -442,8 +438,6 @@ class Worker:
         started = time.monotonic()
         heartbeat = asyncio.create_task(self._heartbeat(entry, log))
         try:
-            from muzo_ops.payloads import validate
-
             validate(job_type, doc.get("payload"))
             result = await self._call_handler(job_type, doc)
             self._check_storable(result)
@@ -489,8 +483,6 @@ class Worker:
 
     @staticmethod
     def _check_storable(result: Any) -> None:
-        import bson
-
         try:
             bson.encode({"result": result})
         except Exception as exc:
@@ -517,8 +509,6 @@ class Worker:
             entry.locked_until = until
 
     async def _after_failure(self, entry: _Running, exc: Exception, log: Logger) -> None:
-        from muzo_ops.jobstore import error_document
-
         doc = entry.doc
         job_id = str(doc["_id"])
         attempts = int(doc["attempts"])
@@ -540,8 +530,6 @@ class Worker:
                         else "fatal error" if fatal else "Maximum attempts exhausted")
             return
         delay = backoff_delay(attempts, self.settings.retry_base_s, self.settings.retry_cap_s)
-        from muzo_ops.jobstore import utcnow
-
         available = utcnow() + dt.timedelta(seconds=delay)
         written = await self._retrying("retry", lambda: self._store.retry_later(doc, error, available),
                                        deadline=entry.locked_until)
@@ -552,7 +540,7 @@ class Worker:
 
     # ---------------------------------------------------------------- shutdown
 
-    async def _shutdown(self, _background: list[asyncio.Task[None]]) -> None:
+    async def _shutdown(self) -> None:
         tasks = [e.task for e in self.running.values() if e.task is not None]
         if tasks and not self.force:
             self.log.info("Draining running jobs", running=len(tasks),
