@@ -1,0 +1,240 @@
+"""The audit log of secret changes: JSON lines beside the env file, never a value.
+
+Each change appends one line to ``.muzo-secrets-audit.jsonl`` in the env
+file's folder: time (UTC), user, host, command, env file, variable names and
+fingerprints of the old and new values. A fingerprint is HMAC-SHA256 of the
+value under a random 32-byte key kept beside the log (``.muzo-secrets-audit.key``,
+mode 0600), cut to 12 hex digits: it tells two generations of a secret apart
+and matches the same value across hosts sharing the key, while a plain hash
+of a weak password could be guessed offline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import getpass
+import hashlib
+import hmac
+import json
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from muzo_ops.constants import SECRET_FILE_MODE
+from muzo_ops.errors import MuzoOpsError
+
+LOG_NAME = ".muzo-secrets-audit.jsonl"
+KEY_NAME = ".muzo-secrets-audit.key"
+FINGERPRINT_HEX = 12
+_KEY_BYTES = 32
+
+
+class AuditError(MuzoOpsError):
+    """The audit log or its key cannot be read or written."""
+
+
+def log_path(env_path: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(env_path)), LOG_NAME)
+
+
+def key_path(env_path: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(env_path)), KEY_NAME)
+
+
+def _load_or_create_key(path: str) -> bytes:
+    """The fingerprint key at ``path``, created on first use (0600).
+
+    A new key is written to a temporary file and hard-linked into place,
+    so a reader never sees a half-written key and two first users agree.
+    """
+    import tempfile
+
+    if not os.path.exists(path):
+        folder = os.path.dirname(path)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".muzo-ops-", suffix=".tmp", dir=folder)
+        except OSError as exc:
+            raise AuditError(f"{path}: cannot create the fingerprint key: {exc.strerror}") from exc
+        try:
+            os.fchmod(fd, SECRET_FILE_MODE)
+            os.write(fd, os.urandom(_KEY_BYTES).hex().encode("ascii") + b"\n")
+            os.fsync(fd)
+            os.close(fd)
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+    try:
+        with open(path, encoding="ascii") as handle:
+            text = handle.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AuditError(f"{path}: cannot read the fingerprint key: restore it from a backup, "
+                         "or delete it (old fingerprints then no longer match)") from exc
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != _KEY_BYTES:
+        raise AuditError(f"{path}: not a fingerprint key (64 hex digits): restore it from a backup, "
+                         "or delete it (old fingerprints then no longer match)")
+    return key
+
+
+class Fingerprinter:
+    """HMAC-SHA256 fingerprints under the key beside an env file's audit log."""
+
+    def __init__(self, env_path: str) -> None:
+        self._key = _load_or_create_key(key_path(env_path))
+
+    def __repr__(self) -> str:
+        return "Fingerprinter(<key hidden>)"
+
+    def __call__(self, value: str | None) -> str | None:
+        """12 hex digits for ``value``; None for a missing or empty value."""
+        if not value:
+            return None
+        digest = hmac.new(self._key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+        return digest[:FINGERPRINT_HEX]
+
+
+def fingerprint(env_path: str, value: str | None) -> str | None:
+    """One value's fingerprint (see ``Fingerprinter``)."""
+    return Fingerprinter(env_path)(value)
+
+
+@dataclass
+class Record:
+    """One audit line. ``fingerprints`` maps a variable to ``{"old": fp, "new": fp}``."""
+
+    command: str
+    env_file: str
+    variables: list[str]
+    fingerprints: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    time: str = ""
+    user: str = ""
+    host: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"time": self.time, "user": self.user, "host": self.host,
+                               "command": self.command, "env_file": self.env_file,
+                               "variables": self.variables, "fingerprints": self.fingerprints}
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Record:
+        known = {"time", "user", "host", "command", "env_file", "variables", "fingerprints"}
+        return cls(command=str(data.get("command", "")), env_file=str(data.get("env_file", "")),
+                   variables=[str(v) for v in data.get("variables", [])],
+                   fingerprints=dict(data.get("fingerprints", {})), time=str(data.get("time", "")),
+                   user=str(data.get("user", "")), host=str(data.get("host", "")),
+                   extra={k: v for k, v in data.items() if k not in known})
+
+    @property
+    def when(self) -> dt.datetime | None:
+        try:
+            return dt.datetime.fromisoformat(self.time)
+        except ValueError:
+            return None
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def append(env_path: str, command: str, changes: Mapping[str, tuple[str | None, str | None]],
+           extra: Mapping[str, Any] | None = None, fingerprinter: Fingerprinter | None = None,
+           now: dt.datetime | None = None) -> Record:
+    """Append one record: ``changes`` maps each variable to ``(old value, new value)``.
+
+    Only fingerprints are written. The line goes out in one ``write`` on a
+    file opened with O_APPEND (mode 0600) and is fsynced.
+    """
+    fingerprinter = fingerprinter or Fingerprinter(env_path)
+    record = Record(
+        command=command, env_file=os.path.basename(env_path), variables=list(changes),
+        fingerprints={name: {"old": fingerprinter(old), "new": fingerprinter(new)}
+                      for name, (old, new) in changes.items()},
+        time=(now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds"),
+        user=_user(), host=socket.gethostname(), extra=dict(extra or {}),
+    )
+    line = json.dumps(record.to_json(), sort_keys=False, ensure_ascii=False) + "\n"
+    path = log_path(env_path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, SECRET_FILE_MODE)
+    except OSError as exc:
+        raise AuditError(f"{path}: cannot open the audit log: {exc.strerror}") from exc
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = "\n" + line  # a line torn by a crash stays apart from this one
+        os.write(fd, line.encode("utf-8"))
+        os.fsync(fd)
+    except OSError as exc:
+        raise AuditError(f"{path}: cannot write the audit log: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+    return record
+
+
+def read(env_path: str, only_this_file: bool = True) -> list[Record]:
+    """Every record of the log beside ``env_path`` (of that env file only, by default).
+
+    A line that is not JSON (a crash mid-write on a full disk) is skipped.
+    """
+    path = log_path(env_path)
+    records: list[Record] = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                with contextlib.suppress(ValueError):
+                    data = json.loads(line)
+                    if isinstance(data, dict):
+                        records.append(Record.from_json(data))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise AuditError(f"{path}: cannot read the audit log: {exc.strerror}") from exc
+    if only_this_file:
+        name = os.path.basename(env_path)
+        records = [r for r in records if r.env_file == name]
+    return records
+
+
+def last_change(env_path: str, variable: str, commands: tuple[str, ...] = ("rotate",)) -> Record | None:
+    """The newest record of ``commands`` that changed ``variable`` in this env file."""
+    for record in reversed(read(env_path)):
+        if record.command in commands and variable in record.variables:
+            return record
+    return None
+
+
+def previous_secret_age(env_path: str, current: str, now: dt.datetime | None = None) -> dt.timedelta | None:
+    """How long ago ``current`` (e.g. NEXTAUTH_SECRET) was rotated, moving the old one to ``…_PREVIOUS``.
+
+    None when the log has no such rotation. check-env compares this with
+    the session lifetime (``rotation.SESSION_LIFETIME``).
+    """
+    record = last_change(env_path, current)
+    when = record.when if record else None
+    if when is None:
+        return None
+    return (now or dt.datetime.now(dt.UTC)) - when
+
+
+def format_text(records: list[Record]) -> str:
+    """``secrets log`` as text, one line a record."""
+    lines = []
+    for r in records:
+        changes = ", ".join(f"{name} {fp.get('old') or '-'}→{fp.get('new') or '-'}"
+                            for name, fp in r.fingerprints.items()) or ", ".join(r.variables)
+        extra = "".join(f" {k}={v}" for k, v in r.extra.items() if isinstance(v, str | int | float | bool))
+        lines.append(f"{r.time} {r.user}@{r.host} {r.command} {r.env_file}: {changes}{extra}")
+    return "\n".join(lines) + ("\n" if lines else "")
