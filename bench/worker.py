@@ -56,8 +56,8 @@ def with_db(uri: str, db: str) -> str:
 async def bare_limit(uri: str, n: int) -> float:
     from pymongo import AsyncMongoClient
 
-    from muzo_ops.jobs import JobType
-    from muzo_ops.jobstore import JobStore
+    from muzo_ops.queue.jobs import JobType
+    from muzo_ops.queue.store import JobStore
 
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)
     store = JobStore(client.get_default_database())
@@ -83,7 +83,7 @@ def start_processes(kind: str, uri: str, count: int, folder: Path) -> list[tuple
             env_file = folder / "bench.env"
             env_file.write_text(f"DATABASE_URL={uri}\nWORKER_QUEUES=mockup\nLOG_LEVEL=warn\n")
             cmd = [sys.executable, "-m", "muzo_ops", "worker", "--env-file", str(env_file),
-                   "--handler", "MOCKUP=muzo_ops.handlers.demo:echo", *EXTRA]
+                   "--handler", "MOCKUP=muzo_ops.queue.handlers.demo:echo", *EXTRA]
         else:
             cmd = [sys.executable, str(HERE / "old_worker.py"), uri]
         with open(log, "wb") as out:

@@ -6,7 +6,7 @@ the line, and say what to do.
 
 from __future__ import annotations
 
-from muzo_ops.constants import EXIT_PROBLEMS, EXIT_USAGE
+from muzo_ops.constants import EXIT_USAGE
 
 
 class MuzoOpsError(Exception):
@@ -44,8 +44,3 @@ class SchemaError(MuzoOpsError):
 class ConfigError(MuzoOpsError):
     """Settings that stop a command (the worker) from starting."""
 
-
-class ProblemsFound(MuzoOpsError):
-    """A job ran but found problems (exit 1)."""
-
-    exit_code = EXIT_PROBLEMS

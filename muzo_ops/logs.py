@@ -2,7 +2,9 @@
 
 Each line: ``level`` (10 trace … 60 fatal), ``time`` (ms since epoch),
 ``pid``, ``hostname``, ``name``, ``msg``, extra fields, errors under
-``err`` {type, message, stack}. Known secret values are replaced by ``***``.
+``err`` {type, message, stack}. Known secret values are replaced by ``***``
+in every string of the record before it is encoded, so a secret holding
+``"`` or ``\\`` is hidden too.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import time
 import traceback
 from typing import Any, TextIO
 
+from muzo_ops.secrets.redact import Redactor
+
 LEVELS: dict[str, int] = {"trace": 10, "debug": 20, "info": 30, "warn": 40, "error": 50, "fatal": 60}
 
 
@@ -23,16 +27,16 @@ class Logger:
     """A pino-style logger; ``child(name)`` shares level, stream and redaction."""
 
     def __init__(self, name: str, level: str = "info", stream: TextIO | None = None,
-                 secrets: set[str] | None = None, _lock: threading.Lock | None = None) -> None:
+                 redactor: Redactor | None = None, _lock: threading.Lock | None = None) -> None:
         self.name = name
         self.level = LEVELS.get(level, 30)
         self.stream = stream or sys.stdout
-        self.secrets = secrets if secrets is not None else set()
+        self.redactor = redactor if redactor is not None else Redactor()
         self._lock = _lock or threading.Lock()
         self._base = {"pid": os.getpid(), "hostname": socket.gethostname()}
 
     def child(self, name: str) -> Logger:
-        child = Logger(name, "info", self.stream, self.secrets, self._lock)
+        child = Logger(name, "info", self.stream, self.redactor, self._lock)
         child.level = self.level
         return child
 
@@ -52,9 +56,8 @@ class Logger:
                 "message": str(err),
                 "stack": "".join(traceback.format_exception(err)).rstrip(),
             }
-        line = json.dumps(record, default=str, ensure_ascii=False, separators=(",", ":"))
-        for secret in self.secrets:
-            line = line.replace(secret, "***")
+        line = json.dumps(_redacted(record, self.redactor), default=str, ensure_ascii=False,
+                          separators=(",", ":"))
         with self._lock:
             try:
                 self.stream.write(line + "\n")
@@ -79,3 +82,16 @@ class Logger:
 
     def fatal(self, msg: str, **fields: Any) -> None:
         self.log("fatal", msg, **fields)
+
+
+def _redacted(value: Any, redactor: Redactor) -> Any:
+    """``value`` with every string (keys too) passed through ``redactor``."""
+    if isinstance(value, str):
+        return redactor(value)
+    if isinstance(value, dict):
+        return {redactor(str(k)): _redacted(v, redactor) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(v, redactor) for v in value]
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return redactor(str(value))

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from servers import Redis, Secantus
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import MONGO_APP_PASSWORD
+from tests.servers import Redis, Secantus
 
 
 @pytest.fixture(scope="session")
@@ -24,9 +17,6 @@ def secantus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secantus]:
     server.start()
     yield server
     server.stop()
-
-
-MONGO_APP_PASSWORD = "Str0ng-Mongo-App-Pass-77"
 
 
 @pytest.fixture(scope="module")
@@ -53,19 +43,3 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
     server.start()
     yield server
     server.stop()
-
-
-def run_cli(*args: str, cwd: Path | None = None, stdin: str | None = None,
-            env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``python -m muzo_ops ARGS`` in a real process; output captured."""
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("NOTIFY_SOCKET", None)
-    return subprocess.run(
-        [sys.executable, "-m", "muzo_ops", *args], cwd=cwd, input=stdin, text=True,
-        capture_output=True, env=full_env, timeout=timeout,
-    )
-
-
-def assert_no_secret(text: str, secrets: list[str]) -> None:
-    for secret in secrets:
-        assert secret not in text, "a secret value appeared in the output"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from muzo_ops.envfile import format_line
+from muzo_ops.env.envfile import format_line
 
 MONGO_PASSWORD = "S3cr3tMongoPass9f2k"
 REDIS_PASSWORD = "redisPassw0rd77xq"
@@ -39,7 +39,7 @@ FULL: dict[str, str] = {
     "OPENAI_API_KEY": "sk-proj-realopenaikey000000000001",
     "CLOUDPRINTER_API_KEY": "cp_real_cloudprinter_key_0001",
     "WORKER_QUEUES": "generation,mockup",
-    "GENERATION_WORKER_CONCURRENCY": "2",
+    "WORKER_CONCURRENCY": "2",
 }
 
 # Every value that must never be printed.

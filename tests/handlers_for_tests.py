@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from muzo_ops.jobs import FatalJobError, Job
+from muzo_ops.queue.jobs import FatalJobError, Job
 
 
 def _record(job: Job, event: str) -> None:

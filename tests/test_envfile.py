@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from muzo_ops import envfile
+from muzo_ops.env import envfile
 from muzo_ops.errors import EnvFileError
 
 

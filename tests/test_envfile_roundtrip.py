@@ -12,7 +12,7 @@ from dotenv import dotenv_values
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from muzo_ops.envfile import encode_value, format_line
+from muzo_ops.env.envfile import encode_value, format_line
 from muzo_ops.errors import UnrepresentableValueError
 
 NODE_DIR = Path(__file__).parent / "node"

@@ -11,10 +11,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from conftest import run_cli
+from tests.helpers import run_cli
 from pymongo import MongoClient
-from servers import Secantus, free_port
-from workers import mockup_payload, now, prisma_job
+from tests.servers import Secantus, free_port
+from tests.workers import mockup_payload, now, prisma_job
 
 
 def test_jobs_commands(tmp_path: Path, secantus: Secantus) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import assert_no_secret, run_cli
-from envdata import FULL, MONGO_PASSWORD, SECRETS, write_env
-from servers import free_port
+from tests.helpers import assert_no_secret, run_cli
+from tests.envdata import FULL, MONGO_PASSWORD, SECRETS, write_env
+from tests.servers import free_port
 
 
 def test_every_command_keeps_secrets_out_of_its_output(tmp_path: Path) -> None:

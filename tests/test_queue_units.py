@@ -7,15 +7,16 @@ import json
 from typing import Any
 
 import pytest
-from workers import generation_payload, mockup_payload
+from tests.workers import generation_payload, mockup_payload
 
-from muzo_ops import handlers, topology
+from muzo_ops.queue import handlers, topology
 from muzo_ops.errors import ConfigError
-from muzo_ops.jobs import JobType, PayloadError
+from muzo_ops.queue.jobs import JobType, PayloadError
 from muzo_ops.logs import Logger
-from muzo_ops.payloads import validate
+from muzo_ops.secrets.redact import Redactor
+from muzo_ops.queue.payloads import validate
 from muzo_ops.sdnotify import Notifier
-from muzo_ops.worker import backoff_delay, settings_from_env
+from muzo_ops.queue.worker import WorkerSettings, backoff_delay
 
 FULFILLMENT: dict[str, Any] = {
     "provider": "printful",
@@ -83,13 +84,13 @@ def test_backoff_doubles_with_jitter_and_cap() -> None:
 
 
 def test_settings_only_need_database_url() -> None:
-    settings = settings_from_env({"DATABASE_URL": "mongodb://h/muzo"})
+    settings = WorkerSettings.from_values({"DATABASE_URL": "mongodb://h/muzo"})
     assert settings.queues == (JobType.GENERATION,) and settings.concurrency == 1
-    settings = settings_from_env({"DATABASE_URL": "mongodb://h/muzo", "WORKER_QUEUES": "mockup, fulfillment",
+    settings = WorkerSettings.from_values({"DATABASE_URL": "mongodb://h/muzo", "WORKER_QUEUES": "mockup, fulfillment",
                                   "GENERATION_WORKER_CONCURRENCY": "3"}, concurrency=None)
     assert settings.queues == (JobType.MOCKUP, JobType.FULFILLMENT) and settings.concurrency == 3
     with pytest.raises(ConfigError, match="DATABASE_URL is not set"):
-        settings_from_env({})
+        WorkerSettings.from_values({})
 
 
 def test_handler_sources_and_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,7 +98,7 @@ def test_handler_sources_and_precedence(monkeypatch: pytest.MonkeyPatch) -> None
 
     class FakeEntryPoint:
         name = "mockup"
-        value = "muzo_ops.handlers.demo:sleep"
+        value = "muzo_ops.queue.handlers.demo:sleep"
 
     real = metadata.entry_points
 
@@ -107,26 +108,26 @@ def test_handler_sources_and_precedence(monkeypatch: pytest.MonkeyPatch) -> None
         return real(**kwargs)
 
     monkeypatch.setattr(metadata, "entry_points", fake)
-    from muzo_ops.handlers import demo
+    from muzo_ops.queue.handlers import demo
 
     loaded = handlers.load([JobType.MOCKUP])
     assert loaded[JobType.MOCKUP] is demo.sleep
-    loaded = handlers.load([JobType.MOCKUP], environ={handlers.ENV_VARIABLE: "MOCKUP=muzo_ops.handlers.demo:echo"})
+    loaded = handlers.load([JobType.MOCKUP], environ={handlers.ENV_VARIABLE: "MOCKUP=muzo_ops.queue.handlers.demo:echo"})
     assert loaded[JobType.MOCKUP] is demo.echo
-    loaded = handlers.load([JobType.MOCKUP], ["mockup=muzo_ops.handlers.demo:sleep"],
-                           {handlers.ENV_VARIABLE: "MOCKUP=muzo_ops.handlers.demo:echo"})
+    loaded = handlers.load([JobType.MOCKUP], ["mockup=muzo_ops.queue.handlers.demo:sleep"],
+                           {handlers.ENV_VARIABLE: "MOCKUP=muzo_ops.queue.handlers.demo:echo"})
     assert loaded[JobType.MOCKUP] is demo.sleep
     with pytest.raises(ConfigError, match="unknown job type 'PRINT'"):
         handlers.load([JobType.MOCKUP], ["PRINT=x:y"])
     with pytest.raises(ConfigError, match="has no nothing"):
-        handlers.load([JobType.MOCKUP], ["MOCKUP=muzo_ops.handlers.demo:nothing"])
+        handlers.load([JobType.MOCKUP], ["MOCKUP=muzo_ops.queue.handlers.demo:nothing"])
 
 
 def test_demo_handlers() -> None:
     import asyncio
 
-    from muzo_ops.handlers import demo
-    from muzo_ops.jobs import FatalJobError, Job
+    from muzo_ops.queue.handlers import demo
+    from muzo_ops.queue.jobs import FatalJobError, Job
 
     job = Job("a" * 24, JobType.MOCKUP, {"b": 1, "a": [1, 2]}, 1, 3, None)
     same = Job("b" * 24, JobType.MOCKUP, {"a": [1, 2], "b": 1}, 2, 3, None)
@@ -138,7 +139,7 @@ def test_demo_handlers() -> None:
 
 def test_pino_lines() -> None:
     stream = io.StringIO()
-    log = Logger("muzo-worker", "info", stream, {"topsecretvalue"})
+    log = Logger("muzo-worker", "info", stream, Redactor(["topsecretvalue"]))
     log.debug("hidden")
     child = log.child("muzo-queue-init")
     child.info("Queue worker started", queue="generation")

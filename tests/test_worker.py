@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 from pymongo import MongoClient
-from servers import Secantus
-from workers import generation_payload, mockup_payload, prisma_job, records, start_worker
+from tests.servers import Secantus
+from tests.workers import generation_payload, mockup_payload, prisma_job, records, start_worker
 
 
 @pytest.fixture
@@ -102,7 +102,7 @@ def test_worker_whose_lock_was_taken_over_writes_nothing(tmp_path: Path, secantu
         worker.wait_for(lambda: records(tmp_path / "record.txt") != [], 30, "job started")
         import datetime as dt
 
-        from workers import now
+        from tests.workers import now
 
         jobs.update_one({"_id": doc["_id"]}, {"$set": {"lockedBy": "thief",
                                                        "lockedUntil": now() + dt.timedelta(hours=1)},
@@ -120,8 +120,8 @@ def test_fenced_writes_in_process(secantus: Secantus, dbname: str, jobs: Any) ->
 
     from pymongo import AsyncMongoClient
 
-    from muzo_ops.jobs import JobType
-    from muzo_ops.jobstore import JobStore
+    from muzo_ops.queue.jobs import JobType
+    from muzo_ops.queue.store import JobStore
 
     jobs.insert_one(prisma_job("MOCKUP"))
 
@@ -152,7 +152,7 @@ def test_prisma_documents_with_missing_optional_fields(tmp_path: Path, secantus:
     del minimal["maxAttempts"]
     jobs.insert_many([full, minimal])
     worker = start_worker(tmp_path, secantus.url(dbname), "--queues", "generation", name="g",
-                          handler="GENERATION=muzo_ops.handlers.demo:echo")
+                          handler="GENERATION=muzo_ops.queue.handlers.demo:echo")
     try:
         wait_until(lambda: jobs.count_documents({"status": "DONE"}) == 2, 30, "both DONE")
     finally:
@@ -171,7 +171,7 @@ def test_retries_backoff_fatal_and_invalid_payloads(tmp_path: Path, secantus: Se
     invalid = prisma_job("MOCKUP", {"orderId": "x"})
     jobs.insert_many([flaky, exhausted, invalid])
     worker = start_worker(tmp_path, secantus.url(dbname), "--retry-base", "0.1", "--retry-cap", "0.3",
-                          "--poll-seconds", "0.1", name="f", handler="MOCKUP=handlers_for_tests:flaky")
+                          "--poll-seconds", "0.1", name="f", handler="MOCKUP=tests.handlers_for_tests:flaky")
     try:
         wait_until(lambda: jobs.count_documents({"status": {"$in": ["DONE", "FAILED"]}}) == 3, 60, "settled")
     finally:
@@ -196,7 +196,7 @@ def test_retries_backoff_fatal_and_invalid_payloads(tmp_path: Path, secantus: Se
 def test_fatal_error_fails_at_once(tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any) -> None:
     doc = prisma_job("MOCKUP", max_attempts=5)
     jobs.insert_one(doc)
-    worker = start_worker(tmp_path, secantus.url(dbname), name="fatal", handler="MOCKUP=handlers_for_tests:fatal")
+    worker = start_worker(tmp_path, secantus.url(dbname), name="fatal", handler="MOCKUP=tests.handlers_for_tests:fatal")
     try:
         wait_until(lambda: jobs.find_one({"_id": doc["_id"]})["status"] == "FAILED", 30, "FAILED")
     finally:
@@ -209,7 +209,7 @@ def test_taken_over_on_last_attempt_ends_failed_without_running(tmp_path: Path, 
                                                                 dbname: str, jobs: Any) -> None:
     import datetime as dt
 
-    from workers import now
+    from tests.workers import now
 
     dead = prisma_job("MOCKUP", status="RUNNING", attempts=3, max_attempts=3, lockedBy="dead-worker",
                       lockedAt=now() - dt.timedelta(minutes=10), lockedUntil=now() - dt.timedelta(minutes=5))
@@ -247,7 +247,7 @@ def test_sigterm_drains_releases_and_exits_0(tmp_path: Path, secantus: Secantus,
     jobs.insert_many([short, long])
     sock = _notify_socket(tmp_path)
     worker = start_worker(tmp_path, secantus.url(dbname), "--concurrency", "2", "--drain-timeout", "2",
-                          name="drain", handler="MOCKUP=handlers_for_tests:record_async",
+                          name="drain", handler="MOCKUP=tests.handlers_for_tests:record_async",
                           env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "400000"})
     worker.wait_for(lambda: len(records(tmp_path / "record.txt")) == 2, 30, "both started")
     time.sleep(0.6)
@@ -336,7 +336,7 @@ def test_queue_transactions_setting_decides_and_release_works(tmp_path: Path, se
     jobs.insert_many([prisma_job("MOCKUP", mockup_payload(i, seconds=60)) for i in range(3)])
     worker = start_worker(tmp_path, secantus.url(dbname), "--concurrency", "3", "--drain-timeout", "0.2",
                           name="tx", env={"QUEUE_TRANSACTIONS": setting},
-                          handler="MOCKUP=handlers_for_tests:record_async")
+                          handler="MOCKUP=tests.handlers_for_tests:record_async")
     worker.wait_for(lambda: len(records(tmp_path / "record.txt")) == 3, 30, "3 started")
     assert worker.terminate() == 0
     assert jobs.count_documents({"status": "PENDING", "attempts": 0, "lockedBy": None}) == 3
@@ -354,7 +354,7 @@ def test_no_payload_or_secret_in_logs(tmp_path: Path, secantus: Secantus, dbname
     env_file.write_text(f"DATABASE_URL={secantus.url(dbname)}\nOPENAI_API_KEY={secret}\nWORKER_QUEUES=mockup\n"
                         "LOG_LEVEL=trace\n")
     worker = start_worker(tmp_path, secantus.url(dbname), "--env-file", str(env_file), "--retry-base", "0.1",
-                          name="leak", handler="MOCKUP=handlers_for_tests:flaky", env={"LEAK": secret})
+                          name="leak", handler="MOCKUP=tests.handlers_for_tests:flaky", env={"LEAK": secret})
     try:
         wait_until(lambda: jobs.count_documents({"status": "DONE"}) == 1, 30, "DONE")
     finally:
@@ -372,13 +372,13 @@ def test_no_payload_or_secret_in_logs(tmp_path: Path, secantus: Secantus, dbname
         ("QUEUE_TRANSACTIONS=sometimes\n", [], "QUEUE_TRANSACTIONS must be on/off"),
         ("LOG_LEVEL=loud\n", [], "LOG_LEVEL must be one of"),
         ("WORKER_QUEUES=mockup\n", ["--handler", "MOCKUP=nope.missing:fn"], "cannot import nope.missing"),
-        ("WORKER_QUEUES=generation,mockup\n", ["--handler", "MOCKUP=muzo_ops.handlers.demo:echo"],
+        ("WORKER_QUEUES=generation,mockup\n", ["--handler", "MOCKUP=muzo_ops.queue.handlers.demo:echo"],
          "queue generation is enabled but has no handler"),
     ],
 )
 def test_refuses_to_start_with_one_clear_line(tmp_path: Path, secantus: Secantus, env_text: str,
                                                args: list[str], message: str) -> None:
-    from conftest import run_cli
+    from tests.helpers import run_cli
 
     env = tmp_path / ".env"
     env.write_text(f"DATABASE_URL={secantus.url('refuse')}\n{env_text}")
@@ -402,7 +402,7 @@ def test_runs_with_only_database_url_and_handlers_from_the_environment(tmp_path:
                   "items": [{"variantId": "v1", "quantity": 2}]}}))
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET",)}
     env.update(DATABASE_URL=secantus.url(dbname), WORKER_QUEUES="fulfillment",
-               MUZO_WORKER_HANDLERS="FULFILLMENT=muzo_ops.handlers.demo:echo")
+               MUZO_WORKER_HANDLERS="FULFILLMENT=muzo_ops.queue.handlers.demo:echo")
     proc = subprocess.Popen([sys.executable, "-m", "muzo_ops", "worker"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -418,10 +418,10 @@ def test_busy_queue_still_takes_over_expired_jobs(secantus: Secantus, dbname: st
     import datetime as dt
 
     from pymongo import AsyncMongoClient
-    from workers import now
+    from tests.workers import now
 
-    from muzo_ops.jobs import JobType
-    from muzo_ops.jobstore import JobStore
+    from muzo_ops.queue.jobs import JobType
+    from muzo_ops.queue.store import JobStore
 
     expired = prisma_job("MOCKUP", status="RUNNING", attempts=1, lockedBy="dead",
                          lockedUntil=now() - dt.timedelta(seconds=5), availableAt=now() - dt.timedelta(hours=1))
@@ -452,7 +452,7 @@ def test_unstorable_results_fail_the_job_instead_of_hanging(tmp_path: Path, seca
     big = prisma_job("MOCKUP", mockup_payload(1, size=17_000_000))
     jobs.insert_many([doc, big])
     worker = start_worker(tmp_path, secantus.url(dbname), name="unstorable",
-                          handler="MOCKUP=handlers_for_tests:unstorable")
+                          handler="MOCKUP=tests.handlers_for_tests:unstorable")
     try:
         wait_until(lambda: jobs.count_documents({"status": "FAILED"}) == 2, 60, "both FAILED")
     finally:

@@ -97,11 +97,11 @@ class WorkerProcess:
 
 def start_worker(folder: Path, url: str, *args: str, env: dict[str, str] | None = None,
                  name: str = "worker", record: Path | None = None,
-                 handler: str = "MOCKUP=handlers_for_tests:record") -> WorkerProcess:
+                 handler: str = "MOCKUP=tests.handlers_for_tests:record") -> WorkerProcess:
     env_file = folder / f"{name}.env"
     env_file.write_text(f"DATABASE_URL={url}\nWORKER_QUEUES=mockup\nLOG_LEVEL=debug\n")
     log_path = folder / f"{name}.log"
-    full = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    full = {**os.environ, "PYTHONPATH": f"{TESTS.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
             "MUZO_TEST_RECORD": str(record or folder / "record.txt"), **(env or {})}
     full.pop("NOTIFY_SOCKET", None) if "NOTIFY_SOCKET" not in (env or {}) else None
     cmd = [sys.executable, "-m", "muzo_ops", "worker", "--env-file", str(env_file)]

@@ -2,7 +2,7 @@
 
 ``check(values, ...)`` takes the resolved values (from the file alone, or
 with the process environment on top) and returns a ``Report``. Nothing here
-prints; ``muzo_ops.report`` formats. No message contains a value of a
+prints; ``muzo_ops.env.report`` formats. No message contains a value of a
 sensitive variable.
 """
 
@@ -14,14 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from muzo_ops import mongourl, schema
 from muzo_ops.constants import (
     MASK,
     MASK_VISIBLE_TAIL,
     MIN_SERVER_SELECTION_TIMEOUT_MS,
     RECOMMENDED_SERVER_SELECTION_TIMEOUT_MS,
 )
-from muzo_ops.schema import App, Kind, Variable
+from muzo_ops.env import mongourl, schema
+from muzo_ops.env.schema import App, Kind, Variable
 
 
 class Severity(enum.StrEnum):
@@ -67,6 +67,7 @@ class Report:
     variables: list[VariableStatus] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
+    connections: list[tuple[bool, str]] | None = None  # --connect: (ok, line) per server
 
     @property
     def errors(self) -> list[Problem]:
@@ -114,41 +115,6 @@ def _redact_url_password(value: str) -> str:
     return value.replace(netloc[0] + "@", f"{user}:{MASK}@", 1)
 
 
-_SECRET_WORDS = ("SECRET", "PASSWORD", "KEY", "TOKEN")
-
-
-def secret_values(values: Mapping[str, str]) -> list[str]:
-    """Every secret in ``values``: sensitive values and URL passwords (for redaction)."""
-    found: list[str] = []
-    for name, value in values.items():
-        var = schema.BY_NAME.get(name)
-        if not value:
-            continue
-        url_kind = var is not None and var.kind in (Kind.MONGO_URL, Kind.REDIS_URL)
-        if not url_kind and ((var is None and any(w in name for w in _SECRET_WORDS))
-                             or (var is not None and var.sensitive)):
-            found.append(value)
-        for password in _url_passwords(value):
-            found.append(password)
-    return [s for s in found if len(s) >= 4]
-
-
-def _url_passwords(value: str) -> list[str]:
-    if "://" not in value or "@" not in value:
-        return []
-    try:
-        if value.startswith("mongodb"):
-            mongo = mongourl.parse(value)
-            if mongo.userinfo and ":" in mongo.userinfo:
-                raw = mongo.userinfo.split(":", 1)[1]
-                return [raw, mongo.password or raw]
-            return []
-        parts = urlsplit(value)
-        return [parts.password] if parts.password else []
-    except ValueError:
-        return []
-
-
 # ---------------------------------------------------------------- values
 
 _PLACEHOLDER_RE = re.compile(
@@ -165,9 +131,41 @@ def is_placeholder(var: Variable | None, value: str) -> bool:
     """Whether ``value`` is still a placeholder rather than a real value."""
     if var is not None and var.example and value == var.example and var.kind not in (
         Kind.CHOICE, Kind.BOOL, Kind.PORT, Kind.POSITIVE_INT, Kind.CHOICE_LIST, Kind.AUTO_BOOL,
+        Kind.NUMBER, Kind.HANDLERS,
     ):
         return True
     return bool(_PLACEHOLDER_RE.match(value.strip()))
+
+
+_DIGITS_RE = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() accepts superscripts
+_NUMBER_RE = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?|\.[0-9]{1,9}")
+_HANDLER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_.]*")
+
+
+def number_error(var: Variable, value: str) -> str | None:
+    """Why ``value`` is not a decimal number within ``var``'s range, or None."""
+    low, high = var.minimum, var.maximum
+    span = f" from {low:g} to {high:g}" if low is not None and high is not None else ""
+    if not _NUMBER_RE.fullmatch(value.strip()):
+        return f"must be a number{span} (plain digits, e.g. {var.example or '30'})"
+    number = float(value)
+    if (low is not None and number < low) or (high is not None and number > high):
+        return f"must be a number{span}"
+    return None
+
+
+def handlers_error(value: str) -> str | None:
+    """Why ``value`` is not a ``TYPE=module:function`` comma list of known job types, or None."""
+    known = ("GENERATION", "MOCKUP", "FULFILLMENT")
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        name, sep, spec = item.partition("=")
+        if not sep or not _HANDLER_RE.fullmatch(spec.strip()):
+            return "must be a comma list of TYPE=module:function (e.g. GENERATION=myapp.jobs:generate)"
+        if name.strip().upper() not in known:
+            return f"names job type {name.strip()[:40]!r}: use one of {', '.join(known)}"
+    return None
 
 
 def value_error(var: Variable, value: str) -> str | None:
@@ -196,11 +194,17 @@ def value_error(var: Variable, value: str) -> str | None:
         if value.strip().lower() not in schema.TRUE_WORDS | schema.FALSE_WORDS:
             return "must be on/off, true/false or 1/0 (leave unset to auto-detect)"
     elif kind is Kind.PORT:
-        if not value.isdigit() or not 1 <= int(value) <= 65535:
+        if not _DIGITS_RE.fullmatch(value) or not 1 <= int(value) <= 65535:
             return "must be a port number from 1 to 65535"
     elif kind is Kind.POSITIVE_INT:
-        if not value.isdigit() or int(value) < 1:
+        if not _DIGITS_RE.fullmatch(value) or int(value) < 1:
             return "must be a whole number of at least 1"
+        if var.maximum is not None and int(value) > var.maximum:
+            return f"must be a whole number from 1 to {var.maximum:g}"
+    elif kind is Kind.NUMBER:
+        return number_error(var, value)
+    elif kind is Kind.HANDLERS:
+        return handlers_error(value)
     elif kind is Kind.CHOICE:
         if value not in var.choices:
             return f"must be one of {', '.join(var.choices)}"
@@ -301,6 +305,10 @@ def _check_variable(report: Report, var: Variable, value: str) -> None:
     problem = value_error(var, value)
     if problem:
         report.add(var.name, Severity.ERROR, "invalid", f"{var.name} {problem}")
+    if var.deprecated_by:
+        report.add(var.name, Severity.WARNING, "deprecated",
+                   f"{var.name} is deprecated: rename it {var.deprecated_by} "
+                   f"({var.deprecated_by} wins when both are set)")
 
 
 def _check_database_url(report: Report, url: str, production: bool) -> None:

@@ -13,10 +13,12 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from muzo_ops import checks, envfile, schema, secretgen
 from muzo_ops.constants import EXAMPLE_ENV_FILE, SECRET_FILE_MODE
+from muzo_ops.env import checks, envfile, schema
+from muzo_ops.env.schema import Environment, Variable
 from muzo_ops.errors import SchemaError, UsageError
-from muzo_ops.schema import Environment, Variable
+from muzo_ops.secrets import generate as secretgen
+from muzo_ops.secrets.redact import Redactor, secret_values
 
 Prompt = Callable[[Variable], str]
 
@@ -50,7 +52,7 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
             raise UsageError(f"--set {name}: expected KEY=VALUE")
         var = known_variable(name)
         url_without_password = var.kind in (schema.Kind.MONGO_URL, schema.Kind.REDIS_URL) and not (
-            checks.secret_values({name: value}))
+            secret_values({name: value}))
         if var.sensitive and not url_without_password:
             raise UsageError(
                 f"--set {name}: secrets are not taken on the command line (ps and shell "
@@ -164,7 +166,7 @@ def init_env(
 
 
 def _render_new(values: Mapping[str, str], environment: Environment) -> str:
-    from muzo_ops import render
+    from muzo_ops.env import render
 
     return render.render_env(values, environment)
 
@@ -175,7 +177,7 @@ def _addition(var: Variable, value: str) -> str:
 
 
 def _write_example(env_path: str) -> str | None:
-    from muzo_ops import render
+    from muzo_ops.env import render
 
     folder = os.path.dirname(os.path.abspath(env_path))
     target = os.path.join(folder, EXAMPLE_ENV_FILE)
@@ -192,19 +194,24 @@ def _write_example(env_path: str) -> str | None:
     return target
 
 
-def rotate(path: str, name: str) -> str | None:
+def rotate(path: str, name: str, redactor: Redactor | None = None) -> str | None:
     """Replace generated secret ``name`` in ``path`` with a fresh one.
 
     The old file is backed up (0600) first and the new one written
-    atomically; returns the backup's path. The value is never returned.
+    atomically; returns the backup's path. The value is never returned;
+    the old and new values are added to ``redactor``.
     """
     generator = secretgen.generator_for(name)
     existing = envfile.read(path)
+    if redactor is not None:
+        redactor.add_values(existing.raw())
     fresh = secretgen.generate(generator)
     if name in existing.raw():
         text = envfile.with_changes(existing, {name: fresh})
     else:
         text = envfile.with_changes(existing, {}, [_addition(schema.BY_NAME[name], fresh)])
+    if redactor is not None:
+        redactor.add([fresh])
     backup_path = envfile.backup(path)
     envfile.write_atomic(path, text)
     return backup_path

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote
 
-from muzo_ops.schema import FALSE_WORDS, TRUE_WORDS
+from muzo_ops.env.schema import FALSE_WORDS, TRUE_WORDS
 
 # Characters the MongoDB connection-string spec requires percent-encoded in
 # the user name and password.

@@ -7,11 +7,11 @@ could carry a connection string.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from muzo_ops import mongourl
 from muzo_ops.constants import CONNECT_TIMEOUT_S
+from muzo_ops.env import mongourl
+from muzo_ops.queue import errors
 
 
 @dataclass(frozen=True)
@@ -22,35 +22,6 @@ class ConnectionResult:
     ok: bool
     code: str  # problem code when not ok
     message: str  # one line, no secrets
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc)
-    for pattern, reason in (
-        (r"Connection refused|ECONNREFUSED", "connection refused"),
-        (r"timed out|Timeout", "timed out"),
-        (r"Name or service not known|nodename nor servname|getaddrinfo", "host name not found"),
-        (r"SSL|TLS|certificate", "TLS handshake failed"),
-        (r"Authentication|auth", "authentication failed"),
-    ):
-        if re.search(pattern, text, re.IGNORECASE):
-            return reason
-    return type(exc).__name__
-
-
-def mongo_error_line(exc: BaseException) -> str:
-    """One line for a pymongo error, without the driver's (possibly secret-bearing) text."""
-    code = getattr(exc, "code", None)
-    if code == 18 or "Authentication" in type(exc).__name__:
-        return "MongoDB authentication failed: check the user and password in DATABASE_URL"
-    if code == 13:
-        return ("MongoDB refused the command: the DATABASE_URL user lacks a privilege "
-                "(readWrite on the database is needed)")
-    name = type(exc).__name__
-    if name in ("ServerSelectionTimeoutError", "AutoReconnect", "NetworkTimeout", "ConnectionFailure"):
-        return (f"MongoDB unreachable ({_reason(exc)}): check DATABASE_URL and that the server runs "
-                "(muzo-ops check-env --connect)")
-    return f"MongoDB command failed ({name}{f', code {code}' if code is not None else ''})"
 
 
 def check_mongo(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> ConnectionResult:
@@ -83,11 +54,12 @@ def check_mongo(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> ConnectionRes
                                 f"MongoDB {where}: ping ok, server {version}, {auth}, {topology}, {tx}; "
                                 f"database {db.name}: {jobs} Job document(s)")
     except OperationFailure as exc:
-        if exc.code == 18:
+        kind = errors.classify(exc)
+        if kind is errors.Failure.AUTH_FAILED:
             return ConnectionResult("mongodb", False, "mongo-auth-failed",
                                     f"MongoDB {where}: authentication failed: check the user and "
                                     "password in DATABASE_URL")
-        if exc.code == 13:
+        if kind is errors.Failure.NOT_AUTHORIZED:
             return ConnectionResult("mongodb", False, "mongo-unauthorized",
                                     f"MongoDB {where}: not allowed to read the database: give the "
                                     "DATABASE_URL user readWrite on it (or add credentials)")
@@ -95,7 +67,7 @@ def check_mongo(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> ConnectionRes
                                 f"MongoDB {where}: command failed (code {exc.code})")
     except PyMongoError as exc:
         return ConnectionResult("mongodb", False, "mongo-unreachable",
-                                f"MongoDB {where}: unreachable within {timeout_s:g}s ({_reason(exc)})")
+                                f"MongoDB {where}: unreachable within {timeout_s:g}s ({errors.reason(exc)})")
     finally:
         client.close()
 
@@ -121,6 +93,6 @@ def check_redis(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> ConnectionRes
                                 f"Redis {where}:{port}: authentication failed: check REDIS_URL")
     except redis.RedisError as exc:
         return ConnectionResult("redis", False, "redis-unreachable",
-                                f"Redis {where}:{port}: unreachable within {timeout_s:g}s ({_reason(exc)})")
+                                f"Redis {where}:{port}: unreachable within {timeout_s:g}s ({errors.reason(exc)})")
     finally:
         client.close()

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from muzo_ops import schema
 from muzo_ops.constants import DOCS_ENV_PAGE, EXAMPLE_ENV_FILE, TEMPLATE_ENV_FILE
-from muzo_ops.envfile import format_line
+from muzo_ops.env import schema
+from muzo_ops.env.envfile import format_line
 
 if TYPE_CHECKING:
     import jinja2
@@ -51,14 +51,16 @@ RULES: tuple[tuple[str, str, str], ...] = (
      "may not read the app's database."),
     ("file-permissions", "warning", "The env file is readable by group or others (not 0600)."),
     ("dollar-expansion", "warning", "A `$name` in a value: Next.js expands it, python-dotenv does not."),
+    ("deprecated", "warning", "A deprecated variable is set (GENERATION_WORKER_CONCURRENCY: use "
+     "WORKER_CONCURRENCY, which wins when both are set)."),
 )
 
 
 def template_dir() -> Path:
     """The templates: inside the installed package, or ``templates/`` of a checkout."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "templates"
-    return packaged if packaged.is_dir() else here.parent / "templates"
+    package = Path(__file__).resolve().parent.parent
+    packaged = package / "templates"
+    return packaged if packaged.is_dir() else package.parent / "templates"
 
 
 def _md(text: str) -> str:
@@ -120,7 +122,7 @@ def drifted(root: str) -> list[str]:
 
 def write_all(root: str) -> list[str]:
     """Write every committed rendered file under ``root``; the names written."""
-    from muzo_ops.envfile import write_atomic
+    from muzo_ops.env.envfile import write_atomic
 
     written = []
     for name in RENDERED_FILES:

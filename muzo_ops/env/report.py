@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from muzo_ops import schema
-from muzo_ops.checks import Report, Severity
+from muzo_ops.env import schema
+from muzo_ops.env.checks import Report, Severity
 
 OK, ERROR, WARNING, UNSET = "✅", "❌", "⚠️ ", "⚪"
 
@@ -27,6 +27,8 @@ def to_json(report: Report, extra: dict[str, Any] | None = None) -> str:
             for v in report.variables
         ],
     }
+    if report.connections is not None:
+        data["connections"] = [{"ok": ok, "message": m} for ok, m in report.connections]
     if extra:
         data.update(extra)
     return json.dumps(data, ensure_ascii=False, indent=2)
@@ -34,6 +36,8 @@ def to_json(report: Report, extra: dict[str, Any] | None = None) -> str:
 
 def to_text(report: Report, source: str, connections: list[tuple[bool, str]] | None = None) -> str:
     """The text report: a line per variable, Special Checks, Summary."""
+    if connections is None:
+        connections = report.connections
     width = max(len(v.name) for v in report.variables) + 2 if report.variables else 30
     by_var: dict[str, list[Any]] = {}
     for p in report.problems:

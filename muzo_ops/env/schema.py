@@ -1,6 +1,6 @@
 """The ONE schema of every environment variable the muzo apps read.
 
-Templates (``templates/*.j2``), the validator (``muzo_ops.checks``),
+Templates (``templates/*.j2``), the validator (``muzo_ops.env.checks``),
 ``init-env``, the docs page and the deploy all read this module; nothing
 else lists variables. Add a variable here and ``render`` brings every
 file up to date.
@@ -16,7 +16,7 @@ class App(enum.StrEnum):
     """A muzo process that reads the environment."""
 
     WEB = "web"  # apps/web, the Next.js site
-    WORKER = "worker"  # the queue worker (muzo_ops.worker or apps/worker)
+    WORKER = "worker"  # the queue worker (muzo_ops.queue.worker or apps/worker)
 
 
 class Group(enum.StrEnum):
@@ -45,7 +45,9 @@ class Kind(enum.StrEnum):
     BOOL = "boolean"  # true/false/1/0/yes/no/on/off
     AUTO_BOOL = "boolean-or-auto"  # a boolean, or unset for auto-detect
     PORT = "port"  # integer 1..65535
-    POSITIVE_INT = "positive-integer"  # integer >= 1
+    POSITIVE_INT = "positive-integer"  # integer >= 1 (and <= ``maximum`` when set)
+    NUMBER = "number"  # decimal number within [``minimum``, ``maximum``]
+    HANDLERS = "handler-list"  # comma list of TYPE=module:function
     CHOICE = "choice"  # one of ``choices``
     CHOICE_LIST = "choice-list"  # comma list of ``choices``
     EMAIL = "email"  # address, or ``Name <address>``
@@ -84,6 +86,10 @@ class Variable:
     choices: tuple[str, ...] = ()
     min_length: int = 0
     notes: tuple[str, ...] = field(default=())
+    minimum: float | None = None  # NUMBER / POSITIVE_INT: lowest accepted value
+    maximum: float | None = None  # NUMBER / POSITIVE_INT: highest accepted value
+    default: str | None = None  # what the app uses when unset (shown in the docs)
+    deprecated_by: str | None = None  # the variable that replaces this one
 
     def default_for(self, environment: Environment) -> str | None:
         """The value ``init-env`` fills in when nobody supplies one."""
@@ -185,6 +191,12 @@ VARIABLES: tuple[Variable, ...] = (
         generator=Generator.TOKEN_URLSAFE_32, min_length=32,
     ),
     Variable(
+        "NEXTAUTH_SECRET_PREVIOUS", Group.AUTH, False, WEB,
+        "The secret before the last rotation, kept for the session lifetime so existing "
+        "sessions stay valid (auth config: secret: [current, previous].filter(Boolean)).",
+        Kind.SECRET, "", sensitive=True, min_length=32,
+    ),
+    Variable(
         "NEXTAUTH_URL", Group.AUTH, True, WEB,
         "Public URL of the site (https in production).", Kind.URL,
         "https://your-domain.example.com", dev_default="http://localhost:3000",
@@ -260,9 +272,74 @@ VARIABLES: tuple[Variable, ...] = (
         Kind.AUTO_BOOL, "",
     ),
     Variable(
+        "WORKER_CONCURRENCY", Group.WORKER, False, WORKER,
+        "Jobs one worker process runs at once (every queue it serves shares them).",
+        Kind.POSITIVE_INT, "1", maximum=1000, default="1",
+    ),
+    Variable(
         "GENERATION_WORKER_CONCURRENCY", Group.WORKER, False, WORKER,
-        "Jobs one worker runs at once.", Kind.POSITIVE_INT, "1",
-        dev_default="1", prod_default="1",
+        "Deprecated name of WORKER_CONCURRENCY (the old worker's); WORKER_CONCURRENCY wins when both are set.",
+        Kind.POSITIVE_INT, "1", maximum=1000, deprecated_by="WORKER_CONCURRENCY",
+    ),
+    Variable(
+        "WORKER_LOCK_SECONDS", Group.WORKER, False, WORKER,
+        "How long a claimed job stays locked; heartbeats renew it every third of it.",
+        Kind.NUMBER, "300", minimum=1, maximum=86400, default="300",
+    ),
+    Variable(
+        "WORKER_POLL_SECONDS", Group.WORKER, False, WORKER,
+        "Poll interval when change streams are off or missed an event.",
+        Kind.NUMBER, "1", minimum=0.05, maximum=3600, default="1",
+    ),
+    Variable(
+        "WORKER_DRAIN_TIMEOUT_SECONDS", Group.WORKER, False, WORKER,
+        "On stop, how long running jobs may finish before they are released to PENDING.",
+        Kind.NUMBER, "30", minimum=0, maximum=86400, default="30",
+    ),
+    Variable(
+        "WORKER_RETRY_BASE_SECONDS", Group.WORKER, False, WORKER,
+        "First retry delay; attempt n waits between half and all of base x 2^(n-1).",
+        Kind.NUMBER, "2", minimum=0.01, maximum=86400, default="2",
+    ),
+    Variable(
+        "WORKER_RETRY_CAP_SECONDS", Group.WORKER, False, WORKER,
+        "Longest retry delay.", Kind.NUMBER, "300", minimum=0.01, maximum=604800, default="300",
+    ),
+    Variable(
+        "WORKER_CHANGE_STREAMS", Group.WORKER, False, WORKER,
+        "Wake on change streams where the server offers them (on/off); off polls only.",
+        Kind.BOOL, "on", default="on",
+    ),
+    Variable(
+        "MUZO_WORKER_HANDLERS", Group.WORKER, False, WORKER,
+        "Handlers per job type: comma list of TYPE=module:function (e.g. GENERATION=myapp.jobs:generate).",
+        Kind.HANDLERS, "",
+    ),
+    Variable(
+        "JOB_TIMEOUT_GENERATION_SECONDS", Group.WORKER, False, WORKER,
+        "Longest a GENERATION job may run before it counts as failed (image generations take minutes).",
+        Kind.NUMBER, "1800", minimum=1, maximum=86400, default="1800",
+    ),
+    Variable(
+        "JOB_TIMEOUT_MOCKUP_SECONDS", Group.WORKER, False, WORKER,
+        "Longest a MOCKUP job may run before it counts as failed (mockups take seconds).",
+        Kind.NUMBER, "120", minimum=1, maximum=86400, default="120",
+    ),
+    Variable(
+        "JOB_TIMEOUT_FULFILLMENT_SECONDS", Group.WORKER, False, WORKER,
+        "Longest a FULFILLMENT job may run before it counts as failed.",
+        Kind.NUMBER, "300", minimum=1, maximum=86400, default="300",
+    ),
+    Variable(
+        "WORKER_METRICS_PORT", Group.WORKER, False, WORKER,
+        "Serve /metrics, /healthz and /readyz on this port (a base: a single-queue process adds "
+        "its queue's offset, generation 0, mockup 1, fulfillment 2); unset: off.",
+        Kind.PORT, "9464",
+    ),
+    Variable(
+        "WORKER_METRICS_HOST", Group.WORKER, False, WORKER,
+        "Address the metrics port binds (unset: the loopback address, this host only).", Kind.STRING, "",
+        default="127.0.0.1",
     ),
 )
 

@@ -1,27 +1,52 @@
 """``jobs status | enqueue | retry-failed | clear-failed``: operating the queue.
 
-Synchronous pymongo: each command is a few round trips.
+Every query and update comes from ``muzo_ops.queue.store``; this module
+parses operators' input and shapes the answers.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from muzo_ops.constants import DEFAULT_MAX_ATTEMPTS, JOB_COLLECTION
+from muzo_ops.constants import DEFAULT_MAX_ATTEMPTS
 from muzo_ops.errors import UsageError
-from muzo_ops.jobs import JobStatus, JobType
+from muzo_ops.queue.jobs import JobStatus, JobType
+from muzo_ops.queue.store import (
+    AdminStore,
+    new_job_document,
+    running_past_lock_query,
+    scheduled_pending_query,
+    utcnow,
+)
 
 
-def connect(url: str, timeout_s: float = 10.0) -> Any:
-    """The ``Job`` collection of DATABASE_URL's database."""
-    from pymongo import MongoClient
+def connect(url: str, timeout_s: float = 10.0) -> AdminStore:
+    """The operators' store on DATABASE_URL's ``Job`` collection."""
+    return AdminStore.connect(url, timeout_s)
 
-    ms = int(timeout_s * 1000)
-    client: Any = MongoClient(url, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, appname="muzo-ops jobs")
-    return client.get_default_database(default="muzo")[JOB_COLLECTION]
+
+def connect_from_values(values: Mapping[str, str], timeout_s: float = 10.0) -> AdminStore:
+    """The operators' store on the ``Job`` collection of env ``values``' DATABASE_URL."""
+    from muzo_ops.env import database_url
+
+    return AdminStore.connect(database_url(values), timeout_s)
+
+
+def parse_payload(text: str) -> dict[str, Any]:
+    """``--payload`` JSON into an object; UsageError says what is wrong."""
+    import json
+
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--payload is not JSON: {exc.msg} at column {exc.colno}") from exc
+    if not isinstance(payload, dict):
+        raise UsageError("--payload must be a JSON object")
+    return payload
 
 
 def parse_duration(text: str) -> dt.timedelta:
@@ -33,8 +58,9 @@ def parse_duration(text: str) -> dt.timedelta:
     return dt.timedelta(**{unit: int(match.group(1))})
 
 
-def parse_run_at(text: str, now: dt.datetime) -> dt.datetime:
+def parse_run_at(text: str, now: dt.datetime | None = None) -> dt.datetime:
     """``+30s``-style offsets or an ISO 8601 time (UTC when no zone)."""
+    now = now or utcnow()
     if text.startswith("+"):
         return now + parse_duration(text[1:])
     try:
@@ -58,51 +84,40 @@ class QueueStatus:
                 "runningPastLock": self.stuck_running, "pendingNotYetDue": self.future_pending}
 
 
-def status(jobs: Any, now: dt.datetime | None = None) -> QueueStatus:
+def status(store: AdminStore, now: dt.datetime | None = None) -> QueueStatus:
+    """Counts by type and status, the oldest due job's age, stuck and scheduled jobs."""
     now = now or dt.datetime.now(dt.UTC)
     result = QueueStatus(counts={t.value: {s.value: 0 for s in JobStatus} for t in JobType})
-    for row in jobs.aggregate([{"$group": {"_id": {"type": "$type", "status": "$status"}, "n": {"$sum": 1}}}]):
-        key = row["_id"]
-        result.counts.setdefault(str(key.get("type")), {})[str(key.get("status"))] = int(row["n"])
-    oldest = jobs.find_one({"status": "PENDING", "availableAt": {"$lte": now}}, sort=[("availableAt", 1)],
-                           projection={"availableAt": 1})
-    if oldest and oldest.get("availableAt"):
-        when = oldest["availableAt"].replace(tzinfo=dt.UTC)
-        result.oldest_due_pending_s = round((now - when).total_seconds(), 3)
-    result.stuck_running = jobs.count_documents({"status": "RUNNING", "lockedUntil": {"$lt": now}})
-    result.future_pending = jobs.count_documents({"status": "PENDING", "availableAt": {"$gt": now}})
+    for job_type, job_status, n in store.counts():
+        result.counts.setdefault(job_type, {})[job_status] = n
+    oldest = store.oldest_due(now)
+    if oldest is not None:
+        result.oldest_due_pending_s = round((now - oldest.replace(tzinfo=dt.UTC)).total_seconds(), 3)
+    result.stuck_running = store.count(running_past_lock_query(now))
+    result.future_pending = store.count(scheduled_pending_query(now))
     return result
 
 
-def enqueue(jobs: Any, job_type: JobType, payload: dict[str, Any], run_at: dt.datetime | None = None,
+def enqueue(store: AdminStore, job_type: JobType, payload: dict[str, Any], run_at: dt.datetime | None = None,
             max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> str:
-    """Validate and insert a PENDING job; its id."""
-    from muzo_ops.jobstore import new_job_document, utcnow
-    from muzo_ops.payloads import validate
+    """Validate and insert a PENDING job; its id. UsageError for an invalid payload."""
+    from muzo_ops.queue.jobs import PayloadError
+    from muzo_ops.queue.payloads import validate
 
-    validate(job_type, payload)
+    try:
+        validate(job_type, payload)
+    except PayloadError as exc:
+        raise UsageError(str(exc)) from exc
     project = payload.get("projectId") if job_type is JobType.GENERATION else None
     project_id = project if isinstance(project, str) and re.fullmatch(r"[0-9a-f]{24}", project) else None
-    doc = new_job_document(job_type, payload, utcnow(), run_at, max_attempts, project_id)
-    return str(jobs.insert_one(doc).inserted_id)
+    return store.insert(new_job_document(job_type, payload, utcnow(), run_at, max_attempts, project_id))
 
 
-def retry_failed(jobs: Any, job_type: JobType | None = None) -> int:
+def retry_failed(store: AdminStore, job_type: JobType | None = None) -> int:
     """FAILED jobs back to PENDING, due now, attempts reset; how many."""
-    now = dt.datetime.now(dt.UTC)
-    query: dict[str, Any] = {"status": "FAILED"}
-    if job_type:
-        query["type"] = job_type.value
-    result = jobs.update_many(query, {"$set": {"status": "PENDING", "attempts": 0, "availableAt": now,
-                                               "lockedBy": None, "lockedAt": None, "lockedUntil": None,
-                                               "updatedAt": now}})
-    return int(result.modified_count)
+    return store.retry_failed(job_type)
 
 
-def clear_failed(jobs: Any, older_than: dt.timedelta, job_type: JobType | None = None) -> int:
+def clear_failed(store: AdminStore, older_than: dt.timedelta, job_type: JobType | None = None) -> int:
     """Delete FAILED jobs last updated before ``older_than`` ago; how many."""
-    cutoff = dt.datetime.now(dt.UTC) - older_than
-    query: dict[str, Any] = {"status": "FAILED", "updatedAt": {"$lt": cutoff}}
-    if job_type:
-        query["type"] = job_type.value
-    return int(jobs.delete_many(query).deleted_count)
+    return store.clear_failed(dt.datetime.now(dt.UTC) - older_than, job_type)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from muzo_ops.constants import DEFAULT_MAX_ATTEMPTS
+from muzo_ops.errors import UsageError
 
 
 class JobType(enum.StrEnum):
@@ -27,6 +28,15 @@ class JobType(enum.StrEnum):
     @classmethod
     def from_queue(cls, queue: str) -> JobType:
         return cls(queue.strip().upper())
+
+    @classmethod
+    def parse(cls, text: str) -> JobType:
+        """A job type as an operator types it; UsageError names the choices."""
+        try:
+            return cls(text.strip().upper())
+        except ValueError as exc:
+            choices = ", ".join(t.value for t in cls)
+            raise UsageError(f"unknown job type {text[:40]!r}: use one of {choices}") from exc
 
 
 class JobStatus(enum.StrEnum):

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from muzo_ops.jobs import JobType, PayloadError
+from muzo_ops.queue.jobs import JobType, PayloadError
 
 Check = Callable[[Any], str | None]
 

@@ -16,12 +16,13 @@ from bson import ObjectId
 from pymongo import ASCENDING, ReturnDocument
 
 from muzo_ops.constants import DEFAULT_MAX_ATTEMPTS, JOB_COLLECTION
-from muzo_ops.jobs import JobStatus, JobType
+from muzo_ops.queue.jobs import JobStatus, JobType
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.client_session import AsyncClientSession
     from pymongo.asynchronous.collection import AsyncCollection
     from pymongo.asynchronous.database import AsyncDatabase
+    from pymongo.collection import Collection
 
 Doc = dict[str, Any]
 
@@ -38,6 +39,20 @@ def utcnow() -> dt.datetime:
     """Now, at BSON's millisecond precision."""
     now = dt.datetime.now(dt.UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def unlocked(status: JobStatus, now: dt.datetime, **fields: Any) -> Doc:
+    """The ``$set`` that leaves a job unlocked in ``status`` (plus ``fields``)."""
+    return {"status": status.value, "lockedBy": None, "lockedAt": None, "lockedUntil": None,
+            "updatedAt": now, **fields}
+
+
+def change_stream_pipeline() -> list[Doc]:
+    """Change events that can make a job claimable: inserts and moves back to PENDING."""
+    return [{"$match": {"$or": [
+        {"operationType": "insert"},
+        {"updateDescription.updatedFields.status": JobStatus.PENDING.value},
+    ]}}]
 
 
 def fence(doc: Doc) -> Doc:
@@ -129,23 +144,20 @@ class JobStore:
     async def complete(self, doc: Doc, result: Any) -> bool:
         """DONE with ``result``; False when the lock was lost (nothing written)."""
         now = utcnow()
-        outcome = await self.jobs.update_one(fence(doc), {"$set": {
-            "status": JobStatus.DONE.value, "result": result, "lastError": None,
-            "lockedBy": None, "lockedAt": None, "lockedUntil": None, "updatedAt": now}})
+        outcome = await self.jobs.update_one(fence(doc), {"$set": unlocked(
+            JobStatus.DONE, now, result=result, lastError=None)})
         return outcome.matched_count == 1
 
     async def retry_later(self, doc: Doc, error: Doc, available_at: dt.datetime) -> bool:
         """Back to PENDING until ``available_at`` with ``lastError``; False when the lock was lost."""
-        outcome = await self.jobs.update_one(fence(doc), {"$set": {
-            "status": JobStatus.PENDING.value, "availableAt": available_at, "lastError": error,
-            "lockedBy": None, "lockedAt": None, "lockedUntil": None, "updatedAt": utcnow()}})
+        outcome = await self.jobs.update_one(fence(doc), {"$set": unlocked(
+            JobStatus.PENDING, utcnow(), availableAt=available_at, lastError=error)})
         return outcome.matched_count == 1
 
     async def fail(self, doc: Doc, error: Doc) -> bool:
         """FAILED with ``lastError``; False when the lock was lost."""
-        outcome = await self.jobs.update_one(fence(doc), {"$set": {
-            "status": JobStatus.FAILED.value, "lastError": error,
-            "lockedBy": None, "lockedAt": None, "lockedUntil": None, "updatedAt": utcnow()}})
+        outcome = await self.jobs.update_one(fence(doc), {"$set": unlocked(
+            JobStatus.FAILED, utcnow(), lastError=error)})
         return outcome.matched_count == 1
 
     async def release(self, docs: Sequence[Doc], session: AsyncClientSession | None = None) -> int:
@@ -155,9 +167,7 @@ class JobStore:
         for doc in docs:
             outcome = await self.jobs.update_one(
                 fence(doc),
-                {"$set": {"status": JobStatus.PENDING.value, "availableAt": now, "lockedBy": None,
-                          "lockedAt": None, "lockedUntil": None, "updatedAt": now},
-                 "$inc": {"attempts": -1}},
+                {"$set": unlocked(JobStatus.PENDING, now, availableAt=now), "$inc": {"attempts": -1}},
                 session=session,
             )
             released += outcome.matched_count
@@ -187,8 +197,7 @@ class JobStore:
             outcome = await self.jobs.update_one(
                 {"_id": doc["_id"], "status": JobStatus.RUNNING.value,
                  "lockedBy": doc.get("lockedBy"), "lockedUntil": {"$lt": now}},
-                {"$set": {"status": JobStatus.FAILED.value, "lastError": error, "lockedBy": None,
-                          "lockedAt": None, "lockedUntil": None, "updatedAt": now}},
+                {"$set": unlocked(JobStatus.FAILED, now, lastError=error)},
                 session=session,
             )
             if outcome.matched_count:
@@ -239,4 +248,84 @@ def error_document(exc: BaseException, attempts: int) -> Doc:
     }
 
 
-__all__ = ["JobStore", "error_document", "fence", "new_job_document", "utcnow"]
+# ---------------------------------------------------------------- operators' queries
+
+
+def status_pipeline() -> list[Doc]:
+    """Counts by (type, status) of the whole collection."""
+    return [{"$group": {"_id": {"type": "$type", "status": "$status"}, "n": {"$sum": 1}}}]
+
+
+def due_pending_query(now: dt.datetime) -> Doc:
+    """PENDING jobs due by ``now`` (any type)."""
+    return {"status": JobStatus.PENDING.value, "availableAt": {"$lte": now}}
+
+
+def scheduled_pending_query(now: dt.datetime) -> Doc:
+    """PENDING jobs not due yet (scheduled jobs and retries waiting)."""
+    return {"status": JobStatus.PENDING.value, "availableAt": {"$gt": now}}
+
+
+def running_past_lock_query(now: dt.datetime) -> Doc:
+    """RUNNING jobs whose lock expired (their worker died or stalled)."""
+    return {"status": JobStatus.RUNNING.value, "lockedUntil": {"$lt": now}}
+
+
+def failed_query(job_type: JobType | None = None, updated_before: dt.datetime | None = None) -> Doc:
+    """FAILED jobs, of one type and last updated before a time when given."""
+    query: Doc = {"status": JobStatus.FAILED.value}
+    if job_type is not None:
+        query["type"] = job_type.value
+    if updated_before is not None:
+        query["updatedAt"] = {"$lt": updated_before}
+    return query
+
+
+class AdminStore:
+    """The operators' view of the ``Job`` collection (synchronous pymongo)."""
+
+    def __init__(self, jobs: Collection[Doc]) -> None:
+        self.jobs = jobs
+
+    @classmethod
+    def connect(cls, url: str, timeout_s: float = 10.0) -> AdminStore:
+        """DATABASE_URL's ``Job`` collection; the client connects on first use."""
+        from pymongo import MongoClient
+
+        ms = int(timeout_s * 1000)
+        client: MongoClient[Doc] = MongoClient(url, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms,
+                                               appname="muzo-ops jobs")
+        return cls(client.get_default_database(default="muzo")[JOB_COLLECTION])
+
+    def counts(self) -> list[tuple[str, str, int]]:
+        """(type, status, count) for every pair present."""
+        return [(str(row["_id"].get("type")), str(row["_id"].get("status")), int(row["n"]))
+                for row in self.jobs.aggregate(status_pipeline())]
+
+    def oldest_due(self, now: dt.datetime) -> dt.datetime | None:
+        """``availableAt`` of the oldest due PENDING job."""
+        doc = self.jobs.find_one(due_pending_query(now), sort=[("availableAt", ASCENDING)],
+                                 projection={"availableAt": 1})
+        when = doc.get("availableAt") if doc else None
+        return when if isinstance(when, dt.datetime) else None
+
+    def count(self, query: Doc) -> int:
+        return int(self.jobs.count_documents(query))
+
+    def insert(self, doc: Doc) -> str:
+        return str(self.jobs.insert_one(doc).inserted_id)
+
+    def retry_failed(self, job_type: JobType | None = None) -> int:
+        """FAILED jobs back to PENDING, due now, attempts reset; how many."""
+        now = utcnow()
+        result = self.jobs.update_many(failed_query(job_type), {"$set": unlocked(
+            JobStatus.PENDING, now, attempts=0, availableAt=now)})
+        return int(result.modified_count)
+
+    def clear_failed(self, updated_before: dt.datetime, job_type: JobType | None = None) -> int:
+        """Delete FAILED jobs last updated before ``updated_before``; how many."""
+        return int(self.jobs.delete_many(failed_query(job_type, updated_before)).deleted_count)
+
+
+__all__ = ["AdminStore", "JobStore", "change_stream_pipeline", "error_document", "fence",
+           "new_job_document", "unlocked", "utcnow"]

@@ -17,19 +17,17 @@ import datetime as dt
 import inspect
 import os
 import random
-import re
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import bson
 from pymongo import AsyncMongoClient
-from pymongo.errors import ConnectionFailure, OperationFailure
+from pymongo.errors import OperationFailure
 
-from muzo_ops import checks, mongourl, schema, topology
 from muzo_ops.constants import (
     DEFAULT_DRAIN_TIMEOUT_S,
     DEFAULT_HEARTBEAT_FRACTION,
@@ -44,28 +42,25 @@ from muzo_ops.constants import (
     TAKEOVER_INTERVAL_S,
     WORKER_LOGGER_NAME,
 )
+from muzo_ops.env import checks, database_url, mongourl, schema
 from muzo_ops.errors import ConfigError
-from muzo_ops.handlers import Handler
-from muzo_ops.jobs import FatalJobError, JobType, PayloadError, job_from_document, max_attempts_of
-from muzo_ops.jobstore import JobStore, error_document, utcnow
 from muzo_ops.logs import Logger
-from muzo_ops.payloads import validate
+from muzo_ops.queue import handlers as handlers_module
+from muzo_ops.queue import topology
+from muzo_ops.queue.errors import AUTHENTICATION_FAILED, is_outage
+from muzo_ops.queue.handlers import Handler
+from muzo_ops.queue.jobs import FatalJobError, JobStatus, JobType, PayloadError, job_from_document, max_attempts_of
+from muzo_ops.queue.payloads import validate
+from muzo_ops.queue.store import JobStore, change_stream_pipeline, error_document, utcnow
 from muzo_ops.sdnotify import Notifier
+from muzo_ops.secrets.redact import Redactor
 
 T = TypeVar("T")
 Doc = dict[str, Any]
 
-# Messages the old worker matched; pymongo's ConnectionFailure family is matched by type.
-CONNECTION_ERROR_TEXT = re.compile(
-    r"Server selection timeout|No available servers|MongoDB connection unavailable|ECONNREFUSED|"
-    r"connection refused|connection reset|timed out",
-    re.IGNORECASE,
-)
-
-
 @dataclass(frozen=True)
 class WorkerSettings:
-    """Everything a worker process needs; ``from_env`` builds it from .env values."""
+    """Everything a worker process needs; ``from_values`` builds it from env values."""
 
     url: str
     queues: tuple[JobType, ...] = (JobType.GENERATION,)
@@ -81,54 +76,64 @@ class WorkerSettings:
     sweep_interval_s: float = STALE_SWEEP_INTERVAL_S
     takeover_interval_s: float = TAKEOVER_INTERVAL_S
     change_streams: bool = True
+    burst: bool = False  # exit once no job is due (cron, tests)
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:"
                                                    f"{random.getrandbits(24):06x}")
-    secrets: frozenset[str] = frozenset()
 
     @property
     def heartbeat_s(self) -> float:
         return max(0.05, self.lock_s * DEFAULT_HEARTBEAT_FRACTION)
 
+    @classmethod
+    def from_values(cls, values: Mapping[str, str], *, queues: str | None = None,
+                    concurrency: int | None = None, lock_s: float | None = None,
+                    poll_s: float | None = None, drain_timeout_s: float | None = None,
+                    retry_base_s: float | None = None, retry_cap_s: float | None = None,
+                    change_streams: bool | None = None, burst: bool = False) -> WorkerSettings:
+        """Settings from env values, each keyword (a command-line flag) overriding its variable.
 
-def settings_from_env(values: Mapping[str, str], queues: str | None = None,
-                      concurrency: int | None = None, **overrides: Any) -> WorkerSettings:
-    """Build settings from env values; ConfigError (one line) for an invalid one.
+        ConfigError (one line) names an invalid value. Only the variables the
+        worker itself reads are checked here; the API keys handlers need are
+        ``check-env --app worker``'s business.
+        """
+        def checked(name: str) -> str | None:
+            value = values.get(name, "")
+            if value == "":
+                return None
+            problem = checks.value_error(schema.get(name), value)
+            if problem:
+                raise ConfigError(f"{name} {problem}")
+            return value
 
-    Only the variables the worker itself reads are checked here; the API
-    keys handlers need are ``check-env --app worker``'s business.
-    """
-    def checked(name: str, given: str | None = None) -> str | None:
-        value = given if given is not None else values.get(name, "")
-        if value == "":
-            return None
-        problem = checks.value_error(schema.get(name), value)
-        if problem:
-            raise ConfigError(f"{name} {problem}")
-        return value
+        def number(name: str, given: float | None, default: float) -> float:
+            if given is not None:
+                return given
+            text = checked(name)
+            return float(text) if text is not None else default
 
-    url = checked("DATABASE_URL")
-    if url is None:
-        raise ConfigError("DATABASE_URL is not set: the worker needs MongoDB (see muzo-ops init-env)")
-    queue_text = checked("WORKER_QUEUES", queues) or "generation"
-    types = tuple(dict.fromkeys(JobType.from_queue(q) for q in queue_text.split(",")))
-    if concurrency is not None:
-        if concurrency < 1:
-            raise ConfigError("--concurrency must be at least 1")
-        count = concurrency
-    else:
-        count = int(checked("GENERATION_WORKER_CONCURRENCY") or "1")
-    secret_list = frozenset(checks.secret_values(values))
-    return WorkerSettings(
-        url=url, queues=types, concurrency=count,
-        transactions=checked("QUEUE_TRANSACTIONS"),
-        log_level=checked("LOG_LEVEL") or "info",
-        secrets=secret_list, **overrides,
-    )
-
-
-def is_connection_error(exc: BaseException) -> bool:
-    """A MongoDB outage (retry later), as opposed to a bad command."""
-    return isinstance(exc, ConnectionFailure) or bool(CONNECTION_ERROR_TEXT.search(str(exc)))
+        url = database_url(values)
+        if queues is not None:
+            problem = checks.value_error(schema.get("WORKER_QUEUES"), queues)
+            if problem:
+                raise ConfigError(f"--queues {problem}")
+        queue_text = queues or checked("WORKER_QUEUES") or "generation"
+        types = tuple(dict.fromkeys(JobType.from_queue(q) for q in queue_text.split(",")))
+        if concurrency is None:
+            concurrency = int(checked("WORKER_CONCURRENCY") or checked("GENERATION_WORKER_CONCURRENCY") or "1")
+        streams_text = checked("WORKER_CHANGE_STREAMS")
+        return cls(
+            url=url, queues=types, concurrency=concurrency,
+            transactions=checked("QUEUE_TRANSACTIONS"),
+            log_level=checked("LOG_LEVEL") or "info",
+            lock_s=number("WORKER_LOCK_SECONDS", lock_s, DEFAULT_LOCK_DURATION_S),
+            poll_s=number("WORKER_POLL_SECONDS", poll_s, DEFAULT_POLL_INTERVAL_S),
+            drain_timeout_s=number("WORKER_DRAIN_TIMEOUT_SECONDS", drain_timeout_s, DEFAULT_DRAIN_TIMEOUT_S),
+            retry_base_s=number("WORKER_RETRY_BASE_SECONDS", retry_base_s, DEFAULT_RETRY_BASE_S),
+            retry_cap_s=number("WORKER_RETRY_CAP_SECONDS", retry_cap_s, DEFAULT_RETRY_CAP_S),
+            change_streams=change_streams if change_streams is not None else (
+                schema.parse_bool(streams_text) if streams_text is not None else True),
+            burst=burst,
+        )
 
 
 def backoff_delay(attempt: int, base_s: float, cap_s: float) -> float:
@@ -151,11 +156,11 @@ class Worker:
     """One worker process's loop; ``await run()`` returns when stopped and drained."""
 
     def __init__(self, settings: WorkerSettings, handlers: Mapping[JobType, Handler],
-                 logger: Logger | None = None, notifier: Notifier | None = None) -> None:
+                 logger: Logger | None = None, notifier: Notifier | None = None,
+                 redactor: Redactor | None = None) -> None:
         self.settings = settings
         self.handlers = dict(handlers)
-        self.log = logger or Logger(WORKER_LOGGER_NAME, settings.log_level)
-        self.log.secrets.update(settings.secrets)
+        self.log = logger or Logger(WORKER_LOGGER_NAME, settings.log_level, redactor=redactor)
         self.notifier = notifier or Notifier()
         self.transactions = False
         self.consecutive_errors = 0
@@ -171,8 +176,13 @@ class Worker:
         self._job_logs = {t: self.log.child(f"muzo-{t.queue}-worker") for t in JobType}
         self._rotation = 0  # which queue is tried first: rotates for fairness
         self._next_takeover = 0.0  # monotonic time of the next expired-first claim
-        self._client: Any = None
-        self._store: Any = None
+        self._client: AsyncMongoClient[Doc] | None = None
+        self._store_: JobStore | None = None
+
+    @property
+    def _store(self) -> JobStore:
+        assert self._store_ is not None, "the worker is not connected"
+        return self._store_
 
     # ---------------------------------------------------------------- control
 
@@ -214,7 +224,7 @@ class Worker:
                 self.consecutive_errors = 0
                 return result
             except Exception as exc:
-                if not is_connection_error(exc):
+                if not is_outage(exc):
                     raise
                 delay = self._connection_problem(exc, what)
                 if deadline is not None and dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay) > deadline:
@@ -233,11 +243,12 @@ class Worker:
         kwargs: dict[str, Any] = {"appname": "muzo-worker"}
         if parsed.option("serverSelectionTimeoutMS") is None:
             kwargs["serverSelectionTimeoutMS"] = 30000
-        self._client = AsyncMongoClient(self.settings.url, **kwargs)
-        db = self._client.get_default_database(default="muzo")
-        self._store = JobStore(db)
+        client: AsyncMongoClient[Doc] = AsyncMongoClient(self.settings.url, **kwargs)
+        self._client = client
+        db = client.get_default_database(default="muzo")
+        self._store_ = JobStore(db)
         decided = topology.from_setting_or_url(self.settings.transactions, self.settings.url)
-        hello: Doc = await self._retrying("hello", lambda: self._client.admin.command("hello"),
+        hello: Doc = await self._retrying("hello", lambda: client.admin.command("hello"),
                                                until_stop=True) or {}
         mode = decided or topology.from_hello(hello)
         self.transactions = mode.enabled
@@ -253,7 +264,7 @@ class Worker:
         try:
             created = await self._retrying("createIndexes", self._store.ensure_indexes, until_stop=True)
         except OperationFailure as exc:
-            if exc.code == 18:
+            if exc.code == AUTHENTICATION_FAILED:
                 raise
             init.log("warn", "Could not check or create the queue indexes; claims may be slow",
                      err=exc, code=exc.code)
@@ -317,7 +328,7 @@ class Worker:
                 self.consecutive_errors = 0
             except Exception as exc:
                 slots.release()
-                if not is_connection_error(exc):
+                if not is_outage(exc):
                     self.log.log("error", "Unexpected error while claiming a job", err=exc)
                     delay = backoff_delay(2, ERROR_BACKOFF_BASE_S, self.settings.error_backoff_cap_s)
                 else:
@@ -327,6 +338,14 @@ class Worker:
                 continue
             if claimed is None:
                 slots.release()
+                if self.settings.burst:
+                    tasks = {e.task for e in self.running.values() if e.task is not None}
+                    if not tasks:
+                        self.log.info("No job due; burst run finished", **self.stats)
+                        self.request_stop()
+                        return
+                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout=self.settings.poll_s)
                 continue
@@ -344,10 +363,7 @@ class Worker:
         return finished
 
     async def _watch_loop(self) -> None:
-        pipeline = [{"$match": {"$or": [
-            {"operationType": "insert"},
-            {"updateDescription.updatedFields.status": "PENDING"},
-        ]}}]
+        pipeline = change_stream_pipeline()
         failures = 0
         while not self.stopping.is_set():
             try:
@@ -357,7 +373,7 @@ class Worker:
                     async for _change in stream:
                         self.wake.set()
             except OperationFailure as exc:
-                if is_connection_error(exc):
+                if is_outage(exc):
                     failures += 1
                 else:
                     self.log.info("Change streams unavailable; polling for jobs",
@@ -367,7 +383,7 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if not is_connection_error(exc):
+                if not is_outage(exc):
                     self.log.log("warn", "Change stream stopped; polling until it reopens", err=exc)
                 failures += 1
             if await self._sleep(backoff_delay(failures, ERROR_BACKOFF_BASE_S, self.settings.error_backoff_cap_s)):
@@ -379,7 +395,7 @@ class Worker:
             failed = await self._in_transaction(
                 lambda session: self._store.fail_exhausted(self.settings.queues, session=session))
         except Exception as exc:
-            if is_connection_error(exc):
+            if is_outage(exc):
                 self._connection_problem(exc, "sweep")
                 return
             raise
@@ -409,7 +425,7 @@ class Worker:
         transactions each document's write is fenced on its own, in order,
         so a crash part-way leaves every document in a valid state.
         """
-        if not self.transactions:
+        if not self.transactions or self._client is None:
             return await work(None)
         async with self._client.start_session() as session, await session.start_transaction():
             return await work(session)
@@ -430,7 +446,7 @@ class Worker:
         job_type = JobType(doc["type"])
         log = self._job_logs[job_type]
         job_id = str(doc["_id"])
-        if before.get("status") == "RUNNING":
+        if before.get("status") == JobStatus.RUNNING.value:
             log.warn("Released stale jobs", count=1, jobId=job_id, previousWorker=before.get("lockedBy"),
                      attempts=doc["attempts"])
         log.info("Job started", jobId=job_id, type=job_type.value, attempt=doc["attempts"],
@@ -457,7 +473,7 @@ class Worker:
             written = await self._retrying("complete", lambda: self._store.complete(doc, result),
                                            deadline=entry.locked_until)
         except Exception as exc:  # e.g. a result over MongoDB's 16 MB document limit
-            if is_connection_error(exc):
+            if is_outage(exc):
                 raise
             await self._after_failure(entry, FatalJobError(
                 f"the result could not be stored ({type(exc).__name__})"), log)
@@ -496,7 +512,7 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if is_connection_error(exc):
+                if is_outage(exc):
                     self._connection_problem(exc, "heartbeat")
                     continue
                 log.log("warn", "Heartbeat failed", err=exc, jobId=str(entry.doc["_id"]))
@@ -570,3 +586,22 @@ class Worker:
     def handler_threads_alive(self) -> bool:
         """Whether a plain-function handler is still running in a thread."""
         return any(t.is_alive() for t in getattr(self.executor, "_threads", ()))
+
+
+def run_process(settings: WorkerSettings, cli_handlers: Sequence[str], values: Mapping[str, str],
+                redactor: Redactor | None = None) -> tuple[int, bool]:
+    """Run a worker in this process until stopped: (exit code, whether handler threads still run).
+
+    Handlers come from ``cli_handlers`` (``TYPE=module:callable``), then
+    MUZO_WORKER_HANDLERS in ``values``, then entry points. SIGTERM and
+    SIGINT stop it.
+    """
+    loaded = handlers_module.load(settings.queues, cli_handlers, values)
+    runner = Worker(settings, loaded, redactor=redactor)
+
+    async def main() -> int:
+        runner.install_signal_handlers()
+        return await runner.run()
+
+    code = asyncio.run(main())
+    return code, runner.handler_threads_alive()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from muzo_ops import schema
 from muzo_ops.constants import NEXTAUTH_SECRET_BYTES
+from muzo_ops.env import schema
+from muzo_ops.env.schema import Generator
 from muzo_ops.errors import SchemaError
-from muzo_ops.schema import Generator
 
 
 def generate(generator: Generator) -> str:

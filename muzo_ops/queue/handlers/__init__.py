@@ -1,6 +1,6 @@
 """Job handlers: one callable per job type, found by name.
 
-A handler takes a ``muzo_ops.jobs.Job`` and returns a JSON-able result or
+A handler takes a ``muzo_ops.queue.jobs.Job`` and returns a JSON-able result or
 raises (``FatalJobError`` to fail at once). It may be a plain function (run
 in a thread) or a coroutine function. It never touches the job's status.
 
@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from muzo_ops.errors import ConfigError
-from muzo_ops.jobs import Job, JobType
+from muzo_ops.queue.jobs import Job, JobType
 
 Handler = Callable[[Job], Any] | Callable[[Job], Awaitable[Any]]
 ENTRY_POINT_GROUP = "muzo_ops.handlers"
@@ -27,7 +27,7 @@ def resolve(spec: str) -> Handler:
     """Import ``module:callable``; ConfigError says what is wrong."""
     module_name, sep, attr = spec.strip().partition(":")
     if not sep or not module_name or not attr:
-        raise ConfigError(f"handler {spec!r}: expected module:callable, e.g. muzo_ops.handlers.demo:echo")
+        raise ConfigError(f"handler {spec!r}: expected module:callable, e.g. muzo_ops.queue.handlers.demo:echo")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

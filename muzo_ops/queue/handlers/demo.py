@@ -1,6 +1,6 @@
 """Demo handlers for demos, tests and benchmarks; never enabled unless named.
 
-    muzo-ops worker --queues generation --handler GENERATION=muzo_ops.handlers.demo:echo
+    muzo-ops worker --queues generation --handler GENERATION=muzo_ops.queue.handlers.demo:echo
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Any
 
-from muzo_ops.jobs import FatalJobError, Job
+from muzo_ops.queue.jobs import FatalJobError, Job
 
 
 def echo(job: Job) -> dict[str, Any]:

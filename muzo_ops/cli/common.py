@@ -1,0 +1,61 @@
+"""Argument parsing shared by every command: the house error format and typed values."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from typing import Any, NoReturn
+
+from muzo_ops.constants import DEFAULT_ENV_FILE, EXIT_USAGE
+
+SubParsers = "argparse._SubParsersAction[Parser]"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the house error format: one line, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"error: {message} (see: {self.prog} --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def help_kwargs(description: str, example: str) -> dict[str, Any]:
+    """``description``, an example epilog, and a formatter that keeps both as written."""
+    return {
+        "description": description,
+        "epilog": f"example:\n  {example}",
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+    }
+
+
+def positive(text: str) -> float:
+    """argparse type: a finite number above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (ASCII digits)."""
+    if not re.fullmatch(r"[0-9]{1,18}", text.strip()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number of at least 1")
+    return int(text)
+
+
+def add_env_file(parser: argparse.ArgumentParser) -> None:
+    """The ``--env-file PATH`` option every env-reading command takes."""
+    parser.add_argument("--env-file", default=DEFAULT_ENV_FILE, metavar="PATH",
+                        help="env file to use (default: ./.env)")
+
+
+def add_format(parser: argparse.ArgumentParser) -> None:
+    """``--format text|json`` for read-only commands."""
+    parser.add_argument("--format", choices=["text", "json"], default="text")

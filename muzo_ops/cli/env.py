@@ -1,0 +1,177 @@
+"""``init-env``, ``check-env`` and ``render``: parse, make one library call, print."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from muzo_ops.cli.common import Parser, add_env_file, add_format, help_kwargs, positive
+from muzo_ops.cli.output import Output
+from muzo_ops.constants import EXIT_OK, EXIT_PROBLEMS
+
+if TYPE_CHECKING:
+    from muzo_ops.env.schema import Variable
+
+
+def cmd_check_env(args: argparse.Namespace, out: Output) -> int:
+    from muzo_ops import env
+    from muzo_ops.env import report
+    from muzo_ops.env.schema import App
+
+    progress = out.err if sys.stderr.isatty() else None
+    result = env.check_file(args.env_file, App(args.app) if args.app else None,
+                            include_environ=args.include_environ, connect=args.connect,
+                            timeout_s=args.timeout, progress=progress, redactor=out.redactor)
+    if args.format == "json":
+        out.out(report.to_json(result))
+    else:
+        out.out(report.to_text(result, args.env_file))
+    if not result.ok or (args.strict and result.warnings):
+        return EXIT_PROBLEMS
+    return EXIT_OK
+
+
+def cmd_init_env(args: argparse.Namespace, out: Output) -> int:
+    from muzo_ops.env import initenv
+    from muzo_ops.env.schema import Environment
+
+    supplied = initenv.parse_sets(args.set or [])
+    for name in args.set_stdin or []:
+        var = initenv.known_variable(name)
+        supplied[var.name] = sys.stdin.readline().rstrip("\r\n")
+    out.redactor.add_values(supplied)
+    interactive = not args.non_interactive and sys.stdin.isatty()
+
+    def prompt(var: Variable) -> str:
+        return _prompt(var, out)
+
+    result = initenv.init_env(
+        args.env_file,
+        Environment(args.environment) if args.environment else None,
+        supplied, force=args.force, prompt=prompt if interactive else None,
+    )
+    if result.tightened:
+        out.out(f"  {result.path} was readable by others: mode set to 0600")
+    if result.created:
+        out.out(f"Created {result.path} (mode 0600): {len(result.added)} variables")
+    elif result.written:
+        out.out(f"Updated {result.path} (mode 0600): {len(result.added)} added, "
+                f"{len(result.changed)} changed; existing values, comments and order kept")
+    else:
+        out.out(f"{result.path} already has every variable: nothing changed")
+    if result.added and not result.created:
+        out.out("  added: " + ", ".join(result.added))
+    if result.changed:
+        out.out("  changed: " + ", ".join(result.changed))
+    if result.generated:
+        out.out("  generated: " + ", ".join(result.generated) + " (32 random bytes each)")
+    if result.backup:
+        out.out(f"  backup of the previous file: {result.backup} (mode 0600)")
+    if result.example:
+        out.out(f"  wrote {result.example}")
+    if result.missing:
+        out.out(f"Still to fill in ({len(result.missing)}): " + ", ".join(result.missing))
+        out.out(f"Then run: muzo-ops check-env --env-file {result.path}")
+    else:
+        out.out(f"Next: muzo-ops check-env --env-file {result.path}")
+    return EXIT_OK
+
+
+def _prompt(var: Variable, out: Output) -> str:
+    """Ask for ``var`` on the terminal (hidden for secrets), three tries."""
+    import getpass
+
+    from muzo_ops.env import checks
+
+    label = f"{var.name} ({var.description}) [{var.apps_label}]: "
+    for _ in range(3):
+        if var.sensitive:
+            value = getpass.getpass(label, stream=sys.stderr)
+        else:
+            sys.stderr.write(label)
+            sys.stderr.flush()
+            value = sys.stdin.readline().rstrip("\r\n")
+        if value == "":
+            out.err("  (left empty: fill it in later)")
+            return ""
+        problem = checks.value_error(var, value)
+        if problem is None:
+            if var.sensitive:
+                out.redactor.add([value])
+            return value
+        out.err(f"  {var.name} {problem}; try again")
+    return ""
+
+
+def cmd_render(args: argparse.Namespace, out: Output) -> int:
+    import os
+
+    from muzo_ops.env import render
+
+    root = args.root
+    if args.check:
+        drift = render.drifted(root)
+        if args.format == "json":
+            import json
+
+            out.out(json.dumps({"ok": not drift, "drifted": drift}))
+        else:
+            for name in drift:
+                out.out(f"❌ {name} differs from the schema: run `muzo-ops render` and commit it")
+            if not drift:
+                out.out(f"✅ {len(render.RENDERED_FILES)} rendered files match the schema")
+        return EXIT_PROBLEMS if drift else EXIT_OK
+    for name in render.write_all(root):
+        out.out(f"wrote {os.path.join(root, name)}")
+    return EXIT_OK
+
+
+def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
+    """Register ``init-env``, ``check-env`` and ``render``."""
+    p = sub.add_parser("init-env", help="create or complete .env (secrets generated)", **help_kwargs(
+        "Create .env (mode 0600) and .env.example beside it. Secrets are generated, "
+        "development defaults filled in; on a terminal you are asked for required values "
+        "(hidden input for secrets). An existing file is merged: missing variables are "
+        "added, existing values, comments and order kept; a value changes only with --set "
+        "or --force (the old file is backed up, mode 0600).",
+        "muzo-ops init-env --environment production --non-interactive --set S3_REGION=eu-west-3"))
+    add_env_file(p)
+    p.add_argument("--environment", choices=["development", "production"],
+                   help="defaults to use (default: the file's NODE_ENV, else development)")
+    p.add_argument("--non-interactive", action="store_true",
+                   help="never prompt; list what is still missing")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set a non-secret value (repeatable)")
+    p.add_argument("--set-stdin", action="append", metavar="NAME",
+                   help="read NAME's value from a line of standard input (for secrets)")
+    p.add_argument("--force", action="store_true",
+                   help="also replace existing values with defaults and fresh secrets")
+    p.set_defaults(func=cmd_init_env)
+
+    p = sub.add_parser("check-env", help="validate an env file", **help_kwargs(
+        "Check every variable the muzo apps read: presence, format, and the rules between "
+        "them. Values come from the file alone so a check is repeatable; "
+        "--include-environ layers the process environment on top the way the apps see it "
+        "(a set variable wins). Exit 0 ok, 1 errors (or warnings with --strict), 2 "
+        "unreadable or malformed file.",
+        "muzo-ops check-env --app worker --connect --format json"))
+    add_env_file(p)
+    p.add_argument("--app", choices=["web", "worker"], help="check only what this app needs")
+    add_format(p)
+    p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    p.add_argument("--connect", action="store_true",
+                   help="also connect to MongoDB and Redis (short timeout)")
+    p.add_argument("--timeout", type=positive, default=5.0, metavar="SECONDS",
+                   help="per-connection timeout for --connect (default 5)")
+    p.add_argument("--include-environ", action="store_true",
+                   help="layer the process environment over the file (it wins)")
+    p.set_defaults(func=cmd_check_env)
+
+    p = sub.add_parser("render", help="render .env.example, .env.template and the docs page", **help_kwargs(
+        "Render the committed files from the schema; --check only compares and exits 1 "
+        "when one drifted.", "muzo-ops render --check"))
+    p.add_argument("--check", action="store_true", help="compare instead of writing")
+    p.add_argument("--root", default=".", metavar="DIR", help="repository root (default: .)")
+    add_format(p)
+    p.set_defaults(func=cmd_render)

@@ -1,0 +1,197 @@
+"""``worker``, ``jobs …`` and ``dev-db``: parse, make one library call, print."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from muzo_ops.cli.common import Parser, add_env_file, add_format, help_kwargs, positive, positive_int
+from muzo_ops.cli.output import Output
+from muzo_ops.constants import DEFAULT_ENV_FILE, EXIT_OK
+
+if TYPE_CHECKING:
+    from muzo_ops.queue.jobs import JobType
+    from muzo_ops.queue.store import AdminStore
+
+
+def _values(args: argparse.Namespace, out: Output) -> dict[str, str]:
+    from muzo_ops.env import worker_values
+
+    values = worker_values(args.env_file, args.env_file != DEFAULT_ENV_FILE)
+    out.redactor.add_values(values)
+    return values
+
+
+def cmd_worker(args: argparse.Namespace, out: Output) -> int:
+    from muzo_ops.queue import worker
+
+    values = _values(args, out)
+    settings = worker.WorkerSettings.from_values(
+        values, queues=args.queues, concurrency=args.concurrency, lock_s=args.lock_seconds,
+        poll_s=args.poll_seconds, drain_timeout_s=args.drain_timeout, retry_base_s=args.retry_base,
+        retry_cap_s=args.retry_cap, change_streams=False if args.no_change_streams else None,
+        burst=args.burst)
+    code, threads_alive = worker.run_process(settings, args.handler or [], values, out.redactor)
+    if threads_alive:
+        sys.stdout.flush()
+        os._exit(code)  # a plain-function handler still runs; its job was released
+    return code
+
+
+def _store(args: argparse.Namespace, out: Output) -> AdminStore:
+    from muzo_ops.queue import admin
+
+    return admin.connect_from_values(_values(args, out))
+
+
+def cmd_jobs_status(args: argparse.Namespace, out: Output) -> int:
+    from muzo_ops.queue import admin
+    from muzo_ops.queue.jobs import JobStatus
+
+    st = admin.status(_store(args, out))
+    if args.format == "json":
+        out.json(st.to_dict())
+        return EXIT_OK
+    statuses = [s.value for s in JobStatus]
+    out.out(f"{'type':<13}" + "".join(f"{s:>9}" for s in statuses))
+    for job_type, counts in st.counts.items():
+        out.out(f"{job_type:<13}" + "".join(f"{counts.get(s, 0):>9}" for s in statuses))
+    age = "none due" if st.oldest_due_pending_s is None else f"{st.oldest_due_pending_s:.1f}s"
+    out.out(f"oldest due PENDING job: {age}")
+    out.out(f"PENDING not yet due (retries waiting): {st.future_pending}")
+    out.out(f"RUNNING past their lock (worker died or stalled): {st.stuck_running}")
+    return EXIT_OK
+
+
+def _job_type(text: str | None) -> JobType | None:
+    from muzo_ops.queue.jobs import JobType
+
+    return None if text is None else JobType.parse(text)
+
+
+def _result(args: argparse.Namespace, out: Output, data: dict[str, Any], text: str) -> int:
+    if args.format == "json":
+        out.json(data)
+    else:
+        out.out(text)
+    return EXIT_OK
+
+
+def cmd_jobs_enqueue(args: argparse.Namespace, out: Output) -> int:
+    from muzo_ops.queue import admin
+    from muzo_ops.queue.jobs import JobType
+
+    job_type = JobType.parse(args.type)
+    payload = admin.parse_payload(args.payload)
+    run_at = admin.parse_run_at(args.run_at) if args.run_at else None
+    job_id = admin.enqueue(_store(args, out), job_type, payload, run_at, args.max_attempts)
+    return _result(args, out, {"id": job_id, "type": job_type.value, "availableAt": run_at},
+                   f"enqueued {job_type.value} job {job_id}")
+
+
+def cmd_jobs_retry_failed(args: argparse.Namespace, out: Output) -> int:
+    from muzo_ops.queue import admin
+
+    count = admin.retry_failed(_store(args, out), _job_type(args.type))
+    return _result(args, out, {"retried": count}, f"{count} FAILED job(s) back to PENDING")
+
+
+def cmd_jobs_clear_failed(args: argparse.Namespace, out: Output) -> int:
+    from muzo_ops.queue import admin
+
+    age = admin.parse_duration(args.older_than)
+    count = admin.clear_failed(_store(args, out), age, _job_type(args.type))
+    return _result(args, out, {"deleted": count}, f"{count} FAILED job(s) older than {args.older_than} deleted")
+
+
+def cmd_dev_db(args: argparse.Namespace, out: Output) -> int:
+    from muzo_ops import devdb
+
+    return devdb.run(args.port, args.data, out.out)
+
+
+def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
+    """Register ``worker``, ``jobs`` and ``dev-db``."""
+    p = sub.add_parser("worker", help="run the queue worker", **help_kwargs(
+        "Process the MongoDB Job collection: one atomic claim per job, a heartbeat while it "
+        "runs, fenced writes, retries with back-off, change-stream wake-up (polling "
+        "otherwise). Reads DATABASE_URL, WORKER_QUEUES, WORKER_CONCURRENCY, WORKER_LOCK_SECONDS, "
+        "WORKER_POLL_SECONDS, WORKER_DRAIN_TIMEOUT_SECONDS, WORKER_RETRY_BASE_SECONDS, "
+        "WORKER_RETRY_CAP_SECONDS, WORKER_CHANGE_STREAMS, MUZO_WORKER_HANDLERS, QUEUE_TRANSACTIONS "
+        "and LOG_LEVEL from the env file with the process environment on top; each flag below "
+        "overrides its variable. SIGTERM/SIGINT drain running jobs, release the rest and exit 0. "
+        "Logs are pino JSON lines on stdout. Works with MongoDB 6.0-8.x.",
+        "muzo-ops worker --queues generation,mockup --concurrency 4 "
+        "--handler GENERATION=muzo_ops.queue.handlers.demo:echo "
+        "--handler MOCKUP=muzo_ops.queue.handlers.demo:sleep"))
+    add_env_file(p)
+    p.add_argument("--queues", metavar="LIST", help="comma list of generation, mockup, fulfillment "
+                   "(default: WORKER_QUEUES, else generation)")
+    p.add_argument("--concurrency", type=positive_int, metavar="N",
+                   help="jobs run at once (default: WORKER_CONCURRENCY, else 1)")
+    p.add_argument("--handler", action="append", metavar="TYPE=module:callable",
+                   help="handler for a job type (repeatable); also MUZO_WORKER_HANDLERS and "
+                   "entry points in group muzo_ops.handlers")
+    p.add_argument("--lock-seconds", type=positive,
+                   help="lock duration, renewed by heartbeats (default: WORKER_LOCK_SECONDS, else 300)")
+    p.add_argument("--poll-seconds", type=positive,
+                   help="poll interval without change streams (default: WORKER_POLL_SECONDS, else 1)")
+    p.add_argument("--drain-timeout", type=positive, help="seconds to let running jobs finish on stop "
+                   "(default: WORKER_DRAIN_TIMEOUT_SECONDS, else 30)")
+    p.add_argument("--retry-base", type=positive,
+                   help="first retry delay in seconds (default: WORKER_RETRY_BASE_SECONDS, else 2)")
+    p.add_argument("--retry-cap", type=positive,
+                   help="longest retry delay in seconds (default: WORKER_RETRY_CAP_SECONDS, else 300)")
+    p.add_argument("--no-change-streams", action="store_true",
+                   help="poll only, even where the server offers change streams")
+    p.add_argument("--burst", action="store_true",
+                   help="process what is due, then exit 0 once no job is due (for cron and tests)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("jobs", help="inspect and operate the queue", **help_kwargs(
+        "Queue operations on DATABASE_URL's Job collection.", "muzo-ops jobs status --format json"))
+    jsub = p.add_subparsers(dest="jobs_command", metavar="ACTION", parser_class=Parser)
+    jsub.required = True
+
+    def common(q: argparse.ArgumentParser) -> None:
+        add_env_file(q)
+        add_format(q)
+
+    q = jsub.add_parser("status", help="counts by type and status, oldest due job, stuck jobs", **help_kwargs(
+        "Counts by type and status, the age of the oldest due PENDING job, and RUNNING jobs "
+        "past their lock.", "muzo-ops jobs status"))
+    common(q)
+    q.set_defaults(func=cmd_jobs_status)
+    q = jsub.add_parser("enqueue", help="insert a job the way the web app does", **help_kwargs(
+        "Validate the payload for its type and insert a PENDING job.",
+        "muzo-ops jobs enqueue MOCKUP --payload '{\"orderId\": \"o1\", \"outputAssetId\": \"a1\", "
+        "\"productVariantId\": \"v1\"}' --run-at +30s"))
+    common(q)
+    q.add_argument("type", metavar="TYPE", help="GENERATION, MOCKUP or FULFILLMENT")
+    q.add_argument("--payload", required=True, metavar="JSON")
+    q.add_argument("--run-at", metavar="WHEN", help="ISO 8601 time or +30s / +5m / +2h / +1d")
+    q.add_argument("--max-attempts", type=positive_int, default=3, metavar="N")
+    q.set_defaults(func=cmd_jobs_enqueue)
+    q = jsub.add_parser("retry-failed", help="put FAILED jobs back to PENDING", **help_kwargs(
+        "Put FAILED jobs back to PENDING with attempts reset.",
+        "muzo-ops jobs retry-failed --type GENERATION"))
+    common(q)
+    q.add_argument("--type", metavar="TYPE")
+    q.set_defaults(func=cmd_jobs_retry_failed)
+    q = jsub.add_parser("clear-failed", help="delete old FAILED jobs", **help_kwargs(
+        "Delete FAILED jobs last updated longer ago than --older-than.",
+        "muzo-ops jobs clear-failed --older-than 7d"))
+    common(q)
+    q.add_argument("--older-than", default="7d", metavar="AGE", help="e.g. 12h, 7d (default 7d)")
+    q.add_argument("--type", metavar="TYPE")
+    q.set_defaults(func=cmd_jobs_clear_failed)
+
+    p = sub.add_parser("dev-db", help="run a local MongoDB-compatible server (SecantusDB)", **help_kwargs(
+        "Start SecantusDB (optional extra, GPL-2.0: pip install 'muzo-ops[devdb]') in the "
+        "foreground and print the DATABASE_URL for .env.",
+        "muzo-ops dev-db --port 27017 --data .muzo-dev-db"))
+    p.add_argument("--port", type=positive_int, default=27017)
+    p.add_argument("--data", default=".muzo-dev-db", metavar="DIR")
+    p.set_defaults(func=cmd_dev_db)

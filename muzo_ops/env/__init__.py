@@ -1,0 +1,121 @@
+"""Environment variables: the schema, env files, checks, rendering, ``init-env``.
+
+Library entry points (what the CLI, the deploy and the secrets commands call):
+
+- ``check_file(path, ...)``: the whole of ``check-env`` for one file, probes included.
+- ``check_values(values, ...)``: the same checks on values that never touch a file.
+- ``worker_values(path, explicit)``: the values a worker process sees.
+
+Importing this package is light: pymongo and redis are imported only by
+``--connect`` probes, jinja2 only by rendering.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from muzo_ops.constants import CONNECT_TIMEOUT_S
+
+if TYPE_CHECKING:
+    from muzo_ops.env.checks import Report
+    from muzo_ops.env.schema import App
+    from muzo_ops.secrets.redact import Redactor
+
+Progress = Callable[[str], None]
+
+
+def check_values(values: Mapping[str, str], app: App | None = None, *, raw: Mapping[str, str] | None = None,
+                 bare_keys: tuple[str, ...] = (), duplicates: tuple[str, ...] = (), connect: bool = False,
+                 timeout_s: float = CONNECT_TIMEOUT_S, progress: Progress | None = None) -> Report:
+    """Check env ``values`` against the schema and its rules; with ``connect``, reach the servers.
+
+    ``raw`` (a file's values before expansion) enables the ``$name`` check;
+    ``bare_keys`` and ``duplicates`` come from a parsed file. ``progress``
+    receives a line before each server is tried.
+    """
+    from muzo_ops.env import checks
+
+    report = checks.check(values, app, bare_keys=bare_keys, duplicates=duplicates, raw=raw)
+    if connect:
+        report.connections = _probe(report, values, app, timeout_s, progress)
+    return report
+
+
+def check_file(path: str, app: App | None = None, include_environ: bool = False, connect: bool = False,
+               timeout_s: float = CONNECT_TIMEOUT_S, progress: Progress | None = None,
+               redactor: Redactor | None = None) -> Report:
+    """``check-env`` for the env file at ``path``: format, rules, file mode, and probes.
+
+    With ``include_environ`` the process environment is layered on top (a
+    set variable wins), as the apps see it. Every secret read is added to
+    ``redactor`` before anything is checked. EnvFileError (exit 2) for an
+    unreadable or malformed file.
+    """
+    from muzo_ops.env import checks, envfile
+
+    env = envfile.read(path)
+    raw = env.raw()
+    values = env.values(dict(os.environ) if include_environ else None)
+    if redactor is not None:
+        redactor.add_values(raw)
+        redactor.add_values(values)
+    bare = tuple(e.key for e in env.entries if e.key is not None and e.value is None)
+    report = check_values(values, app, raw=raw, bare_keys=bare, duplicates=tuple(env.duplicates()),
+                          connect=False)
+    checks.check_file_mode(report, path, os.stat(path).st_mode)
+    if connect:
+        report.connections = _probe(report, values, app, timeout_s, progress)
+    return report
+
+
+def _probe(report: Report, values: Mapping[str, str], app: App | None, timeout_s: float,
+           progress: Progress | None) -> list[tuple[bool, str]]:
+    """Reach MongoDB and Redis; a line per server, and an error in ``report`` for each failure."""
+    from muzo_ops.env import probes, schema
+    from muzo_ops.env.checks import Severity
+
+    lines: list[tuple[bool, str]] = []
+    for name, label, probe in (("DATABASE_URL", "MongoDB", probes.check_mongo),
+                               ("REDIS_URL", "Redis", probes.check_redis)):
+        if not schema.get(name).needed_by(app):
+            continue
+        if any(p.variable == name and p.code in ("missing", "invalid", "placeholder") for p in report.errors):
+            lines.append((False, f"{name}: not tried (fix the value first)"))
+            continue
+        if progress is not None:
+            progress(f"… connecting to {label} (timeout {timeout_s:g}s)")
+        outcome = probe(values[name], timeout_s)
+        lines.append((outcome.ok, outcome.message))
+        if not outcome.ok:
+            report.add(name, Severity.ERROR, outcome.code, outcome.message, special=True)
+    return lines
+
+
+def database_url(values: Mapping[str, str]) -> str:
+    """DATABASE_URL from ``values``, checked; ConfigError (one line) when unset or invalid."""
+    from muzo_ops.env import checks, schema
+    from muzo_ops.errors import ConfigError
+
+    url = values.get("DATABASE_URL", "")
+    if not url:
+        raise ConfigError("DATABASE_URL is not set: the worker and the jobs commands need MongoDB "
+                          "(see muzo-ops init-env)")
+    problem = checks.value_error(schema.get("DATABASE_URL"), url)
+    if problem:
+        raise ConfigError(f"DATABASE_URL {problem}")
+    return url
+
+
+def worker_values(path: str, explicit: bool) -> dict[str, str]:
+    """The values a worker sees: the env file with the process environment on top.
+
+    When the file is the default one (``explicit`` False) and absent, the
+    environment alone (a container or systemd unit that sets variables).
+    """
+    from muzo_ops.env import envfile
+
+    if os.path.exists(path) or explicit:
+        return envfile.read(path).values(dict(os.environ))
+    return dict(os.environ)

@@ -1,0 +1,1 @@
+"""Secrets: generation (``generate``) and redaction of every output (``redact``)."""

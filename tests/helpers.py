@@ -1,0 +1,27 @@
+"""Helpers the tests share: run the CLI in a real process, look for secrets in output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MONGO_APP_PASSWORD = "Str0ng-Mongo-App-Pass-77"
+
+
+def run_cli(*args: str, cwd: Path | None = None, stdin: str | None = None,
+            env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m muzo_ops ARGS`` in a real process; output captured."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("NOTIFY_SOCKET", None)
+    return subprocess.run(
+        [sys.executable, "-m", "muzo_ops", *args], cwd=cwd, input=stdin, text=True,
+        capture_output=True, env=full_env, timeout=timeout,
+    )
+
+
+def assert_no_secret(text: str, secrets: list[str]) -> None:
+    for secret in secrets:
+        assert secret not in text, "a secret value appeared in the output"
