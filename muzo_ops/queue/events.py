@@ -106,7 +106,7 @@ class Observers(Observer):
         for observer in self.observers:
             try:
                 getattr(observer, name)(*args)
-            except Exception:  # noqa: S112 - an observer's bug must not stop the worker
+            except Exception:  # an observer's bug must not stop the worker
                 continue
 
     def worker_ready(self, info: WorkerInfo) -> None:
