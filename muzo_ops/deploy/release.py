@@ -170,13 +170,16 @@ def _release_name(version: str, root: Path, sources: Sequence[Path], wheels: Seq
     return f"{version}-{digest.hexdigest()[:12]}"
 
 
-def build_release(handler_packages: Sequence[str] = (), lock_path: Path | None = None) -> Release:
+def build_release(handler_packages: Sequence[str] = (), lock_path: Path | None = None,
+                  source: Path | None = None) -> Release:
     """Build (or find in the cache) the release for this source tree, lock and handler packages.
 
     With the lock in place and the release already bundled, nothing is built
     and pip is not run.
     """
-    root = project_root()
+    root = source.resolve() if source is not None else project_root()
+    if source is not None and not (source / "pyproject.toml").is_file():
+        raise DeployError(f"--source {source}: no pyproject.toml there; give a muzo_ops checkout")
     if root is None:
         raise DeployError("muzo_ops is not running from a source checkout (no pyproject.toml beside it); "
                           "deploy from a checkout of muzo_ops")
