@@ -1,0 +1,172 @@
+"""``secrets encrypt | decrypt | rekey``: whole env files in dotenvx's format.
+
+Each holds the env file's lock, decrypts or encrypts everything in memory
+first (a wrong key or a damaged value stops it before anything is written),
+backs the file up (0600) and writes it atomically, like ``rotation``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from muzo_ops.errors import UsageError
+from muzo_ops.secrets import audit, dotenvx
+from muzo_ops.secrets.filelock import DEFAULT_TIMEOUT_S, locked
+from muzo_ops.secrets.rotation import (
+    DEFAULT_KEEP,
+    _decode,
+    _read_bytes,
+    make_backup,
+    prune_backups,
+    remove_stale_temps,
+    write_atomic,
+)
+
+_SECRET_WORDS = ("SECRET", "PASSWORD", "TOKEN", "KEY")
+
+
+@dataclass
+class CryptResult:
+    """What encrypt/decrypt/rekey did: names, files and warnings; never a value or a key."""
+
+    command: str
+    path: str
+    names: list[str] = field(default_factory=list)
+    public_key_name: str = ""
+    keys_file: str | None = None
+    backup: str | None = None
+    pruned: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    created_key: bool = False
+    text: str | None = None  # decrypt --stdout only: the plain text, for standard output
+
+    def to_json(self) -> dict[str, Any]:
+        return {"command": self.command, "env_file": self.path, "variables": self.names,
+                "public_key_name": self.public_key_name, "keys_file": self.keys_file, "backup": self.backup,
+                "pruned_backups": self.pruned, "created_key": self.created_key, "warnings": self.warnings}
+
+
+def is_sensitive(name: str) -> bool:
+    """Schema-sensitive variables; unknown names that look like secrets (KEY, TOKEN, …)."""
+    from muzo_ops.env import schema
+
+    if name.startswith(dotenvx.PUBLIC_KEY_NAME):
+        return False
+    var = schema.BY_NAME.get(name)
+    if var is not None:
+        return var.sensitive
+    return any(word in name.upper() for word in _SECRET_WORDS)
+
+
+def _commit(path: str, data: bytes, new_text: str, keep: int, command: str,
+            names: list[str], result: CryptResult) -> None:
+    result.backup = make_backup(path, data)
+    write_atomic(path, new_text.encode("utf-8"))
+    result.pruned = prune_backups(path, keep)
+    audit.append(path, command, dict.fromkeys(names, (None, None)),
+                 extra={"backup": os.path.basename(result.backup)})
+
+
+def encrypt_file(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float = DEFAULT_TIMEOUT_S,
+                 environ: Mapping[str, str] | None = None,
+                 should_encrypt: Callable[[str], bool] = is_sensitive) -> CryptResult:
+    """Encrypt every sensitive value; a new key pair goes to ``.env.keys`` (0600) when none exists.
+
+    The key is written before the file, so no crash leaves values nobody
+    can decrypt.
+    """
+    with locked(path, lock_timeout_s):
+        remove_stale_temps(path)
+        data = _read_bytes(path)
+        text = _decode(path, data)
+        public_name, private_name = dotenvx.key_names(path, text)
+        result = CryptResult("encrypt", path, public_key_name=public_name)
+        found = dotenvx.file_public_key(text)
+        public_hex = None
+        if found is None:
+            _name, keys = dotenvx.private_keys_for(path, text, environ)
+            if keys:
+                public_hex = dotenvx.public_key_of(keys[0], private_name)
+            else:
+                pair = dotenvx.KeyPair.generate()
+                result.keys_file = dotenvx.keys_path(path)
+                dotenvx.set_private_key(result.keys_file, private_name, pair.private_hex, os.path.basename(path))
+                public_hex = pair.public_hex
+                result.created_key = True
+        transformed = dotenvx.encrypt_text(text, path, should_encrypt, public_hex)
+        result.names = transformed.names
+        warning = dotenvx.keys_file_committable(path)
+        if warning:
+            result.warnings.append(warning)
+        if transformed.text == text:
+            return result
+        _commit(path, data, transformed.text, keep, "encrypt", result.names, result)
+        return result
+
+
+def decrypt_file(path: str, *, to_stdout: bool = False, keep: int = DEFAULT_KEEP,
+                 lock_timeout_s: float = DEFAULT_TIMEOUT_S, environ: Mapping[str, str] | None = None,
+                 on_values: Callable[[Iterable[str]], None] | None = None) -> CryptResult:
+    """Decrypt every value: into the file (0600, backed up), or only into ``result.text``."""
+    with locked(path, lock_timeout_s):
+        remove_stale_temps(path)
+        data = _read_bytes(path)
+        text = _decode(path, data)
+        private_name, keys = dotenvx.private_keys_for(path, text, environ)
+        if not keys and any(dotenvx.is_encrypted(v) for _k, v in dotenvx._bindings(text)):
+            raise UsageError(f"{path}: no private key: set {private_name} in the environment or put "
+                             f"{dotenvx.KEYS_FILE} beside the file")
+        transformed = dotenvx.decrypt_text(text, path, keys)
+        result = CryptResult("decrypt", path, names=transformed.names, public_key_name=transformed.public_key_name)
+        if on_values is not None and not to_stdout:
+            from muzo_ops.env.envfile import parse_text
+
+            raw = parse_text(transformed.text, path).raw()
+            on_values([raw[n] for n in transformed.names if raw.get(n)])
+        if to_stdout:
+            result.text = transformed.text
+            return result
+        if transformed.text != text:
+            _commit(path, data, transformed.text, keep, "decrypt", result.names, result)
+        return result
+
+
+def rekey_file(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float = DEFAULT_TIMEOUT_S,
+               environ: Mapping[str, str] | None = None) -> CryptResult:
+    """A new key pair; every value re-encrypted for it in one atomic write.
+
+    ``.env.keys`` holds ``new,old`` while the env file is replaced, then only
+    the new key: at every instant the keys file opens the env file.
+    """
+    with locked(path, lock_timeout_s):
+        remove_stale_temps(path)
+        data = _read_bytes(path)
+        text = _decode(path, data)
+        public_name, private_name = dotenvx.key_names(path, text)
+        _name, old_keys = dotenvx.private_keys_for(path, text, environ)
+        if dotenvx.file_public_key(text) is None:
+            raise UsageError(f"{path}: not an encrypted file: run `muzo-ops secrets encrypt` first")
+        if not old_keys:
+            raise UsageError(f"{path}: no private key: set {private_name} in the environment or put "
+                             f"{dotenvx.KEYS_FILE} beside the file")
+        pair = dotenvx.KeyPair.generate()
+        transformed = dotenvx.reencrypt_text(text, path, old_keys, pair.public_hex)
+        keys_file = dotenvx.keys_path(path)
+        result = CryptResult("rekey", path, names=transformed.names, public_key_name=public_name,
+                             keys_file=keys_file, created_key=True)
+        dotenvx.set_private_key(keys_file, private_name, ",".join([pair.private_hex, *old_keys]),
+                                os.path.basename(path))
+        _commit(path, data, transformed.text, keep, "rekey", result.names, result)
+        dotenvx.set_private_key(keys_file, private_name, pair.private_hex, os.path.basename(path))
+        env = os.environ if environ is None else environ
+        if env.get(private_name):
+            result.warnings.append(f"{private_name} is set in the environment: replace it there with the new "
+                                   f"key from {keys_file}, or the apps cannot decrypt the file")
+        result.warnings.append(f"backups of {os.path.basename(path)} made before this rekey need the old key")
+        warning = dotenvx.keys_file_committable(path)
+        if warning:
+            result.warnings.append(warning)
+        return result

@@ -1,0 +1,296 @@
+"""Rotation with a grace period, retire, rollback, keep-N, the lock, and crash safety (real signals)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from dotenv import dotenv_values
+
+from muzo_ops.env.envfile import format_line
+from muzo_ops.errors import EnvFileError, SchemaError
+from muzo_ops.secrets import audit, dotenvx, encryption, filelock, rotation
+from muzo_ops.secrets.rotation import RotationRefused
+from tests.envdata import FULL
+
+OLD_SECRET = FULL["NEXTAUTH_SECRET"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(path: Path, values: dict[str, str], mode: int = 0o600) -> Path:
+    path.write_text("# muzo\n" + "".join(format_line(k, v) for k, v in values.items()), encoding="utf-8")
+    path.chmod(mode)
+    return path
+
+
+def read(path: Path | str) -> dict[str, str]:
+    return {k: v or "" for k, v in dotenv_values(stream=io.StringIO(Path(path).read_text())).items()}
+
+
+def all_text(folder: Path, skip_env: bool = True) -> str:
+    """Every file in the folder but the env file and its backups."""
+    return "".join(p.read_text(errors="replace") for p in folder.iterdir()
+                   if p.is_file() and not (skip_env and p.name.startswith(".env")))
+
+
+def test_rotate_keeps_the_old_secret_as_previous(tmp_path: Path) -> None:
+    env = write(tmp_path / ".env", FULL)
+    seen: list[str] = []
+    result = rotation.rotate(str(env), on_values=seen.extend)
+    values = read(env)
+    assert values["NEXTAUTH_SECRET_PREVIOUS"] == OLD_SECRET
+    assert values["NEXTAUTH_SECRET"] != OLD_SECRET and len(values["NEXTAUTH_SECRET"]) == 43
+    assert {k: v for k, v in values.items() if not k.startswith("NEXTAUTH_SECRET")} == {
+        k: v for k, v in FULL.items() if k != "NEXTAUTH_SECRET"}
+    assert env.stat().st_mode & 0o777 == 0o600
+    assert result.backup == f"{env}.1.bak" and Path(result.backup).stat().st_mode & 0o777 == 0o600
+    assert read(Path(result.backup)) == FULL
+    assert set(seen) == {OLD_SECRET, values["NEXTAUTH_SECRET"]}
+    # the audit record: names and fingerprints, no value anywhere but the env file and backups
+    (record,) = audit.read(str(env))
+    assert record.variables == ["NEXTAUTH_SECRET_PREVIOUS", "NEXTAUTH_SECRET"]
+    fp = audit.Fingerprinter(str(env))
+    assert record.fingerprints["NEXTAUTH_SECRET"] == {"old": fp(OLD_SECRET), "new": fp(values["NEXTAUTH_SECRET"])}
+    assert record.fingerprints["NEXTAUTH_SECRET_PREVIOUS"] == {"old": None, "new": fp(OLD_SECRET)}
+    assert record.extra["backup"] == ".env.1.bak"
+    text = all_text(tmp_path) + json.dumps(result.to_json())
+    assert OLD_SECRET not in text and values["NEXTAUTH_SECRET"] not in text
+
+
+def test_a_second_rotation_inside_the_session_lifetime_is_refused(tmp_path: Path) -> None:
+    env = write(tmp_path / ".env", FULL)
+    t0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    rotation.rotate(str(env), now=t0)
+    before = env.read_bytes()
+    with pytest.raises(RotationRefused, match="NEXTAUTH_SECRET_PREVIOUS still holds the secret replaced 3 days ago"):
+        rotation.rotate(str(env), now=t0 + dt.timedelta(days=3))
+    assert env.read_bytes() == before and len(rotation.backups(str(env))) == 1
+    # after the lifetime it goes through, and --force goes through at once
+    rotation.rotate(str(env), now=t0 + dt.timedelta(days=31))
+    rotation.rotate(str(env), now=t0 + dt.timedelta(days=32), force=True)
+    assert len(audit.read(str(env))) == 3
+    # a previous value with no audit record is of unknown age: refused too
+    other = write(tmp_path / ".env.staging", {**FULL, "NEXTAUTH_SECRET_PREVIOUS": "p" * 43})
+    with pytest.raises(RotationRefused, match="unknown time"):
+        rotation.rotate(str(other))
+
+
+def test_unknown_or_ungenerated_names_are_refused(tmp_path: Path) -> None:
+    env = write(tmp_path / ".env", FULL)
+    for name in ("NEXTAUTH_SECRT", "STRIPE_SECRET_KEY"):
+        with pytest.raises(SchemaError, match="not a generated secret"):
+            rotation.rotate(str(env), [name])
+    with pytest.raises(EnvFileError, match="no such file"):
+        rotation.rotate(str(tmp_path / "missing.env"))
+
+
+def test_dry_run_changes_nothing(tmp_path: Path) -> None:
+    env = write(tmp_path / ".env", FULL)
+    before = env.read_bytes()
+    result = rotation.rotate(str(env), dry_run=True)
+    assert env.read_bytes() == before and rotation.backups(str(env)) == [] and audit.read(str(env)) == []
+    assert [(c.name, c.action) for c in result.changes] == [
+        ("NEXTAUTH_SECRET_PREVIOUS", "moved from NEXTAUTH_SECRET"), ("NEXTAUTH_SECRET", "rotated")]
+    assert result.changes[1].old == audit.fingerprint(str(env), OLD_SECRET) and result.changes[1].new is None
+
+
+def test_retire_empties_the_previous_secret(tmp_path: Path) -> None:
+    env = write(tmp_path / ".env", FULL)
+    rotation.rotate(str(env))
+    result = rotation.retire(str(env), "NEXTAUTH_SECRET")
+    assert read(env)["NEXTAUTH_SECRET_PREVIOUS"] == ""
+    assert any("sign in again" in w for w in result.warnings)
+    assert audit.read(str(env))[-1].command == "retire"
+    again = rotation.retire(str(env), "NEXTAUTH_SECRET_PREVIOUS")
+    assert again.backup is None and "already empty" in again.warnings[0]
+    with pytest.raises(Exception, match="no previous value"):
+        rotation.retire(str(env), "STRIPE_SECRET_KEY")
+    # with the previous secret retired, rotating again needs no --force
+    rotation.rotate(str(env))
+
+
+def test_rollback_undoes_changes_one_at_a_time(tmp_path: Path) -> None:
+    env = write(tmp_path / ".env", FULL)
+    original = env.read_bytes()
+    rotation.rotate(str(env))
+    after_first = env.read_bytes()
+    rotation.retire(str(env), "NEXTAUTH_SECRET")
+    first = rotation.rollback(str(env))
+    assert env.read_bytes() == after_first
+    assert first.undid is not None and first.undid["command"] == "retire"
+    second = rotation.rollback(str(env))
+    assert env.read_bytes() == original
+    assert second.undid is not None and second.undid["command"] == "rotate"
+    assert env.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(EnvFileError, match="no backup left"):
+        rotation.rollback(str(env))
+    assert env.read_bytes() == original
+    assert [r.command for r in audit.read(str(env))] == ["rotate", "retire", "rollback", "rollback"]
+
+
+def test_only_the_last_keep_backups_stay(tmp_path: Path) -> None:
+    env = write(tmp_path / ".env", FULL)
+    for _ in range(7):
+        rotation.rotate(str(env), force=True, keep=3)
+    assert [n for n, _p in rotation.backups(str(env))] == [5, 6, 7]
+    with pytest.raises(Exception, match="at least 1"):
+        rotation.rotate(str(env), force=True, keep=0)
+
+
+def test_a_locked_file_fails_with_one_line_and_stays_unchanged(tmp_path: Path) -> None:
+    env = write(tmp_path / ".env", FULL)
+    before = env.read_bytes()
+    with filelock.locked(str(env)):
+        started = time.monotonic()
+        with pytest.raises(filelock.LockedError) as info:
+            rotation.rotate(str(env), lock_timeout_s=0.3)
+        assert 0.3 <= time.monotonic() - started < 5
+    assert "\n" not in str(info.value) and "locked by another muzo-ops command" in str(info.value)
+    assert env.read_bytes() == before
+    rotation.rotate(str(env), lock_timeout_s=0.3)  # released
+
+
+DRIVER = textwrap.dedent("""
+    import sys
+    from muzo_ops.secrets import rotation
+    path, count = sys.argv[1], int(sys.argv[2])
+    print("ready", flush=True)
+    for _ in range(count):
+        rotation.rotate(path, force=True, keep=int(sys.argv[3]), lock_timeout_s=60)
+""")
+
+
+def test_concurrent_rotations_never_lose_an_update(tmp_path: Path) -> None:
+    env = write(tmp_path / ".env", FULL)
+    procs = [subprocess.Popen([sys.executable, "-c", DRIVER, str(env), "5", "100"], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for proc in procs:
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    chain = [read(p) for _n, p in rotation.backups(str(env))] + [read(env)]
+    assert len(chain) == 21  # the original and 20 rotations, each backed up
+    for before, after in zip(chain, chain[1:], strict=False):
+        assert after["NEXTAUTH_SECRET_PREVIOUS"] == before["NEXTAUTH_SECRET"]
+    assert len({c["NEXTAUTH_SECRET"] for c in chain}) == 21
+    assert len(audit.read(str(env))) == 20
+
+
+def test_killed_at_any_point_the_file_is_complete_old_or_new(tmp_path: Path) -> None:
+    """SIGKILL / SIGTERM / SIGINT at random moments of rotations: never a torn or open file."""
+    env = write(tmp_path / ".env", FULL)
+    rng = random.Random(20261130)
+    signals = [signal.SIGKILL, signal.SIGKILL, signal.SIGTERM, signal.SIGINT]
+    kills = 0
+    for attempt in range(40):
+        proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(env), "1000", "3"], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0, 0.12))
+        if proc.poll() is None:
+            proc.send_signal(signals[attempt % len(signals)])
+            kills += 1
+        proc.wait(30)
+        assert env.stat().st_mode & 0o777 == 0o600
+        current = read(env)
+        newest = read(rotation.backups(str(env))[-1][1]) if rotation.backups(str(env)) else FULL
+        complete_old = current == newest
+        complete_new = (current["NEXTAUTH_SECRET_PREVIOUS"] == newest["NEXTAUTH_SECRET"]
+                        and len(current["NEXTAUTH_SECRET"]) == 43
+                        and {k: v for k, v in current.items() if not k.startswith("NEXTAUTH_SECRET")}
+                        == {k: v for k, v in FULL.items() if k != "NEXTAUTH_SECRET"})
+        assert complete_old or complete_new, f"torn file after signal {attempt}"
+        for _n, backup in rotation.backups(str(env)):
+            assert Path(backup).stat().st_mode & 0o777 == 0o600
+            assert read(Path(backup))["NEXTAUTH_SECRET"]
+        for leftover in tmp_path.glob(".*.tmp"):
+            assert leftover.stat().st_mode & 0o777 == 0o600
+    assert kills >= 30
+    # the next run takes the lock at once (the kernel released it) and clears what the killed ones left
+    rotation.rotate(str(env), force=True, keep=3, lock_timeout_s=1)
+    assert list(tmp_path.glob(".*.tmp")) == []
+
+
+def test_previous_secret_problems_for_check_env(tmp_path: Path) -> None:
+    env = write(tmp_path / ".env", FULL)
+    t0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    rotation.rotate(str(env), now=t0)
+    values = read(env)
+    assert rotation.previous_secret_problems(str(env), values, now=t0 + dt.timedelta(days=10)) == []
+    (level, name, message), = rotation.previous_secret_problems(str(env), values, now=t0 + dt.timedelta(days=40))
+    assert (level, name) == ("warning", "NEXTAUTH_SECRET_PREVIOUS") and "40 days" in message
+    same = {**values, "NEXTAUTH_SECRET_PREVIOUS": values["NEXTAUTH_SECRET"]}
+    (level, name, message), = rotation.previous_secret_problems(str(env), same)
+    assert (level, name) == ("error", "NEXTAUTH_SECRET_PREVIOUS") and values["NEXTAUTH_SECRET"] not in message
+
+
+# ----- encrypted files ----------------------------------------------------------------------
+
+
+NODE_DIR = Path(__file__).parent / "node"
+
+
+def dotenvx_get(folder: Path, filename: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOTENV_")}
+    proc = subprocess.run([str(NODE_DIR / "node_modules" / ".bin" / "dotenvx"), "get", "-f", filename, "--strict"],
+                          cwd=folder, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    result: dict[str, str] = json.loads(proc.stdout)
+    return result
+
+
+def test_encrypt_rotate_rollback_decrypt_an_encrypted_file(tmp_path: Path) -> None:
+    env = write(tmp_path / ".env.production", FULL)
+    enc = encryption.encrypt_file(str(env), environ={})
+    assert enc.created_key and (tmp_path / ".env.keys").stat().st_mode & 0o777 == 0o600
+    assert "NEXTAUTH_SECRET" in enc.names and "DATABASE_URL" in enc.names and "NODE_ENV" not in enc.names
+    text = env.read_text()
+    assert OLD_SECRET not in text and "NODE_ENV=production" in text
+    assert dotenvx_get(tmp_path, ".env.production")["NEXTAUTH_SECRET"] == OLD_SECRET
+
+    # rotation needs only the public key: hide the private one
+    (tmp_path / ".env.keys").rename(tmp_path / "keys.saved")
+    result = rotation.rotate(str(env), environ={})
+    assert result.encrypted and any("fingerprint is not recorded" in w for w in result.warnings)
+    raw = read(env)
+    assert dotenvx.is_encrypted(raw["NEXTAUTH_SECRET"]) and dotenvx.is_encrypted(raw["NEXTAUTH_SECRET_PREVIOUS"])
+    (tmp_path / "keys.saved").rename(tmp_path / ".env.keys")
+    got = dotenvx_get(tmp_path, ".env.production")
+    assert got["NEXTAUTH_SECRET_PREVIOUS"] == OLD_SECRET and len(got["NEXTAUTH_SECRET"]) == 43
+
+    rekeyed = encryption.rekey_file(str(env), environ={})
+    assert sorted(rekeyed.names) == sorted([*enc.names, "NEXTAUTH_SECRET_PREVIOUS"])
+    assert dotenvx_get(tmp_path, ".env.production") == {**got, "DOTENV_PUBLIC_KEY_PRODUCTION":
+                                                        dotenvx_get(tmp_path, ".env.production")[
+                                                            "DOTENV_PUBLIC_KEY_PRODUCTION"]}
+
+    plain = encryption.decrypt_file(str(env), environ={})
+    values = read(env)
+    assert values["NEXTAUTH_SECRET_PREVIOUS"] == OLD_SECRET and values["NEXTAUTH_SECRET"] == got["NEXTAUTH_SECRET"]
+    assert sorted(plain.names) == sorted(rekeyed.names)
+    assert env.stat().st_mode & 0o777 == 0o600
+    # no value outside the env file, its backups and .env.keys
+    assert OLD_SECRET not in "".join(p.read_text() for p in tmp_path.iterdir()
+                                     if p.is_file() and not p.name.startswith(".env"))
+
+
+def test_a_wrong_key_writes_nothing(tmp_path: Path) -> None:
+    env = write(tmp_path / ".env", FULL)
+    encryption.encrypt_file(str(env), environ={})
+    before = env.read_bytes()
+    wrong = {"DOTENV_PRIVATE_KEY": dotenvx.KeyPair.generate().private_hex}
+    for action in (lambda: encryption.decrypt_file(str(env), environ=wrong),
+                   lambda: encryption.rekey_file(str(env), environ=wrong)):
+        with pytest.raises(dotenvx.DecryptionError, match="wrong private key"):
+            action()
+        assert env.read_bytes() == before
+    assert len(rotation.backups(str(env))) == 1  # only the one encrypt made
