@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond pip packages, on Debian as root:
-# redis-server (check-env --connect tests), Node.js (only if missing) and
-# Next.js's env loader @next/env (the env-file round-trip tests).
+# redis-server (check-env --connect tests), Node.js (only if missing), Next.js's
+# env loader @next/env and @dotenvx/dotenvx (env-file round trips and encrypted
+# files), promtool (the alert rules), debootstrap and systemd-nspawn (the deploy
+# tests boot real systemd hosts).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  apt-get -o DPkg::Lock::Timeout=300 update -qq
+  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-# redis-server's package starts a system instance; the tests start their own.
-if command -v systemctl >/dev/null && systemctl is-active --quiet redis-server 2>/dev/null; then
-  systemctl stop redis-server || true
-fi
+# redis-server's and prometheus's packages may start system instances; the tests start their own.
+for unit in redis-server prometheus; do
+  if command -v systemctl >/dev/null && systemctl is-active --quiet "$unit" 2>/dev/null; then
+    systemctl stop "$unit" || true
+  fi
+done
 (cd "$here/node" && npm ci --no-audit --no-fund --silent)
 echo "test dependencies ready: $(redis-server --version | cut -d' ' -f3), node $(node --version)"
