@@ -94,7 +94,8 @@ def cmd_deploy(args: argparse.Namespace, out: Output) -> int:
                 return EXIT_USAGE
         result = driver.deploy(args.inventory, args.env_file, dry=args.dry, serial=args.serial,
                                limit=args.limit, lock=Path(args.lock) if args.lock else None,
-                               source=Path(args.source) if args.source else None, progress=progress, verbose=args.verbose)
+                               source=Path(args.source) if args.source else None, progress=progress,
+                               verbose=args.verbose)
     if as_json:
         out.json(result.to_json())
     else:

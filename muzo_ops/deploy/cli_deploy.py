@@ -9,7 +9,8 @@ Inputs besides the inventory's host data: the env file from the data key
 ``muzo_env_file`` (e.g. ``--data muzo_env_file=.env.production``) or the
 environment variable ``MUZO_ENV_FILE`` (default ``.env``), and the lock from
 ``muzo_lock`` / ``MUZO_DEPLOY_LOCK`` (default ``muzo-worker.lock`` in the
-current folder).
+current folder), and the checkout to ship from ``muzo_source`` /
+``MUZO_DEPLOY_SOURCE`` (default: the running one).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import threading
 from pathlib import Path
 
-from pyinfra import host
+from pyinfra.context import host
 
 from muzo_ops.deploy import ops
 from muzo_ops.deploy.plan import plan_host, read_env_file
@@ -30,14 +31,16 @@ _releases: dict[tuple[tuple[str, ...], str], Release] = {}
 
 def run() -> None:
     """Both phases on the current host (called by ``deploy/worker.py`` once per host)."""
-    data = host.data.dict()
+    data: dict[str, object] = host.data.dict()  # type: ignore[no-untyped-call]
     env_file = str(data.get("muzo_env_file") or os.environ.get("MUZO_ENV_FILE") or ".env")
     lock = Path(str(data.get("muzo_lock") or os.environ.get("MUZO_DEPLOY_LOCK") or "muzo-worker.lock"))
     plan = plan_host(host.name, read_env_file(env_file), data)
-    key = (plan.handler_packages, str(lock))
+    source_text = data.get("muzo_source") or os.environ.get("MUZO_DEPLOY_SOURCE")
+    source = Path(str(source_text)) if source_text else None
+    key = (plan.handler_packages, f"{lock}\0{source}")
     with _lock:
         if key not in _releases:
-            _releases[key] = build_release(plan.handler_packages, lock)
+            _releases[key] = build_release(plan.handler_packages, lock, source)
         release = _releases[key]
     ops.stage(plan, release)
     ops.switch(plan, release)

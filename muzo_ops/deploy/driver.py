@@ -20,14 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyinfra import host as current_host
-from pyinfra.api import Config, State
+from pyinfra.api.config import Config
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.deploy import add_deploy
+from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operations import run_ops
-from pyinfra.api.state import StateStage
+from pyinfra.api.state import State, StateStage
 from pyinfra.context import ctx_host, ctx_state
-from pyinfra_cli.inventory import make_inventory
+from pyinfra.context import host as current_host
+from pyinfra_cli.inventory import make_inventory  # type: ignore[import-untyped]
 
 from muzo_ops.deploy import ops
 from muzo_ops.deploy.plan import HostPlan, plan_host, read_env_file
@@ -41,6 +42,7 @@ class HostResult:
     """One host's outcome; ``status`` is one of deployed, unchanged, rolled-back, failed, not-reached, dry."""
 
     changed: int = 0
+    operations: list[str] = field(default_factory=list)  # labels of the operations that changed
     release: str = ""
     healthy: bool = False
     rolled_back: bool = False
@@ -49,7 +51,7 @@ class HostResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"changed": self.changed, "release": self.release, "healthy": self.healthy,
-                "rolled_back": self.rolled_back, "status": self.status}
+                "rolled_back": self.rolled_back, "status": self.status, "operations": self.operations}
 
 
 @dataclass
@@ -107,7 +109,7 @@ class _Run:
         self.state = State(check_for_changes=check_for_changes)
         self.inventory = _inventory(target.inventory, self.state)
         self.hosts = [self.inventory.get_host(n) for n in names]
-        config = Config()
+        config = Config()  # type: ignore[no-untyped-call]
         config.CONNECT_TIMEOUT = 10
         config.FAIL_PERCENT = None
         self.state.init(self.inventory, config, initial_limit=self.hosts)
@@ -125,7 +127,11 @@ class _Run:
 
     def execute(self) -> None:
         self.state.set_stage(StateStage.Execute)
-        run_ops(self.state)
+        try:
+            run_ops(self.state)
+        except PyinfraError as exc:  # "No hosts remaining!": every host failed, each is reported
+            if not self.state.failed_hosts:
+                raise DeployError(f"pyinfra: {exc}") from exc
 
     def fact_state(self, name: str) -> ops.HostState:
         host = self.inventory.get_host(name)
@@ -138,8 +144,8 @@ class _Run:
         disconnect_all(self.state)
 
 
-def _changed(metas: Sequence[Any]) -> int:
-    return sum(1 for m in metas if m.is_complete() and m.did_change())
+def _changed(metas: ops.Labelled) -> list[str]:
+    return [label for label, m in metas if m.is_complete() and m.did_change()]
 
 
 def plan_hosts(target: Target, env_file: str) -> dict[str, HostPlan]:
@@ -179,7 +185,7 @@ def deploy(inventory: str, env_file: str, *, dry: bool = False, serial: int = 1,
         return result
 
     # Phase 1: everything staged on every host at once; nothing that runs changes.
-    metas: dict[str, list[Any]] = {}
+    metas: dict[str, ops.Labelled] = {}
 
     def phase1() -> None:
         name = current_host.name
@@ -187,16 +193,19 @@ def deploy(inventory: str, env_file: str, *, dry: bool = False, serial: int = 1,
 
     run = _Run(target, target.names)
     pending: list[str] = []
+    states: dict[str, ops.HostState] = {}
     try:
         run.prepare(phase1)
         run.execute()
         for name in target.names:
             res = result.hosts[name]
-            res.changed = _changed(metas.get(name, []))
+            res.operations = _changed(metas.get(name, []))
+            res.changed = len(res.operations)
             if run.failed(name):
                 res.status, res.detail = "failed", "phase 1 (staging) failed"
                 continue
-            if ops.pending(plans[name], releases[name], run.fact_state(name)):
+            states[name] = run.fact_state(name)
+            if ops.pending(plans[name], releases[name], states[name]):
                 pending.append(name)
             else:
                 res.status, res.healthy = "unchanged", True
@@ -229,11 +238,14 @@ def deploy(inventory: str, env_file: str, *, dry: bool = False, serial: int = 1,
                 res.status, res.detail = "failed", "could not connect"
                 stop = True
                 continue
-            res.changed += _changed(sw.changes)
+            res.operations += _changed(sw.changes)
+            res.changed = len(res.operations)
             gate_failed = sw.gate.is_complete() and sw.gate.did_error()
             res.rolled_back = sw.rollback.is_complete() and sw.rollback.did_change() and sw.rollback.did_succeed()
             if run.failed(name) or gate_failed:
                 res.status = "rolled-back" if res.rolled_back else "failed"
+                if res.rolled_back:
+                    res.release = states[name].current
                 res.detail = "health gate failed" if gate_failed else "switch failed"
                 stop = True
             else:
@@ -241,6 +253,14 @@ def deploy(inventory: str, env_file: str, *, dry: bool = False, serial: int = 1,
         progress(f"batch {', '.join(batch)} done at {time.monotonic() - start:.1f} s")
         if stop:
             break
+    for name in pending:
+        res = result.hosts[name]
+        if res.status == "not-reached":  # the rollout stopped first: the host runs what it ran
+            state = states[name]
+            res.release = state.current
+            res.healthy = bool(state.current) and all(state.active.get(i) == "active"
+                                                      for i in plans[name].instances)
+            res.detail = "the rollout stopped before this host"
     result.seconds = time.monotonic() - start
     return result
 
@@ -269,7 +289,8 @@ def rollback(inventory: str, env_file: str, *, serial: int = 1, limit: Sequence[
                 res = result.hosts[name]
                 meta = metas.get(name)
                 ok = meta is not None and meta.is_complete() and meta.did_succeed() and not run.failed(name)
-                res.changed = 1 if ok else 0
+                res.operations = ["rolled-back"] if ok else []
+                res.changed = len(res.operations)
                 res.rolled_back = res.healthy = ok
                 res.status = "rolled-back-on-demand" if ok else "failed"
                 if not run.failed(name) and meta is not None:
@@ -289,7 +310,7 @@ def _dry(target: Target, plans: dict[str, HostPlan], releases: dict[str, Release
     """Phase 1's change detection (nothing executed) and what phase 2 would switch."""
     run = _Run(target, target.names, check_for_changes=True)
     try:
-        metas: dict[str, list[Any]] = {}
+        metas: dict[str, ops.Labelled] = {}
 
         def phase1() -> None:
             metas[current_host.name] = ops.stage(plans[current_host.name], releases[current_host.name])
@@ -300,7 +321,7 @@ def _dry(target: Target, plans: dict[str, HostPlan], releases: dict[str, Release
             if run.failed(name):
                 res.status, res.detail = "failed", "could not connect"
                 continue
-            changes = [m for m in metas.get(name, []) if m.will_change]
+            changes = [label for label, m in metas.get(name, []) if m.will_change]
             state = run.fact_state(name)
             plan, release = plans[name], releases[name]
             would = []
@@ -312,7 +333,8 @@ def _dry(target: Target, plans: dict[str, HostPlan], releases: dict[str, Release
                 would.append("switch unit")
             if would or ops.pending(plan, release, state):
                 would.append("restart " + " ".join(plan.instances))
-            res.changed = len(changes) + len(would)
+            res.operations = changes + would
+            res.changed = len(res.operations)
             res.status, res.healthy = "dry", not ops.pending(plan, release, state)
             res.detail = "; ".join(would) if would else "nothing to switch"
             res.release = release.name

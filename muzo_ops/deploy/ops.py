@@ -24,17 +24,20 @@ from __future__ import annotations
 
 import io
 import shlex
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyinfra import host
-from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
-from pyinfra.api.operation import OperationMeta
+from pyinfra.api.command import FileUploadCommand, StringCommand
+from pyinfra.api.facts import FactBase
+from pyinfra.api.operation import OperationMeta, operation
+from pyinfra.context import host
 from pyinfra.operations import files, server, systemd
 
 from muzo_ops.deploy.plan import HostPlan
 from muzo_ops.deploy.release import Release
+
+OpGen = Generator[Any, None, None]
 
 ROOT = "/opt/muzo"
 RELEASES = f"{ROOT}/releases"
@@ -89,13 +92,14 @@ class HostState:
     enabled: list[str] = field(default_factory=list)
 
 
-class MuzoState(FactBase):  # type: ignore[misc]
+class MuzoState(FactBase[HostState]):
     """Release links, digests of the live/staged/previous env file and unit, and the instances."""
 
     def command(self) -> str:
         return _STATE_SCRIPT
 
-    def default(self) -> HostState:
+    @staticmethod
+    def default() -> HostState:
         return HostState()
 
     def process(self, output: Sequence[str]) -> HostState:
@@ -129,7 +133,7 @@ def q(text: str) -> str:
 
 
 @operation()
-def release_installed(release: Release) -> Iterator[Any]:
+def release_installed(release: Release) -> OpGen:
     """Upload the release bundle and install it into its own venv (``--no-index``), unless present."""
     state = host_state()
     if release.name in state.releases:
@@ -147,7 +151,7 @@ def release_installed(release: Release) -> Iterator[Any]:
 
 
 @operation()
-def releases_pruned(release: Release, keep: int = KEEP_RELEASES) -> Iterator[str]:
+def releases_pruned(release: Release, keep: int = KEEP_RELEASES) -> OpGen:
     """Delete the oldest releases beyond ``keep`` (never the new, current or previous one)."""
     state = host_state()
     names = list(dict.fromkeys([release.name, *state.releases]))
@@ -159,7 +163,7 @@ def releases_pruned(release: Release, keep: int = KEEP_RELEASES) -> Iterator[str
         yield "rm -rf " + " ".join(q(f"{RELEASES}/{n}") for n in doomed)
 
 
-def _stage(kind: str, text: str, digest: str, live: str, mode: str) -> Iterator[Any]:
+def _stage(kind: str, text: str, digest: str, mode: str) -> OpGen:
     state = host_state()
     live_sha = getattr(state, kind)
     next_sha = getattr(state, f"{kind}_next")
@@ -175,32 +179,36 @@ def _stage(kind: str, text: str, digest: str, live: str, mode: str) -> Iterator[
     # Into the root-only 0700 folder, narrowed, then renamed: never readable by others.
     yield FileUploadCommand(io.BytesIO(text.encode()), upload)
     yield f"chown root:root {q(upload)} && chmod {mode} {q(upload)} && mv -f {q(upload)} {q(staged)}"
-    del live
 
 
 @operation()
-def env_staged(plan: HostPlan) -> Iterator[Any]:
+def env_staged(plan: HostPlan) -> OpGen:
     """Stage the host's env file in the state folder (0600 root) when it differs from the live one."""
-    yield from _stage("env", plan.env_text, plan.env_sha256, ENV_FILE, "0600")
+    yield from _stage("env", plan.env_text, plan.env_sha256, "0600")
 
 
 @operation()
-def unit_staged(plan: HostPlan) -> Iterator[Any]:
+def unit_staged(plan: HostPlan) -> OpGen:
     """Stage the unit template when it differs from the installed one."""
-    yield from _stage("unit", plan.unit_text, plan.unit_sha256, UNIT_FILE, "0644")
+    yield from _stage("unit", plan.unit_text, plan.unit_sha256, "0644")
 
 
-def stage(plan: HostPlan, release: Release) -> list[OperationMeta]:
+Labelled = list[tuple[str, OperationMeta]]
+
+
+def stage(plan: HostPlan, release: Release) -> Labelled:
     """Phase 1 on the current host: nothing that runs is changed."""
     return [
-        server.user(name="muzo system user", user="muzo", system=True, shell="/usr/sbin/nologin",
-                    home="/nonexistent", ensure_home=False),
-        files.directory(name="release folder", path=RELEASES, user="root", group="root", mode="755"),
-        files.directory(name="state folder (root only)", path=STATE, user="root", group="root", mode="700"),
-        release_installed(name=f"release {release.name}", release=release),
-        releases_pruned(name=f"keep the last {KEEP_RELEASES} releases", release=release),
-        env_staged(name="env file staged", plan=plan),
-        unit_staged(name="unit staged", plan=plan),
+        ("user", server.user(name="muzo system user", user="muzo", system=True, shell="/usr/sbin/nologin",
+                             home="/nonexistent", ensure_home=False)),
+        ("releases-folder", files.directory(name="release folder", path=RELEASES, user="root", group="root",
+                                            mode="755")),
+        ("state-folder", files.directory(name="state folder (root only)", path=STATE, user="root",
+                                         group="root", mode="700")),
+        ("release-installed", release_installed(name=f"release {release.name}", release=release)),
+        ("releases-pruned", releases_pruned(name=f"keep the last {KEEP_RELEASES} releases", release=release)),
+        ("env-staged", env_staged(name="env file staged", plan=plan)),
+        ("unit-staged", unit_staged(name="unit staged", plan=plan)),
     ]
 
 
@@ -216,7 +224,7 @@ def pending(plan: HostPlan, release: Release, state: HostState) -> bool:
 
 
 @operation()
-def snapshot(plan: HostPlan, release: Release) -> Iterator[str]:
+def snapshot(plan: HostPlan, release: Release) -> OpGen:
     """Keep what is live (release, env file, unit) as the rollback target, before anything switches."""
     state = host_state()
     if state.current == release.name and state.env == plan.env_sha256 and state.unit == plan.unit_sha256:
@@ -237,7 +245,7 @@ def _snapshot_script() -> str:
 
 
 @operation()
-def release_switched(release: Release) -> Iterator[str]:
+def release_switched(release: Release) -> OpGen:
     """Point ``current`` at the release (a new symlink renamed over the old one)."""
     if host_state().current != release.name:
         yield (f"ln -sfn releases/{q(release.name)} {ROOT}/.current.tmp && "
@@ -245,7 +253,7 @@ def release_switched(release: Release) -> Iterator[str]:
 
 
 @operation()
-def env_switched(plan: HostPlan) -> Iterator[str]:
+def env_switched(plan: HostPlan) -> OpGen:
     """Rename the staged env file over the live one."""
     state = host_state()
     if state.env != plan.env_sha256:
@@ -253,7 +261,7 @@ def env_switched(plan: HostPlan) -> Iterator[str]:
 
 
 @operation()
-def unit_switched(plan: HostPlan) -> Iterator[str]:
+def unit_switched(plan: HostPlan) -> OpGen:
     """Rename the staged unit over the installed one."""
     state = host_state()
     if state.unit != plan.unit_sha256:
@@ -261,7 +269,7 @@ def unit_switched(plan: HostPlan) -> Iterator[str]:
 
 
 @operation()
-def instances_retired(plan: HostPlan) -> Iterator[str]:
+def instances_retired(plan: HostPlan) -> OpGen:
     """Stop and disable the instances of queues the host no longer runs."""
     state = host_state()
     removed = sorted(u for u in {*state.active, *state.enabled}
@@ -272,7 +280,7 @@ def instances_retired(plan: HostPlan) -> Iterator[str]:
 
 
 @operation()
-def instances_enabled(plan: HostPlan) -> Iterator[str]:
+def instances_enabled(plan: HostPlan) -> OpGen:
     """Enable one instance per queue (started at boot)."""
     state = host_state()
     missing = [i for i in plan.instances if i not in state.enabled]
@@ -281,18 +289,26 @@ def instances_enabled(plan: HostPlan) -> Iterator[str]:
 
 
 @operation()
-def instances_restarted(plan: HostPlan) -> Iterator[str]:
-    """Restart every instance (only run ``_if`` the release, env file or unit changed)."""
-    yield "systemctl restart " + " ".join(q(u) for u in plan.instances)
+def instances_restarted(plan: HostPlan) -> OpGen:
+    """Restart every instance (only run ``_if`` the release, env file or unit changed).
+
+    Waits for READY=1 up to the health timeout; whether it came is the health gate's call.
+    """
+    yield restart_command(plan.instances, plan.health_timeout_s)
+
+
+def restart_command(instances: Sequence[str], timeout_s: float) -> str:
+    units = " ".join(q(u) for u in instances)
+    return f"timeout {max(1, int(timeout_s))} systemctl restart {units} || true"
 
 
 @operation()
-def instances_started(plan: HostPlan) -> Iterator[str]:
+def instances_started(plan: HostPlan) -> OpGen:
     """Start instances that are not running although nothing changed."""
     state = host_state()
     down = [i for i in plan.instances if state.active.get(i) != "active"]
     if down:
-        yield "systemctl start --no-block " + " ".join(q(u) for u in down)
+        yield restart_command(down, plan.health_timeout_s).replace(" restart ", " start ", 1)
 
 
 def gate_script(instances: Sequence[str], timeout_s: float) -> str:
@@ -320,17 +336,21 @@ done
 
 
 @operation(is_idempotent=False)
-def health_gate(plan: HostPlan) -> Iterator[str]:
+def health_gate(plan: HostPlan) -> OpGen:
     """Every instance active (READY=1 reached) within the timeout, and still active a second later."""
     yield StringCommand(gate_script(plan.instances, plan.health_timeout_s))
 
 
-def rollback_script(instances: Sequence[str], timeout_s: float) -> str:
+def rollback_script(instances: Sequence[str], timeout_s: float, on_demand: bool = False) -> str:
     """Swap live and snapshot (release, env file, unit), reload, restart, gate; no snapshot: stop the units."""
     units = " ".join(q(u) for u in instances)
     unit_prev = q(STATE + "/muzo-worker@.service.prev")
     return f"""
 set -e
+if [ ! -L {ROOT}/previous ] && [ {"1" if on_demand else "0"} = 1 ]; then
+  echo "nothing to roll back to: no previous release on this host" >&2
+  exit 1
+fi
 if [ ! -L {ROOT}/previous ]; then
   systemctl disable --now {units} || true
   rm -f {ROOT}/current
@@ -351,20 +371,20 @@ if [ -f {unit_prev} ]; then
   mv -f {STATE}/.swap.tmp {unit_prev}
 fi
 systemctl daemon-reload
-systemctl restart {units}
+{restart_command(instances, timeout_s)}
 echo "rolled back to $(readlink {ROOT}/current | sed 's,.*/,,')"
 {gate_script(instances, timeout_s)}
 """
 
 
 @operation(is_idempotent=False)
-def rolled_back(plan: HostPlan) -> Iterator[str]:
+def rolled_back(plan: HostPlan, on_demand: bool = False) -> OpGen:
     """Switch the host back to its snapshot (run ``_if`` the health gate failed, or on demand)."""
-    yield StringCommand(rollback_script(plan.instances, plan.health_timeout_s))
+    yield StringCommand(rollback_script(plan.instances, plan.health_timeout_s, on_demand))
 
 
 @operation(is_idempotent=False)
-def failed(message: str) -> Iterator[str]:
+def failed(message: str) -> OpGen:
     """Fail the host with ``message`` (after a rollback), so the run reports it."""
     yield f"echo {q(message)} >&2; exit 1"
 
@@ -373,7 +393,7 @@ def failed(message: str) -> Iterator[str]:
 class SwitchOps:
     """The phase-2 operations of one host, for counting changes and reading the gate."""
 
-    changes: list[OperationMeta]
+    changes: Labelled
     gate: OperationMeta
     rollback: OperationMeta
 
@@ -391,13 +411,16 @@ def switch(plan: HostPlan, release: Release) -> SwitchOps:
     restart = instances_restarted(name="instances restarted", plan=plan, _if=changed)
     started = instances_started(name="stopped instances started", plan=plan, _if=lambda: not changed())
     gate = health_gate(name="health gate", plan=plan, _if=lambda: changed() or started.did_change(),
-                       _continue_on_error=True)
+                       _ignore_errors=True)
     back = rolled_back(name="roll back", plan=plan, _if=gate.did_error)
     fail = failed(name="fail the host after the health gate", _if=gate.did_error,
                   message=f"muzo: health gate failed on {plan.name}; rolled back")
-    return SwitchOps([snap, rel, env, unit, reload, retired, enabled, restart, started, back, fail], gate, back)
+    return SwitchOps([("snapshot", snap), ("release-switched", rel), ("env-switched", env),
+                      ("unit-switched", unit), ("daemon-reload", reload), ("instances-retired", retired),
+                      ("instances-enabled", enabled), ("restarted", restart), ("started", started),
+                      ("rolled-back", back), ("failed", fail)], gate, back)
 
 
 def rollback(plan: HostPlan) -> OperationMeta:
     """On demand: swap the host back to its snapshot (``muzo-ops deploy --rollback``)."""
-    return rolled_back(name="roll back", plan=plan)
+    return rolled_back(name="roll back on demand", plan=plan, on_demand=True)
