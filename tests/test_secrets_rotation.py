@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import itertools
 import json
 import os
 import random
@@ -179,7 +180,7 @@ def test_concurrent_rotations_never_lose_an_update(tmp_path: Path) -> None:
         assert proc.returncode == 0, err
     chain = [read(p) for _n, p in rotation.backups(str(env))] + [read(env)]
     assert len(chain) == 21  # the original and 20 rotations, each backed up
-    for before, after in zip(chain, chain[1:], strict=False):
+    for before, after in itertools.pairwise(chain):
         assert after["NEXTAUTH_SECRET_PREVIOUS"] == before["NEXTAUTH_SECRET"]
     assert len({c["NEXTAUTH_SECRET"] for c in chain}) == 21
     assert len(audit.read(str(env))) == 20

@@ -1,12 +1,21 @@
-"""``secrets generate | rotate``: parse, make one library call, print."""
+"""``secrets …``: generate, rotate, retire, rollback, log, encrypt, decrypt, rekey, scan.
+
+Each action parses, makes one library call and prints names, files and
+fingerprints; no value is ever printed (``decrypt --stdout`` prints the
+plain file because that is what it is asked for, and nothing else).
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from muzo_ops.cli.common import Parser, add_env_file, help_kwargs
+from muzo_ops.cli.common import Parser, add_env_file, add_format, help_kwargs, positive, positive_int
 from muzo_ops.cli.output import Output
-from muzo_ops.constants import EXIT_OK
+from muzo_ops.constants import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
+
+_DEFAULT_KEEP = 5  # rotation.DEFAULT_KEEP, without importing the library at parse time
+_DEFAULT_LOCK_S = 10.0
 
 
 def cmd_secrets_generate(args: argparse.Namespace, out: Output) -> int:
@@ -16,21 +25,174 @@ def cmd_secrets_generate(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def cmd_secrets_rotate(args: argparse.Namespace, out: Output) -> int:
-    from muzo_ops.env import initenv
+def _fp(value: str | None) -> str:
+    return value or "-"
 
-    backup = initenv.rotate(args.env_file, args.name, redactor=out.redactor)
-    out.out(f"Rotated {args.name} in {args.env_file} (mode 0600); previous file kept as {backup} "
-            "(mode 0600). Restart the apps that read it; for NEXTAUTH_SECRET every session "
-            "signs in again.")
+
+def _print_result(args: argparse.Namespace, out: Output, result: Any, lines: list[str]) -> None:
+    if args.format == "json":
+        out.json(result.to_json())
+        return
+    for line in lines:
+        out.out(line)
+    for warning in result.warnings:
+        out.err(f"warning: {warning}")
+
+
+def cmd_secrets_rotate(args: argparse.Namespace, out: Output) -> int:
+    names = list(args.names)
+    if "DATABASE_URL" in names:
+        from muzo_ops.secrets import mongo_password
+
+        if names != ["DATABASE_URL"]:
+            out.err("error: rotate DATABASE_URL on its own (it changes the database user's password), "
+                    f"then {' '.join(n for n in names if n != 'DATABASE_URL')}")
+            return EXIT_USAGE
+        mongo = mongo_password.rotate_cli(args.env_file, dry_run=args.dry_run, yes=args.yes,
+                                          keep=args.keep, lock_timeout_s=args.lock_timeout,
+                                          on_values=out.redactor.add, say=out.err)
+        _print_result(args, out, mongo, mongo.lines())
+        return EXIT_OK if mongo.ok else EXIT_PROBLEMS
+    from muzo_ops.secrets import rotation
+
+    result = rotation.rotate(args.env_file, names or None, dry_run=args.dry_run, keep=args.keep,
+                             force=args.force, lock_timeout_s=args.lock_timeout, on_values=out.redactor.add)
+    verb = "Would rotate" if result.dry_run else "Rotated"
+    lines = []
+    for change in result.changes:
+        if change.action == "rotated":
+            new = "a fresh value" if result.dry_run else _fp(change.new)
+            lines.append(f"{verb} {change.name} in {args.env_file}: {_fp(change.old)} → {new}")
+        else:
+            lines.append(f"  {change.name} {'would take' if result.dry_run else 'now holds'} the old value "
+                         f"({_fp(change.new)}, was {_fp(change.old)}): sessions signed with it stay valid "
+                         "while the auth config passes secret: [current, previous] (docs/SECRETS.md)")
+    if not result.dry_run:
+        lines.append(f"Backup: {result.backup} (0600){'; encrypted values stay encrypted' if result.encrypted else ''}."
+                     " Restart the apps that read the file.")
+        lines.append(f"Undo: muzo-ops secrets rollback --env-file {args.env_file}")
+    _print_result(args, out, result, lines)
     return EXIT_OK
+
+
+def cmd_secrets_retire(args: argparse.Namespace, out: Output) -> int:
+    from muzo_ops.secrets import rotation
+
+    result = rotation.retire(args.env_file, args.name, keep=args.keep, lock_timeout_s=args.lock_timeout,
+                             on_values=out.redactor.add)
+    lines = [f"Retired {c.name} ({_fp(c.old)}) in {args.env_file}; backup {result.backup} (0600). "
+             "Restart the web app." for c in result.changes]
+    _print_result(args, out, result, lines)
+    return EXIT_OK
+
+
+def cmd_secrets_rollback(args: argparse.Namespace, out: Output) -> int:
+    from muzo_ops.secrets import rotation
+
+    result = rotation.rollback(args.env_file, keep=args.keep, lock_timeout_s=args.lock_timeout,
+                               on_values=out.redactor.add)
+    undid = result.undid
+    what = (f"the {undid['command']} of {', '.join(undid['variables'])} at {undid['time']} by "
+            f"{undid['user']}@{undid['host']}" if undid else "a change with no audit record")
+    lines = [f"Rolled back {args.env_file}: undid {what}."]
+    lines += [f"  {c.name}: {_fp(c.old)} → {_fp(c.new)}" for c in result.changes]
+    lines.append(f"The file before the rollback is kept as {result.backup} (0600). Restart the apps that read it.")
+    _print_result(args, out, result, lines)
+    return EXIT_OK
+
+
+def cmd_secrets_log(args: argparse.Namespace, out: Output) -> int:
+    from muzo_ops.secrets import audit
+
+    records = audit.read(args.env_file)
+    if args.format == "json":
+        out.json([r.to_json() for r in records])
+    else:
+        out.out(audit.format_text(records).rstrip("\n") or f"no secret changes recorded for {args.env_file}")
+    return EXIT_OK
+
+
+def cmd_secrets_encrypt(args: argparse.Namespace, out: Output) -> int:
+    from muzo_ops.secrets import encryption
+
+    result = encryption.encrypt_file(args.env_file, keep=args.keep, lock_timeout_s=args.lock_timeout)
+    lines = [f"Encrypted {len(result.names)} values in {args.env_file} ({', '.join(result.names) or 'none new'}) "
+             f"for {result.public_key_name}."]
+    if result.created_key:
+        lines.append(f"New private key in {result.keys_file} (0600): never commit it; give it to the apps as "
+                     f"{result.public_key_name.replace('PUBLIC', 'PRIVATE')}.")
+    if result.backup:
+        lines.append(f"Backup: {result.backup} (0600).")
+    _print_result(args, out, result, lines)
+    return EXIT_OK
+
+
+def cmd_secrets_decrypt(args: argparse.Namespace, out: Output) -> int:
+    from muzo_ops.secrets import encryption
+
+    result = encryption.decrypt_file(args.env_file, to_stdout=args.stdout, keep=args.keep,
+                                     lock_timeout_s=args.lock_timeout, on_values=out.redactor.add)
+    if args.stdout:
+        import sys
+
+        sys.stdout.write(result.text or "")  # asked for: the plain file, unredacted, and nothing else
+        return EXIT_OK
+    lines = [f"Decrypted {len(result.names)} values in {args.env_file} (mode 0600)"
+             + (f"; backup {result.backup} (0600)." if result.backup else ".")]
+    _print_result(args, out, result, lines)
+    return EXIT_OK
+
+
+def cmd_secrets_rekey(args: argparse.Namespace, out: Output) -> int:
+    from muzo_ops.secrets import encryption
+
+    result = encryption.rekey_file(args.env_file, keep=args.keep, lock_timeout_s=args.lock_timeout)
+    lines = [f"Re-encrypted {len(result.names)} values in {args.env_file} for a new {result.public_key_name}; "
+             f"the new private key is in {result.keys_file} (0600). Give it to every app that reads the file.",
+             f"Backup: {result.backup} (0600)."]
+    _print_result(args, out, result, lines)
+    return EXIT_OK
+
+
+def cmd_secrets_scan(args: argparse.Namespace, out: Output) -> int:
+    from muzo_ops.secrets import scan
+
+    findings, note = scan.scan_with_env_file(args.path, args.env_file, args.env_file_given, history=args.history,
+                                             on_values=out.redactor.add)
+    if args.format == "json":
+        out.json({"findings": [f.to_json() for f in findings], "note": note})
+    else:
+        if note:
+            out.err(f"note: {note}")
+        for f in findings:
+            out.out(f"{f.where}: {f.what} ({f.kind}) {f.masked}")
+        out.out(f"{len(findings)} finding{'s' if len(findings) != 1 else ''}"
+                + (": rotate each leaked secret, then remove it from the files (and history)" if findings else ""))
+    return EXIT_PROBLEMS if findings else EXIT_OK
+
+
+def _add_write_options(p: argparse.ArgumentParser) -> None:
+    add_env_file(p)
+    add_format(p)
+    p.add_argument("--keep", type=positive_int, default=_DEFAULT_KEEP, metavar="N",
+                   help=f"backups to keep (they hold old secrets; default {_DEFAULT_KEEP})")
+    p.add_argument("--lock-timeout", type=positive, default=_DEFAULT_LOCK_S, metavar="SECONDS",
+                   help=f"wait this long for another muzo-ops command on the file (default {_DEFAULT_LOCK_S:g})")
+
+
+class _EnvFileGiven(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        namespace.env_file = values
+        namespace.env_file_given = True
 
 
 def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     """Register ``secrets`` and its actions."""
-    p = sub.add_parser("secrets", help="generate or rotate secrets",
-                       **help_kwargs("Generate or rotate generated secrets.",
-                                     "muzo-ops secrets rotate NEXTAUTH_SECRET"))
+    p = sub.add_parser("secrets", help="generate, rotate, encrypt and scan for secrets",
+                       **help_kwargs("Generate, rotate, retire and roll back secrets; encrypt env files in "
+                                     "dotenvx's format; scan the repository for leaks.",
+                                     "muzo-ops secrets rotate --env-file /etc/muzo/.env"))
     ssub = p.add_subparsers(dest="secrets_command", metavar="ACTION", parser_class=Parser)
     ssub.required = True
     g = ssub.add_parser("generate", help="print a fresh value",
@@ -38,10 +200,69 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
                                       "muzo-ops secrets generate NEXTAUTH_SECRET"))
     g.add_argument("name", nargs="?", default="NEXTAUTH_SECRET", metavar="NAME")
     g.set_defaults(func=cmd_secrets_generate)
-    r = ssub.add_parser("rotate", help="replace a secret in the env file", **help_kwargs(
-        "Replace a generated secret in the env file with a fresh one: backup (0600), "
-        "atomic write (0600); the value is never printed.",
-        "muzo-ops secrets rotate NEXTAUTH_SECRET --env-file /etc/muzo/.env"))
-    r.add_argument("name", metavar="NAME")
-    add_env_file(r)
+
+    r = ssub.add_parser("rotate", help="replace secrets in the env file (old one kept as …_PREVIOUS)", **help_kwargs(
+        "Replace generated secrets (default: all of them) with fresh ones; NEXTAUTH_SECRET's old value "
+        "moves to NEXTAUTH_SECRET_PREVIOUS so sessions survive. Locked, backed up (0600), atomic, "
+        "audited; values are never printed. DATABASE_URL changes the database user's password "
+        "(admin connection from MUZO_MONGO_ADMIN_URI or a hidden prompt).",
+        "muzo-ops secrets rotate NEXTAUTH_SECRET --env-file /etc/muzo/.env --dry-run"))
+    r.add_argument("names", nargs="*", metavar="NAME")
+    _add_write_options(r)
+    r.add_argument("--dry-run", action="store_true", help="say what would change (fingerprints only)")
+    r.add_argument("--force", action="store_true",
+                   help="rotate even if the previous secret is still inside the session lifetime")
+    r.add_argument("--yes", action="store_true", help="DATABASE_URL: do not ask for confirmation")
     r.set_defaults(func=cmd_secrets_rotate)
+
+    t = ssub.add_parser("retire", help="remove a secret's previous value", **help_kwargs(
+        "Empty NEXTAUTH_SECRET_PREVIOUS: sessions signed with the old secret end.",
+        "muzo-ops secrets retire NEXTAUTH_SECRET_PREVIOUS --env-file /etc/muzo/.env"))
+    t.add_argument("name", metavar="NAME")
+    _add_write_options(t)
+    t.set_defaults(func=cmd_secrets_retire)
+
+    b = ssub.add_parser("rollback", help="restore the last backup", **help_kwargs(
+        "Restore the newest backup not yet restored (the current file is backed up first) and say "
+        "which change it undid.", "muzo-ops secrets rollback --env-file /etc/muzo/.env"))
+    _add_write_options(b)
+    b.set_defaults(func=cmd_secrets_rollback)
+
+    lg = ssub.add_parser("log", help="print the audit log", **help_kwargs(
+        "Print the audit log of the env file: who changed which secret when, by fingerprint.",
+        "muzo-ops secrets log --env-file /etc/muzo/.env --format json"))
+    add_env_file(lg)
+    add_format(lg)
+    lg.set_defaults(func=cmd_secrets_log)
+
+    e = ssub.add_parser("encrypt", help="encrypt sensitive values (dotenvx format)", **help_kwargs(
+        "Encrypt each sensitive value as dotenvx does; a new private key goes to .env.keys (0600).",
+        "muzo-ops secrets encrypt --env-file .env.production"))
+    _add_write_options(e)
+    e.set_defaults(func=cmd_secrets_encrypt)
+
+    d = ssub.add_parser("decrypt", help="decrypt an encrypted env file", **help_kwargs(
+        "Decrypt every value into the file (0600, backed up), or print the plain file with --stdout. "
+        "The key comes from DOTENV_PRIVATE_KEY[_ENV] or .env.keys beside the file.",
+        "muzo-ops secrets decrypt --env-file .env.production"))
+    _add_write_options(d)
+    d.add_argument("--stdout", action="store_true", help="print the plain file instead of writing it")
+    d.set_defaults(func=cmd_secrets_decrypt)
+
+    k = ssub.add_parser("rekey", help="new key pair, every value re-encrypted", **help_kwargs(
+        "Make a new key pair and re-encrypt every value in one atomic write; .env.keys gets the new key.",
+        "muzo-ops secrets rekey --env-file .env.production"))
+    _add_write_options(k)
+    k.set_defaults(func=cmd_secrets_rekey)
+
+    s = ssub.add_parser("scan", help="look for leaked secrets in the repository", **help_kwargs(
+        "Look through every file git tracks (and with --history every commit) for the env file's "
+        "sensitive values (also percent- and base64-encoded) and credential shapes. Exit 1 when "
+        "anything is found.", "muzo-ops secrets scan . --env-file .env --history"))
+    s.add_argument("path", nargs="?", default=".", metavar="PATH")
+    s.add_argument("--env-file", default=".env", metavar="PATH", action=_EnvFileGiven,
+                   help="env file whose sensitive values to look for (default: ./.env if it exists)")
+    s.set_defaults(env_file_given=False)
+    s.add_argument("--history", action="store_true", help="also every commit on every ref")
+    add_format(s)
+    s.set_defaults(func=cmd_secrets_scan)

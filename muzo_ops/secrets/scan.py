@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import re
 import subprocess
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, quote_plus
 
@@ -259,3 +259,31 @@ def scan(root: str, values: Mapping[str, str], history: bool = False) -> list[Fi
     if history:
         findings += scan_history(root, values)
     return findings
+
+
+def scan_with_env_file(root: str, env_file: str, env_file_given: bool, history: bool = False,
+                       on_values: Callable[[Iterable[str]], None] | None = None) -> tuple[list[Finding], str | None]:
+    """``secrets scan``: the env file's values (decrypted when a key is at hand) and the shapes.
+
+    A missing default env file means shapes only (said in the note); a
+    missing file named on the command line is an error.
+    """
+    import os
+
+    from muzo_ops.env import envfile
+    from muzo_ops.secrets import dotenvx
+    from muzo_ops.secrets.redact import secret_values
+
+    note = None
+    values: dict[str, str] = {}
+    if env_file_given or os.path.exists(env_file):
+        parsed = envfile.read(env_file)
+        values, undecrypted = dotenvx.decrypted_values(parsed.raw(), env_file, parsed.text())
+        if undecrypted:
+            note = (f"{len(undecrypted)} encrypted values of {env_file} could not be decrypted (no private key): "
+                    "they were not looked for")
+    else:
+        note = f"no {env_file}: looked for credential shapes only (give --env-file to look for its values)"
+    if on_values is not None:
+        on_values(secret_values(values))
+    return scan(root, values, history=history), note

@@ -1,0 +1,234 @@
+"""The ``secrets`` commands in real processes: exit codes, one-line errors, and never a value printed."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dotenv import dotenv_values
+
+from muzo_ops.env.envfile import format_line
+from muzo_ops.secrets import audit, dotenvx, filelock
+from tests.envdata import FULL, SECRETS
+from tests.helpers import assert_no_secret, run_cli
+from tests.servers import Secantus
+
+NO_KEYS = {"DOTENV_PRIVATE_KEY": "", "DOTENV_PRIVATE_KEY_PRODUCTION": "", "MUZO_MONGO_ADMIN_URI": ""}
+
+
+def write(path: Path, values: dict[str, str]) -> Path:
+    path.write_text("".join(format_line(k, v) for k, v in values.items()), encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
+def read(path: Path) -> dict[str, str]:
+    return {k: v or "" for k, v in dotenv_values(stream=io.StringIO(path.read_text())).items()}
+
+
+def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, env={**NO_KEYS, **(env or {})}, cwd=cwd, timeout=120)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int = 2) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stderr[-800:])
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_every_secrets_command_keeps_values_out_of_its_output(tmp_path: Path) -> None:
+    env = write(tmp_path / ".env.production", FULL)
+    s = str(env)
+    values_seen = list(SECRETS)
+    outputs: list[str] = []
+
+    def run(*args: str, code: int = 0, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        proc = cli(*args, env=extra_env, cwd=tmp_path)
+        outputs.append(proc.stdout + proc.stderr)
+        assert proc.returncode == code, (args, proc.returncode, proc.stderr[-800:])
+        assert "Traceback" not in proc.stderr, args
+        return proc
+
+    dry = run("secrets", "rotate", "--env-file", s, "--dry-run", "--format", "json")
+    assert json.loads(dry.stdout)["changes"][1]["name"] == "NEXTAUTH_SECRET"
+    run("secrets", "rotate", "--env-file", s)
+    values_seen.append(read(env)["NEXTAUTH_SECRET"])
+    refused = run("secrets", "rotate", "NEXTAUTH_SECRET", "--env-file", s, code=2)
+    assert_one_line_error(refused)
+    run("secrets", "rotate", "NEXTAUTH_SECRET", "--env-file", s, "--force", "--format", "json")
+    values_seen.append(read(env)["NEXTAUTH_SECRET"])
+    run("secrets", "log", "--env-file", s)
+    log = json.loads(run("secrets", "log", "--env-file", s, "--format", "json").stdout)
+    assert [r["command"] for r in log] == ["rotate", "rotate"]
+    run("secrets", "retire", "NEXTAUTH_SECRET_PREVIOUS", "--env-file", s)
+    rolled = run("secrets", "rollback", "--env-file", s)
+    assert "undid the retire of NEXTAUTH_SECRET_PREVIOUS" in rolled.stdout
+    enc = run("secrets", "encrypt", "--env-file", s)
+    assert ".env.keys" in enc.stdout
+    run("secrets", "rekey", "--env-file", s, "--format", "json")
+    wrong = run("secrets", "decrypt", "--env-file", s, code=2,
+                extra_env={"DOTENV_PRIVATE_KEY_PRODUCTION": dotenvx.KeyPair.generate().private_hex})
+    assert_one_line_error(wrong)
+    assert "NEXTAUTH_SECRET" in wrong.stderr or "DATABASE_URL" in wrong.stderr
+    run("secrets", "decrypt", "--env-file", s)
+    assert read(env)["STRIPE_SECRET_KEY"] == FULL["STRIPE_SECRET_KEY"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "DEPLOY.md").write_text(f"password: {FULL['EMAIL_SERVER_PASSWORD']}\n")
+    subprocess.run(["git", "-C", str(tmp_path), "add", "DEPLOY.md"], check=True)
+    found = run("secrets", "scan", str(tmp_path), "--env-file", s, code=1)
+    assert "DEPLOY.md:1: EMAIL_SERVER_PASSWORD (variable)" in found.stdout
+    as_json = json.loads(run("secrets", "scan", str(tmp_path), "--env-file", s, "--format", "json", code=1).stdout)
+    assert as_json["findings"][0]["path"] == "DEPLOY.md"
+    run("secrets", "scan", str(tmp_path), "--env-file", s, "--history", code=1)
+    assert_one_line_error(run("secrets", "rotate", "DATABASE_URL", "--env-file", s, code=2))
+    assert_one_line_error(run("secrets", "rotate", "NOPE", "--env-file", s, code=2))
+    assert_one_line_error(run("secrets", "rollback", "--env-file", str(tmp_path / "missing.env"), code=2))
+    for text in outputs:
+        assert_no_secret(text, values_seen)
+    # nothing but the env file, its 0600 backups and .env.keys holds a value
+    for path in tmp_path.iterdir():
+        if path.is_file() and not path.name.startswith(".env") and path.name != "DEPLOY.md":
+            assert_no_secret(path.read_text(errors="replace"), values_seen)
+    for backup in tmp_path.glob(".env.production.*.bak"):
+        assert backup.stat().st_mode & 0o777 == 0o600
+
+
+def test_decrypt_stdout_prints_the_plain_file_and_writes_nothing(tmp_path: Path) -> None:
+    env = write(tmp_path / ".env", FULL)
+    assert cli("secrets", "encrypt", "--env-file", str(env)).returncode == 0
+    before = env.read_bytes()
+    proc = cli("secrets", "decrypt", "--env-file", str(env), "--stdout")
+    assert proc.returncode == 0, proc.stderr
+    assert {k: v for k, v in dotenv_values(stream=io.StringIO(proc.stdout)).items() if k in FULL} == FULL
+    assert env.read_bytes() == before
+
+
+def test_a_locked_file_is_one_line_and_unchanged(tmp_path: Path) -> None:
+    env = write(tmp_path / ".env", FULL)
+    before = env.read_bytes()
+    with filelock.locked(str(env)):
+        proc = cli("secrets", "rotate", "--env-file", str(env), "--lock-timeout", "0.3")
+    assert_one_line_error(proc)
+    assert "locked by another muzo-ops command" in proc.stderr
+    assert env.read_bytes() == before
+
+
+# ----- DATABASE_URL: the MongoDB user's password, on a real SecantusDB --auth -------------
+
+ADMIN_PASSWORD = "Adm1n-Secantus-Pass-5521"
+APP_PASSWORD = "0ld-App-Pass-For-Rotation-77"
+
+
+@pytest.fixture(scope="module")
+def mongo_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secantus]:
+    """SecantusDB --auth with an admin (root) and muzo_app (readWrite on muzo), both in admin."""
+    from pymongo import MongoClient
+
+    server = Secantus(tmp_path_factory.mktemp("secantus-rotate") / "data")
+    server.start()
+    client: MongoClient[dict[str, object]] = MongoClient(server.uri)
+    client.admin.command("createUser", "root", pwd=ADMIN_PASSWORD, roles=["root"])
+    client.admin.command("createUser", "muzo_app", pwd=APP_PASSWORD, roles=[{"role": "readWrite", "db": "muzo"}])
+    client.close()
+    server.stop()
+    server.auth = True
+    server.start()
+    yield server
+    server.stop()
+
+
+def app_url(server: Secantus, password: str) -> str:
+    return (f"mongodb://muzo_app:{password}@127.0.0.1:{server.port}/muzo?authSource=admin"
+            "&directConnection=true&serverSelectionTimeoutMS=3000")
+
+
+def admin_uri(server: Secantus, password: str = ADMIN_PASSWORD) -> str:
+    return f"mongodb://root:{password}@127.0.0.1:{server.port}/admin?directConnection=true&serverSelectionTimeoutMS=3000"
+
+
+def authenticates(url: str) -> bool:
+    from muzo_ops.secrets.mongo_password import _authenticates
+
+    return _authenticates(url)
+
+
+def reset_app_password(server: Secantus, password: str) -> None:
+    from pymongo import MongoClient
+
+    client: MongoClient[dict[str, object]] = MongoClient(admin_uri(server))
+    client.admin.command("updateUser", "muzo_app", pwd=password)
+    client.close()
+
+
+def test_database_url_rotation_changes_the_users_password(tmp_path: Path, mongo_auth: Secantus) -> None:
+    reset_app_password(mongo_auth, APP_PASSWORD)
+    env = write(tmp_path / ".env", {**FULL, "DATABASE_URL": app_url(mongo_auth, APP_PASSWORD)})
+    proc = cli("secrets", "rotate", "DATABASE_URL", "--env-file", str(env), "--yes",
+               env={"MUZO_MONGO_ADMIN_URI": admin_uri(mongo_auth)})
+    assert proc.returncode == 0, proc.stderr
+    new_url = read(env)["DATABASE_URL"]
+    new_password = new_url.split("muzo_app:", 1)[1].split("@", 1)[0]
+    assert len(new_password) >= 32 and new_password != APP_PASSWORD
+    assert authenticates(new_url) and not authenticates(app_url(mongo_auth, APP_PASSWORD))
+    assert "does not use TLS" in proc.stderr  # the warning, on a plain connection
+    assert "restart every app" in proc.stdout
+    assert not (tmp_path / ".env.pending").exists()
+    assert env.stat().st_mode & 0o777 == 0o600
+    (record,) = audit.read(str(env))
+    assert record.fingerprints["DATABASE_URL"]["new"] == audit.fingerprint(str(env), new_password)
+    assert_no_secret(proc.stdout + proc.stderr, [APP_PASSWORD, new_password, ADMIN_PASSWORD])
+    for path in tmp_path.iterdir():
+        if not path.name.startswith(".env"):
+            assert_no_secret(path.read_text(errors="replace"), [APP_PASSWORD, new_password, ADMIN_PASSWORD])
+
+
+def test_database_url_rotation_failures_leave_the_file_unchanged(tmp_path: Path, mongo_auth: Secantus) -> None:
+    reset_app_password(mongo_auth, APP_PASSWORD)
+    env = write(tmp_path / ".env", {**FULL, "DATABASE_URL": app_url(mongo_auth, APP_PASSWORD)})
+    before = env.read_bytes()
+    cases = [
+        ({"MUZO_MONGO_ADMIN_URI": admin_uri(mongo_auth, "wrong-admin-pass-000")}, ["--yes"],
+         "old password still works"),
+        ({"MUZO_MONGO_ADMIN_URI": admin_uri(mongo_auth).replace(str(mongo_auth.port), "1")}, ["--yes"],
+         "old password still works"),
+        ({}, ["--yes"], "MUZO_MONGO_ADMIN_URI"),
+        ({"MUZO_MONGO_ADMIN_URI": admin_uri(mongo_auth)}, [], "--yes"),
+    ]
+    for extra_env, flags, expected in cases:
+        proc = cli("secrets", "rotate", "DATABASE_URL", "--env-file", str(env), *flags, env=extra_env)
+        assert_one_line_error(proc)
+        assert expected in proc.stderr, proc.stderr
+        assert_no_secret(proc.stderr + proc.stdout, [APP_PASSWORD, ADMIN_PASSWORD, "wrong-admin-pass-000"])
+        assert env.read_bytes() == before
+        assert not (tmp_path / ".env.pending").exists()
+    assert authenticates(app_url(mongo_auth, APP_PASSWORD))
+
+
+def test_atlas_is_refused_with_the_reason(tmp_path: Path) -> None:
+    url = "mongodb+srv://muzo_app:AtlasPass-000111222@cluster0.ab1cd.mongodb.net/muzo?retryWrites=true"
+    env = write(tmp_path / ".env", {**FULL, "DATABASE_URL": url})
+    proc = cli("secrets", "rotate", "DATABASE_URL", "--env-file", str(env), "--yes")
+    assert_one_line_error(proc)
+    assert "Atlas" in proc.stderr and "updateUser" in proc.stderr
+    assert_no_secret(proc.stderr, ["AtlasPass-000111222"])
+
+
+def test_database_url_rotation_in_an_encrypted_file(tmp_path: Path, mongo_auth: Secantus) -> None:
+    reset_app_password(mongo_auth, APP_PASSWORD)
+    env = write(tmp_path / ".env.production", {**FULL, "DATABASE_URL": app_url(mongo_auth, APP_PASSWORD)})
+    assert cli("secrets", "encrypt", "--env-file", str(env)).returncode == 0
+    proc = cli("secrets", "rotate", "DATABASE_URL", "--env-file", str(env), "--yes",
+               env={"MUZO_MONGO_ADMIN_URI": admin_uri(mongo_auth)})
+    assert proc.returncode == 0, proc.stderr
+    raw = read(env)["DATABASE_URL"]
+    assert dotenvx.is_encrypted(raw)
+    text = env.read_text()
+    plain, _ = dotenvx.decrypted_values(read(env), str(env), text, environ={})
+    assert authenticates(plain["DATABASE_URL"]) and not authenticates(app_url(mongo_auth, APP_PASSWORD))
+    assert os.stat(env).st_mode & 0o777 == 0o600
