@@ -1,0 +1,96 @@
+"""The deploy's control-machine side: env rendering and checks, the unit, release ids and the lock."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from muzo_ops.deploy.plan import plan_host
+from muzo_ops.deploy.release import DeployError, build_release
+from muzo_ops.env.envfile import parse_text
+from tests.envdata import FULL, SECRETS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_env_rendered_for_the_worker_with_overrides_and_unknown_names() -> None:
+    data = {"muzo_queues": "generation, mockup", "muzo_concurrency": 3,
+            "muzo_env": {"LOG_LEVEL": "debug", "MYAPP_TOKEN": "tok en'x"},
+            "muzo_handlers": {"generation": "pkg.mod:gen"}}
+    plan = plan_host("h1", FULL, data)
+    lines = plan.env_text.splitlines()
+    assert "LOG_LEVEL=debug" in lines and "WORKER_QUEUES=generation,mockup" in lines
+    assert "WORKER_CONCURRENCY=3" in lines and "MUZO_WORKER_HANDLERS=GENERATION=pkg.mod:gen" in lines
+    # Unknown names pass through; everything reads back exactly (python-dotenv, as the worker reads it).
+    read_back = parse_text(plan.env_text).values({})
+    assert read_back["MYAPP_TOKEN"] == "tok en'x" and read_back["S3_SECRET_ACCESS_KEY"] == FULL["S3_SECRET_ACCESS_KEY"]
+    # Web-only secrets never reach a worker host.
+    assert "NEXTAUTH_SECRET" not in plan.env_text and "GOOGLE_CLIENT_SECRET" not in plan.env_text
+    assert plan.instances == ("muzo-worker@generation.service", "muzo-worker@mockup.service")
+    assert "GOCSPX" not in repr(plan) and FULL["S3_SECRET_ACCESS_KEY"] not in repr(plan)
+    # Same inputs, same text: the deploy's idempotence rests on it.
+    assert plan_host("h1", FULL, data).env_sha256 == plan.env_sha256
+
+
+def test_env_errors_refused_with_names_not_values() -> None:
+    values = dict(FULL, OPENAI_API_KEY="", WORKER_CONCURRENCY="many")
+    with pytest.raises(DeployError) as caught:
+        plan_host("h2", values, {})
+    text = str(caught.value)
+    assert "h2" in text and "OPENAI_API_KEY" in text and "WORKER_CONCURRENCY" in text
+    assert not [s for s in SECRETS if s in text]
+    with pytest.raises(DeployError, match="muzo_queues"):
+        plan_host("h3", FULL, {"muzo_queues": "gen;rm -rf /"})
+
+
+def test_unit_is_hardened_and_outlasts_the_drain() -> None:
+    plan = plan_host("h1", dict(FULL, WORKER_DRAIN_TIMEOUT_SECONDS="120"), {})
+    unit = plan.unit_text
+    for line in ("Type=notify", "Restart=on-failure", "User=muzo", "NoNewPrivileges=yes",
+                 "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "PrivateDevices=yes",
+                 "ProtectKernelTunables=yes", "ProtectKernelModules=yes", "ProtectKernelLogs=yes",
+                 "ProtectControlGroups=yes", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+                 "RestrictNamespaces=yes", "LockPersonality=yes", "CapabilityBoundingSet=",
+                 "SystemCallFilter=@system-service", "UMask=0077",
+                 "LoadCredential=worker.env:/etc/muzo/worker.env",
+                 "ExecStart=/opt/muzo/current/venv/bin/muzo-ops worker --queues %i "
+                 "--env-file ${CREDENTIALS_DIRECTORY}/worker.env"):
+        assert line in unit.splitlines(), line
+    stop = next(int(x.split("=")[1]) for x in unit.splitlines() if x.startswith("TimeoutStopSec="))
+    assert stop > 120
+    assert any(x.startswith("WatchdogSec=") for x in unit.splitlines())
+    assert "EnvironmentFile" not in unit
+
+
+def _copy_source(dest: Path) -> Path:
+    dest.mkdir()
+    for name in ("muzo_ops", "templates"):
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, dest / name)
+    return dest
+
+
+@pytest.mark.timeout(600)
+def test_release_id_hashes_sources_and_lock_not_wheels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MUZO_DEPLOY_CACHE", str(tmp_path / "cache"))
+    source = _copy_source(tmp_path / "src")
+    lock = tmp_path / "muzo-worker.lock"
+    first = build_release((), lock, source)
+    assert first.bundle.is_file() and first.name.startswith("0.1.0-")
+    pins = lock.read_text()
+    assert "\npymongo==" in pins and "\nmuzo-ops==" not in pins and "pyinfra" not in pins
+    # Wheels rebuilt from scratch (not byte-identical) still give the same release.
+    shutil.rmtree(tmp_path / "cache")
+    again = build_release((), lock, source)
+    assert again.name == first.name and lock.read_text() == pins
+    # A source change is a new release; the lock is reused as it is.
+    (source / "muzo_ops" / "deploy" / "plan.py").write_text(
+        (source / "muzo_ops" / "deploy" / "plan.py").read_text() + "\n# changed\n")
+    changed = build_release((), lock, source)
+    assert changed.name != first.name and lock.read_text() == pins
+    # A different pinned set is a new release too.
+    lock.write_text("".join(line + "\n" for line in pins.splitlines() if not line.startswith("typing-extensions")))
+    assert build_release((), lock, source).name not in (first.name, changed.name)
