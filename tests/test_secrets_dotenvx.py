@@ -282,3 +282,42 @@ def test_keys_file_outside_gitignore_is_reported(tmp_path: Path) -> None:
     assert warning is not None and ".gitignore" in warning
     (tmp_path / ".gitignore").write_text(".env.keys\n")
     assert dotenvx.keys_file_committable(env_path) is None
+
+
+# ----- plain values muzo_ops writes, read by dotenvx (the third loader) -------------------------
+
+PLAIN_VALUES = ["plain", "a#b", "it's", 'say "hi"', "a$", "$", "$$", " pad ", "line1\nline2", "`tick`",
+                "back\\slash", "x = y", "日本 🙂", "{}", "a\\nb"]
+
+
+def test_plain_values_muzo_ops_writes_read_back_in_dotenvx(tmp_path: Path) -> None:
+    wanted = {f"RT_{i}": v for i, v in enumerate(PLAIN_VALUES)}
+    (tmp_path / ".env").write_text("".join(format_line(k, v) for k, v in wanted.items()))
+    got = dotenvx_get(tmp_path, ".env")
+    assert {k: got.get(k) for k in wanted} == wanted
+
+
+@pytest.mark.xfail(strict=True, reason="muzo_ops.env.envfile.encode_value writes a value with `$(` unquoted "
+                   "or double-quoted, and dotenvx runs it as a command: it must single-quote it or refuse it")
+@pytest.mark.parametrize("value", ["$(touch PWNED)", "a$(touch PWNED)b"])
+def test_dotenvx_never_runs_a_plain_value_muzo_ops_wrote(tmp_path: Path, value: str) -> None:
+    (tmp_path / ".env").write_text(format_line("RT", value))
+    got = dotenvx_get(tmp_path, ".env")
+    assert not (tmp_path / "PWNED").exists()
+    assert got["RT"] == value
+
+
+def test_decrypting_a_command_substitution_keeps_it_literal(tmp_path: Path) -> None:
+    keypair = write_encrypted(tmp_path, ".env", {"RUN": "$(touch PWNED)", "BOTH": "it's $(touch PWNED)"})
+    text = (tmp_path / ".env").read_text()
+    from muzo_ops.errors import UnrepresentableValueError
+
+    with pytest.raises(UnrepresentableValueError, match="BOTH: the value has `\\$\\(`"):
+        dotenvx.decrypt_text(text, ".env", [keypair.private_hex])
+    keypair = write_encrypted(tmp_path, ".env", {"RUN": "$(touch PWNED)"}, keypair=keypair)
+    plain = dotenvx.decrypt_text((tmp_path / ".env").read_text(), ".env", [keypair.private_hex])
+    assert "RUN='$(touch PWNED)'\n" in plain.text
+    (tmp_path / ".env").write_text(plain.text)
+    assert dotenvx_get(tmp_path, ".env")["RUN"] == "$(touch PWNED)"
+    assert dict(dotenv_values(stream=io.StringIO(plain.text)))["RUN"] == "$(touch PWNED)"
+    assert not (tmp_path / "PWNED").exists()

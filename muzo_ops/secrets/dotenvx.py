@@ -346,6 +346,26 @@ def encrypted_line(name: str, public_hex: str, plaintext: str, newline: str = "\
     return f"{name}='{encrypt_value(public_hex, plaintext)}'{newline}"
 
 
+def plain_line(name: str, value: str) -> str:
+    """``envfile.format_line``, except that a value with ``$(`` is single-quoted or refused.
+
+    dotenvx runs ``$(…)`` in unquoted and double-quoted values as a shell
+    command; only single quotes keep it literal in all three loaders.
+    """
+    from muzo_ops.env.envfile import format_line
+    from muzo_ops.errors import UnrepresentableValueError
+
+    line = format_line(name, value)
+    if "$(" not in value or line.startswith(f"{name}='"):
+        return line
+    if "'" in value or "\\" in value or "\r" in value:
+        raise UnrepresentableValueError(
+            name, "the value has `$(`, which dotenvx runs as a command unless the value is single-quoted, "
+            "and a single quote, backslash or carriage return that single quotes cannot carry; choose "
+            "another value")
+    return f"{name}='{value}'\n"
+
+
 def _line_end(text: str) -> str:
     return "\n" if text.endswith("\n") else ""
 
@@ -395,7 +415,7 @@ def decrypt_text(text: str, path: str, private_keys: Iterable[str]) -> Transform
     uses the same key. DecryptionError names the first value that fails;
     nothing is returned in that case.
     """
-    from muzo_ops.env.envfile import format_line, parse_text
+    from muzo_ops.env.envfile import parse_text
 
     keys = list(private_keys)
     existing = file_public_key(text)
@@ -408,7 +428,7 @@ def decrypt_text(text: str, path: str, private_keys: Iterable[str]) -> Transform
         if entry.key is not None and is_encrypted(entry.value):
             assert entry.value is not None
             plain = decrypt_value(entry.key, entry.value, keys, public_hex, path, entry.line)
-            line = format_line(entry.key, plain)
+            line = plain_line(entry.key, plain)
             parts.append(line if entry.text.endswith("\n") else line[:-1])
             if entry.key not in names:
                 names.append(entry.key)

@@ -227,7 +227,6 @@ class _Writer:
 
     def line(self, name: str, value: str) -> str:
         from muzo_ops.env import schema
-        from muzo_ops.env.envfile import format_line
 
         var = schema.BY_NAME.get(name)
         if self.public_hex is not None and value and not dotenvx.is_encrypted(value) and (
@@ -235,7 +234,7 @@ class _Writer:
             return dotenvx.encrypted_line(name, self.public_hex, value)
         if dotenvx.is_encrypted(value):
             return f"{name}='{value}'\n"
-        return format_line(name, value)
+        return dotenvx.plain_line(name, value)
 
     def addition(self, name: str, value: str) -> str:
         from muzo_ops.env import schema
