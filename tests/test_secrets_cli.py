@@ -6,6 +6,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -232,3 +233,11 @@ def test_database_url_rotation_in_an_encrypted_file(tmp_path: Path, mongo_auth: 
     plain, _ = dotenvx.decrypted_values(read(env), str(env), text, environ={})
     assert authenticates(plain["DATABASE_URL"]) and not authenticates(app_url(mongo_auth, APP_PASSWORD))
     assert os.stat(env).st_mode & 0o777 == 0o600
+
+
+def test_the_secrets_cli_imports_no_driver_at_parse_time() -> None:
+    code = ("import sys, muzo_ops.cli.secrets, muzo_ops.cli; muzo_ops.cli.build_parser(); "
+            "print(sorted(m for m in ('pymongo', 'redis', 'jinja2', 'pyinfra', 'ecies', 'coincurve') "
+            "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"

@@ -109,7 +109,7 @@ def key_names(path: str, text: str | None = None) -> tuple[str, str]:
     ``_<ENV>`` suffix.
     """
     if text is not None:
-        for name, _value in _bindings(text):
+        for name, _value in bindings(text):
             if name.startswith(PUBLIC_KEY_NAME):
                 return name, PRIVATE_KEY_NAME + name[len(PUBLIC_KEY_NAME):]
     if canonical_filename(path) == ".env":
@@ -238,7 +238,7 @@ def read_keys_file(path: str) -> dict[str, str]:
         return {}
     except OSError as exc:
         raise DotenvxError(f"{path}: cannot read: {exc.strerror}") from exc
-    return dict(_bindings(text))
+    return dict(bindings(text))
 
 
 def private_keys_for(env_path: str, text: str | None = None,
@@ -319,7 +319,8 @@ class Transformed:
     public_key_name: str
 
 
-def _bindings(text: str) -> list[tuple[str, str]]:
+def bindings(text: str) -> list[tuple[str, str]]:
+    """``(name, value)`` of every well-formed binding, as python-dotenv reads them."""
     import io
 
     from dotenv.parser import parse_stream
@@ -330,7 +331,7 @@ def _bindings(text: str) -> list[tuple[str, str]]:
 
 def file_public_key(text: str) -> tuple[str, str] | None:
     """``(name, public key hex)`` of the header's public key, or None."""
-    for name, value in _bindings(text):
+    for name, value in bindings(text):
         if name.startswith(PUBLIC_KEY_NAME):
             return name, value
     return None

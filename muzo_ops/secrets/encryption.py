@@ -17,10 +17,10 @@ from muzo_ops.secrets import audit, dotenvx
 from muzo_ops.secrets.filelock import DEFAULT_TIMEOUT_S, locked
 from muzo_ops.secrets.rotation import (
     DEFAULT_KEEP,
-    _decode,
-    _read_bytes,
+    decode_text,
     make_backup,
     prune_backups,
+    read_bytes,
     remove_stale_temps,
     write_atomic,
 )
@@ -80,8 +80,8 @@ def encrypt_file(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float =
     """
     with locked(path, lock_timeout_s):
         remove_stale_temps(path)
-        data = _read_bytes(path)
-        text = _decode(path, data)
+        data = read_bytes(path)
+        text = decode_text(path, data)
         public_name, private_name = dotenvx.key_names(path, text)
         result = CryptResult("encrypt", path, public_key_name=public_name)
         found = dotenvx.file_public_key(text)
@@ -113,10 +113,10 @@ def decrypt_file(path: str, *, to_stdout: bool = False, keep: int = DEFAULT_KEEP
     """Decrypt every value: into the file (0600, backed up), or only into ``result.text``."""
     with locked(path, lock_timeout_s):
         remove_stale_temps(path)
-        data = _read_bytes(path)
-        text = _decode(path, data)
+        data = read_bytes(path)
+        text = decode_text(path, data)
         private_name, keys = dotenvx.private_keys_for(path, text, environ)
-        if not keys and any(dotenvx.is_encrypted(v) for _k, v in dotenvx._bindings(text)):
+        if not keys and any(dotenvx.is_encrypted(v) for _k, v in dotenvx.bindings(text)):
             raise UsageError(f"{path}: no private key: set {private_name} in the environment or put "
                              f"{dotenvx.KEYS_FILE} beside the file")
         transformed = dotenvx.decrypt_text(text, path, keys)
@@ -143,8 +143,8 @@ def rekey_file(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float = D
     """
     with locked(path, lock_timeout_s):
         remove_stale_temps(path)
-        data = _read_bytes(path)
-        text = _decode(path, data)
+        data = read_bytes(path)
+        text = decode_text(path, data)
         public_name, private_name = dotenvx.key_names(path, text)
         _name, old_keys = dotenvx.private_keys_for(path, text, environ)
         if dotenvx.file_public_key(text) is None:

@@ -32,12 +32,12 @@ from muzo_ops.secrets import audit, dotenvx
 from muzo_ops.secrets.filelock import DEFAULT_TIMEOUT_S, locked
 from muzo_ops.secrets.rotation import (
     DEFAULT_KEEP,
-    _decode,
-    _read_bytes,
-    _Writer,
+    LineWriter,
     apply_lines,
+    decode_text,
     make_backup,
     prune_backups,
+    read_bytes,
     remove_stale_temps,
     write_atomic,
 )
@@ -147,8 +147,8 @@ def rotate(path: str, *, dry_run: bool = False, confirm: Callable[[str], bool] |
     environ = os.environ if environ is None else environ
     with locked(path, lock_timeout_s):
         remove_stale_temps(path)
-        data = _read_bytes(path)
-        text = _decode(path, data)
+        data = read_bytes(path)
+        text = decode_text(path, data)
         raw = parse_text(text, path).raw().get(NAME, "")
         if not raw:
             raise UsageError(f"{path}: {NAME} is empty: set it first with `muzo-ops init-env`")
@@ -197,7 +197,7 @@ def rotate(path: str, *, dry_run: bool = False, confirm: Callable[[str], bool] |
         new_url = _with_password(url, user_raw, new_password)
         if on_values is not None:
             on_values([new_password, new_url])
-        writer = _Writer(text)
+        writer = LineWriter(text)
         new_text = apply_lines(text, path, {NAME: writer.line(NAME, new_url)})
         result.backup = make_backup(path, data)
         pending = f"{path}.pending"
@@ -214,9 +214,9 @@ def rotate(path: str, *, dry_run: bool = False, confirm: Callable[[str], bool] |
                 f"move it into place (mv {pending} {path}), else set a password with the admin tools")
         os.replace(pending, path)
         result.pending = None
-        from muzo_ops.secrets.rotation import _fsync_folder
+        from muzo_ops.secrets.rotation import fsync_folder
 
-        _fsync_folder(os.path.dirname(os.path.abspath(path)))
+        fsync_folder(os.path.dirname(os.path.abspath(path)))
         result.ok = True
         result.old_works = False
         result.new = fingerprint(new_password)

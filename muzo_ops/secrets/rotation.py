@@ -97,7 +97,7 @@ def backups(path: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def _fsync_folder(folder: str) -> None:
+def fsync_folder(folder: str) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -128,7 +128,7 @@ def write_atomic(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_folder(os.path.dirname(os.path.abspath(path)))
+    fsync_folder(os.path.dirname(os.path.abspath(path)))
 
 
 def make_backup(path: str, data: bytes) -> str:
@@ -146,7 +146,7 @@ def make_backup(path: str, data: bytes) -> str:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    _fsync_folder(os.path.dirname(os.path.abspath(path)))
+    fsync_folder(os.path.dirname(os.path.abspath(path)))
     return target
 
 
@@ -167,7 +167,7 @@ def remove_stale_temps(path: str) -> None:
             os.unlink(stale)
 
 
-def _read_bytes(path: str) -> bytes:
+def read_bytes(path: str) -> bytes:
     from muzo_ops.errors import EnvFileError
 
     try:
@@ -179,7 +179,7 @@ def _read_bytes(path: str) -> bytes:
         raise EnvFileError(path, f"cannot read: {exc.strerror}") from exc
 
 
-def _decode(path: str, data: bytes) -> str:
+def decode_text(path: str, data: bytes) -> str:
     from muzo_ops.errors import EnvFileError
 
     try:
@@ -214,7 +214,7 @@ def apply_lines(text: str, path: str, lines: Mapping[str, str], additions: Itera
     return out
 
 
-class _Writer:
+class LineWriter:
     """Formats lines for one env file: encrypted (single-quoted) when the file is and the value is sensitive."""
 
     def __init__(self, text: str) -> None:
@@ -296,12 +296,12 @@ def rotate(path: str, names: list[str] | None = None, *, dry_run: bool = False, 
         raise UsageError("--keep must be at least 1: the last backup is what rollback restores")
     with locked(path, lock_timeout_s):
         remove_stale_temps(path)
-        data = _read_bytes(path)
-        text = _decode(path, data)
+        data = read_bytes(path)
+        text = decode_text(path, data)
         from muzo_ops.env.envfile import parse_text
 
         raw = parse_text(text, path).raw()
-        writer = _Writer(text)
+        writer = LineWriter(text)
         fingerprint = audit.Fingerprinter(path)
         result = Result("rotate", path, dry_run=dry_run, encrypted=writer.encrypted)
         lines: dict[str, str] = {}
@@ -380,8 +380,8 @@ def retire(path: str, name: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: fl
     previous = PREVIOUS_OF[current]
     with locked(path, lock_timeout_s):
         remove_stale_temps(path)
-        data = _read_bytes(path)
-        text = _decode(path, data)
+        data = read_bytes(path)
+        text = decode_text(path, data)
         from muzo_ops.env.envfile import parse_text
 
         raw = parse_text(text, path).raw()
@@ -438,11 +438,11 @@ def rollback(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float = DEF
             raise EnvFileError(path, "no backup left to restore (rollback restores the backups that "
                                "rotate, retire, encrypt and decrypt make; each is restored once)")
         _number, chosen = candidates[-1]
-        restored = _read_bytes(chosen)
-        restored_text = _decode(chosen, restored)
+        restored = read_bytes(chosen)
+        restored_text = decode_text(chosen, restored)
         parse_text(restored_text, chosen)  # a damaged backup is refused, not installed
-        data = _read_bytes(path)
-        text = _decode(path, data)
+        data = read_bytes(path)
+        text = decode_text(path, data)
         current_raw = parse_text(text, path).raw()
         restored_raw = parse_text(restored_text, chosen).raw()
         fingerprint = audit.Fingerprinter(path)
