@@ -51,6 +51,7 @@ class WorkerInfo:
     concurrency: int
     transactions: bool
     change_streams: bool
+    handlers: tuple[tuple[JobType, str], ...] = ()  # (type, the handler's qualified name)
 
 
 class Observer:
@@ -85,6 +86,62 @@ class Observer:
 
     def exhausted_failed(self, jobs: Sequence[JobInfo], previous_workers: Sequence[str | None]) -> None:
         """The sweep failed jobs whose worker died on their last attempt."""
+
+    # ---- added with the hardening issue; no-ops by default, like the rest
+
+    def transactions_decided(self, enabled: bool, reason: str, source: str) -> None:
+        """At start-up: whether the queue uses transactions, and what decided it."""
+
+    def indexes_created(self, names: Sequence[str]) -> None:
+        """At start-up: the queue's missing indexes were created."""
+
+    def indexes_unchecked(self, error: BaseException) -> None:
+        """At start-up: the indexes could not be listed or created (the worker goes on)."""
+
+    def polling(self, poll_s: float, code: int | None) -> None:
+        """Change streams are off or unavailable (``code``: the server's refusal): polling."""
+
+    def change_stream_error(self, error: BaseException) -> None:
+        """The change stream broke for a reason other than an outage; it is reopened."""
+
+    def claim_error(self, error: BaseException) -> None:
+        """A claim failed for a reason other than an outage (backed off, retried)."""
+
+    def takeovers_paused(self, seconds: float) -> None:
+        """The connection came back after an outage: no expired job is taken over for ``seconds``."""
+
+    def job_malformed(self, job: JobInfo, problems: Sequence[str]) -> None:
+        """The claimed document breaks the Job contract; it is failed with ``problems``."""
+
+    def job_retrying(self, job: JobInfo, delay_s: float, error: BaseException) -> None:
+        """The run failed; the job is back to PENDING for ``delay_s`` (``job_finished`` follows)."""
+
+    def job_failed(self, job: JobInfo, reason: str, error: BaseException) -> None:
+        """The job is FAILED for good (``job_finished`` follows)."""
+
+    def job_timed_out(self, job: JobInfo, timeout_s: float, thread_abandoned: bool) -> None:
+        """The handler passed its type's timeout (cancelled, or its thread abandoned)."""
+
+    def thread_abandoned(self, job: JobInfo, abandoned: int, limit: int) -> None:
+        """A plain handler's thread outlived its timeout; ``abandoned`` such threads still run."""
+
+    def too_many_abandoned_threads(self, abandoned: int) -> None:
+        """``abandoned`` reached the limit: the worker drains and exits non-zero."""
+
+    def job_lock_lost(self, job: JobInfo) -> None:
+        """A heartbeat found the lock taken over; the run's outcome will be LOST."""
+
+    def job_error(self, job: JobInfo, error: BaseException) -> None:
+        """A bug or a refused write while processing (the lock expires, the job is retried)."""
+
+    def heartbeat_error(self, job: JobInfo, error: BaseException) -> None:
+        """A heartbeat failed for a reason other than an outage."""
+
+    def burst_finished(self, stats: dict[str, int]) -> None:
+        """``--burst``: no job is due; the worker stops."""
+
+    def draining(self, running: int, timeout_s: float) -> None:
+        """On stop: ``running`` jobs may finish for up to ``timeout_s``."""
 
     def worker_stopping(self) -> None:
         """A stop was requested: no more claims; draining."""
@@ -138,6 +195,60 @@ class Observers(Observer):
 
     def exhausted_failed(self, jobs: Sequence[JobInfo], previous_workers: Sequence[str | None]) -> None:
         self._each("exhausted_failed", jobs, previous_workers)
+
+    def transactions_decided(self, enabled: bool, reason: str, source: str) -> None:
+        self._each("transactions_decided", enabled, reason, source)
+
+    def indexes_created(self, names: Sequence[str]) -> None:
+        self._each("indexes_created", names)
+
+    def indexes_unchecked(self, error: BaseException) -> None:
+        self._each("indexes_unchecked", error)
+
+    def polling(self, poll_s: float, code: int | None) -> None:
+        self._each("polling", poll_s, code)
+
+    def change_stream_error(self, error: BaseException) -> None:
+        self._each("change_stream_error", error)
+
+    def claim_error(self, error: BaseException) -> None:
+        self._each("claim_error", error)
+
+    def takeovers_paused(self, seconds: float) -> None:
+        self._each("takeovers_paused", seconds)
+
+    def job_malformed(self, job: JobInfo, problems: Sequence[str]) -> None:
+        self._each("job_malformed", job, problems)
+
+    def job_retrying(self, job: JobInfo, delay_s: float, error: BaseException) -> None:
+        self._each("job_retrying", job, delay_s, error)
+
+    def job_failed(self, job: JobInfo, reason: str, error: BaseException) -> None:
+        self._each("job_failed", job, reason, error)
+
+    def job_timed_out(self, job: JobInfo, timeout_s: float, thread_abandoned: bool) -> None:
+        self._each("job_timed_out", job, timeout_s, thread_abandoned)
+
+    def thread_abandoned(self, job: JobInfo, abandoned: int, limit: int) -> None:
+        self._each("thread_abandoned", job, abandoned, limit)
+
+    def too_many_abandoned_threads(self, abandoned: int) -> None:
+        self._each("too_many_abandoned_threads", abandoned)
+
+    def job_lock_lost(self, job: JobInfo) -> None:
+        self._each("job_lock_lost", job)
+
+    def job_error(self, job: JobInfo, error: BaseException) -> None:
+        self._each("job_error", job, error)
+
+    def heartbeat_error(self, job: JobInfo, error: BaseException) -> None:
+        self._each("heartbeat_error", job, error)
+
+    def burst_finished(self, stats: dict[str, int]) -> None:
+        self._each("burst_finished", stats)
+
+    def draining(self, running: int, timeout_s: float) -> None:
+        self._each("draining", running, timeout_s)
 
     def worker_stopping(self) -> None:
         self._each("worker_stopping")

@@ -6,6 +6,7 @@ whose optional fields are missing rather than null are read the same.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,21 @@ class PayloadError(FatalJobError):
     """The payload does not match its type's schema (a fatal error)."""
 
 
+class MalformedJobError(FatalJobError):
+    """The document itself breaks the Job contract (``attempts: null``, a string ``availableAt``…)."""
+
+
+class JobTimeoutError(Exception):
+    """The handler ran longer than its type's timeout (retried or failed like any error)."""
+
+    def __init__(self, job_type: JobType, timeout_s: float, abandoned_thread: bool = False) -> None:
+        self.timeout_s = timeout_s
+        self.abandoned_thread = abandoned_thread
+        where = "; its thread was abandoned" if abandoned_thread else ""
+        super().__init__(f"{job_type.value} job timed out after {timeout_s:g} s "
+                         f"(JOB_TIMEOUT_{job_type.value}_SECONDS){where}")
+
+
 @dataclass(frozen=True)
 class Job:
     """What a handler receives: never the lock, never the status."""
@@ -66,6 +82,48 @@ class Job:
     attempts: int  # this run's number, from 1
     max_attempts: int
     project_id: str | None
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def document_problems(doc: dict[str, Any]) -> list[str]:
+    """What makes a Job document (as it was before the claim) unusable; [] when it is fine.
+
+    Missing optional fields are fine (Prisma may omit them): a missing
+    ``attempts`` is 0, a missing ``availableAt`` is due now, a missing
+    ``maxAttempts`` is the default. Present with the wrong type, they are not.
+    """
+    problems = []
+    if "attempts" in doc and not (_whole(doc["attempts"]) and doc["attempts"] >= 0):
+        problems.append(f"attempts is {_describe(doc['attempts'])} (expected a whole number from 0)")
+    maximum = doc.get("maxAttempts")
+    if maximum is not None and not (_whole(maximum) and maximum >= 1):
+        problems.append(f"maxAttempts is {_describe(maximum)} (expected a whole number from 1)")
+    available = doc.get("availableAt")
+    if available is not None and not isinstance(available, dt.datetime):
+        problems.append(f"availableAt is {_describe(available)} (expected a date)")
+    return problems
+
+
+def _describe(value: Any) -> str:
+    """A value's kind for an error message, never its text."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if _whole(value):
+        return f"{value}" if abs(value) < 10**12 else "a huge number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, float):
+        return "a fractional number"
+    if isinstance(value, dt.datetime):
+        return "a date"
+    if type(value).__name__ == "DatetimeMS":
+        return "a date out of range"
+    return f"a {type(value).__name__}"
 
 
 def max_attempts_of(doc: dict[str, Any]) -> int:
@@ -81,7 +139,7 @@ def job_from_document(doc: dict[str, Any]) -> Job:
         id=str(doc["_id"]),
         type=JobType(doc["type"]),
         payload=payload if isinstance(payload, dict) else {},
-        attempts=int(doc.get("attempts") or 0),
+        attempts=doc["attempts"] if _whole(doc.get("attempts")) else 0,
         max_attempts=max_attempts_of(doc),
         project_id=str(project) if project is not None else None,
     )

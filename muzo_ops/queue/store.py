@@ -9,10 +9,11 @@ Works with pymongo's asyncio client against MongoDB 6.0–8.x.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
+from bson.codec_options import CodecOptions, DatetimeConversion
 from pymongo import ASCENDING, ReturnDocument
 
 from muzo_ops.constants import DEFAULT_MAX_ATTEMPTS, JOB_COLLECTION
@@ -33,6 +34,36 @@ INDEXES: tuple[tuple[tuple[str, int], ...], ...] = (
     (("status", ASCENDING), ("lockedUntil", ASCENDING)),
 )
 CLAIM_SORT = [("availableAt", ASCENDING), ("createdAt", ASCENDING)]
+
+# How the worker decodes documents: no document can make decoding fail (a
+# date beyond Python's range comes back as DatetimeMS, bad UTF-8 as U+FFFD),
+# so a malformed job is read, then FAILED with what is wrong, never a claim
+# error that blocks the queue.
+CODEC_OPTIONS: CodecOptions[Doc] = CodecOptions(
+    document_class=dict, tz_aware=True, tzinfo=dt.UTC, unicode_decode_error_handler="replace",
+    datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+
+# attempts + 1 when it is a whole number (or missing: 0); any other value is
+# kept as it is, so the claim never fails on it and the fence still matches.
+_INCREMENTED_ATTEMPTS: Doc = {"$cond": [
+    {"$in": [{"$type": "$attempts"}, ["int", "long", "missing"]]},
+    {"$add": [{"$ifNull": ["$attempts", 0]}, 1]},
+    "$attempts",
+]}
+
+
+def due_condition(now: dt.datetime) -> Doc:
+    """``availableAt`` is due: a date up to ``now``, or missing/null (the web app means "now").
+
+    ``$not: {$gt: now}`` is one index range (MinKey to ``now``), so the
+    claim stays on the (type, status, availableAt) index; it also matches a
+    malformed non-date value, which the worker then fails with the reason.
+    """
+    return {"$not": {"$gt": now}}
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def utcnow() -> dt.datetime:
@@ -66,7 +97,7 @@ class JobStore:
 
     def __init__(self, db: AsyncDatabase[Doc], collection: str = JOB_COLLECTION) -> None:
         self.db = db
-        self.jobs: AsyncCollection[Doc] = db[collection]
+        self.jobs: AsyncCollection[Doc] = db.get_collection(collection, codec_options=CODEC_OPTIONS)
 
     async def ensure_indexes(self) -> list[str]:
         """Create the reference's indexes when missing; the names created."""
@@ -82,21 +113,26 @@ class JobStore:
     @staticmethod
     def due_filter(job_type: JobType, now: dt.datetime) -> Doc:
         """Due PENDING jobs of one type: equality, equality, range (the first index)."""
-        return {"type": job_type.value, "status": JobStatus.PENDING.value, "availableAt": {"$lte": now}}
+        return {"type": job_type.value, "status": JobStatus.PENDING.value, "availableAt": due_condition(now)}
 
     @staticmethod
-    def expired_filter(job_type: JobType, now: dt.datetime) -> Doc:
-        """RUNNING jobs whose worker stopped renewing the lock, with attempts left."""
+    def expired_filter(job_type: JobType, now: dt.datetime, worker_id: str = "") -> Doc:
+        """RUNNING jobs whose worker stopped renewing the lock, with attempts left.
+
+        Never a job locked by ``worker_id`` itself: a job it still runs, or
+        has finished and is still writing after an outage.
+        """
         return {
             "type": job_type.value,
             "status": JobStatus.RUNNING.value,
             "lockedUntil": {"$lt": now},
+            "lockedBy": {"$ne": worker_id},
             "$expr": {"$lt": [{"$ifNull": ["$attempts", 0]},
                               {"$ifNull": ["$maxAttempts", DEFAULT_MAX_ATTEMPTS]}]},
         }
 
     async def claim(self, worker_id: str, types: Sequence[JobType], lock_s: float,
-                    expired_first: bool = False) -> tuple[Doc, Doc] | None:
+                    expired_first: bool = False, takeover: bool = True) -> tuple[Doc, Doc] | None:
         """Claim the oldest due job, each try ONE atomic ``find_one_and_update``.
 
         Tries due PENDING jobs (oldest ``availableAt`` then ``createdAt``),
@@ -106,32 +142,51 @@ class JobStore:
         read-then-write window: the server picks and locks the document in
         one command. One filter per kind keeps each claim on an index; a
         single ``$or`` of both cost the server about 40 % more per claim.
-        Returns (the document before, the document as claimed) or None.
+        Without ``takeover`` only PENDING jobs are tried (after an outage,
+        while the owners of expired locks may still be writing). Returns
+        (the document before, the document as claimed) or None.
         """
-        kinds = (self.expired_filter, self.due_filter)
-        for make_filter in kinds if expired_first else kinds[::-1]:
+        kinds = ["expired", "due"] if expired_first else ["due", "expired"]
+        for kind in kinds:
+            if kind == "expired" and not takeover:
+                continue
             for job_type in types:
-                claimed = await self._claim_one(make_filter(job_type, utcnow()), worker_id, lock_s)
+                query = (self.expired_filter(job_type, utcnow(), worker_id) if kind == "expired"
+                         else self.due_filter(job_type, utcnow()))
+                claimed = await self._claim_one(query, worker_id, lock_s)
                 if claimed is not None:
                     return claimed
         return None
 
+    async def next_due(self, types: Sequence[JobType]) -> dt.datetime | None:
+        """``availableAt`` of the earliest PENDING job of ``types`` not due yet (None: none)."""
+        doc = await self.jobs.find_one(
+            {"type": {"$in": [t.value for t in types]}, "status": JobStatus.PENDING.value,
+             "availableAt": {"$gt": utcnow()}},
+            projection={"_id": 0, "availableAt": 1}, sort=[("availableAt", ASCENDING)])
+        when = doc.get("availableAt") if doc else None
+        return when if isinstance(when, dt.datetime) else None
+
     async def _claim_one(self, query: Doc, worker_id: str, lock_s: float) -> tuple[Doc, Doc] | None:
         now = utcnow()
         until = now + dt.timedelta(seconds=lock_s)
+        # An update pipeline (MongoDB 4.2+): unlike $inc it cannot fail on a
+        # malformed attempts value, so one bad document never blocks the queue.
         before = await self.jobs.find_one_and_update(
             query,
-            {"$set": {"status": JobStatus.RUNNING.value, "lockedBy": worker_id, "lockedAt": now,
-                      "lockedUntil": until, "updatedAt": now},
-             "$inc": {"attempts": 1}},
+            [{"$set": {"status": JobStatus.RUNNING.value, "lockedBy": {"$literal": worker_id},
+                       "lockedAt": now, "lockedUntil": until, "updatedAt": now,
+                       "attempts": _INCREMENTED_ATTEMPTS}}],
             sort=CLAIM_SORT,
             return_document=ReturnDocument.BEFORE,
         )
         if before is None:
             return None
         after = dict(before)
+        attempts = before.get("attempts", 0)
         after.update(status=JobStatus.RUNNING.value, lockedBy=worker_id, lockedAt=now,
-                     lockedUntil=until, updatedAt=now, attempts=int(before.get("attempts") or 0) + 1)
+                     lockedUntil=until, updatedAt=now,
+                     attempts=attempts + 1 if _is_whole(attempts) else attempts)
         return before, after
 
     async def heartbeat(self, doc: Doc, lock_s: float) -> dt.datetime | None:
@@ -160,21 +215,22 @@ class JobStore:
             JobStatus.FAILED, utcnow(), lastError=error)})
         return outcome.matched_count == 1
 
-    async def release(self, docs: Sequence[Doc], session: AsyncClientSession | None = None) -> int:
-        """Put claimed jobs back to PENDING without spending an attempt; how many."""
-        released = 0
+    async def release(self, docs: Sequence[Doc], session: AsyncClientSession | None = None) -> list[Doc]:
+        """Put claimed jobs back to PENDING without spending an attempt; those released."""
+        released = []
         now = utcnow()
         for doc in docs:
+            undo: Doc = {"$inc": {"attempts": -1}} if _is_whole(doc.get("attempts")) else {}
             outcome = await self.jobs.update_one(
-                fence(doc),
-                {"$set": unlocked(JobStatus.PENDING, now, availableAt=now), "$inc": {"attempts": -1}},
+                fence(doc), {"$set": unlocked(JobStatus.PENDING, now, availableAt=now), **undo},
                 session=session,
             )
-            released += outcome.matched_count
+            if outcome.matched_count:
+                released.append(doc)
         return released
 
-    async def fail_exhausted(self, types: Sequence[JobType],
-                             session: AsyncClientSession | None = None) -> list[Doc]:
+    async def fail_exhausted(self, types: Sequence[JobType], session: AsyncClientSession | None = None,
+                             worker_id: str = "") -> list[Doc]:
         """FAIL the RUNNING jobs whose lock expired on their last attempt; those documents.
 
         Their worker died mid-run on the last attempt; running them again
@@ -186,13 +242,15 @@ class JobStore:
             "type": {"$in": [t.value for t in types]},
             "status": JobStatus.RUNNING.value,
             "lockedUntil": {"$lt": now},
+            "lockedBy": {"$ne": worker_id},
             "$expr": {"$gte": [{"$ifNull": ["$attempts", 0]},
                                {"$ifNull": ["$maxAttempts", DEFAULT_MAX_ATTEMPTS]}]},
         }, session=session)
         failed = []
         async for doc in found:
+            attempts = doc.get("attempts")
             error = {"name": "MaxAttemptsExceeded", "message": "Maximum attempts exhausted",
-                     "stack": None, "attempts": int(doc.get("attempts") or 0),
+                     "stack": None, "attempts": attempts if _is_whole(attempts) else None,
                      "lockedBy": doc.get("lockedBy")}
             outcome = await self.jobs.update_one(
                 {"_id": doc["_id"], "status": JobStatus.RUNNING.value,
@@ -236,14 +294,28 @@ def new_job_document(job_type: JobType, payload: Doc, now: dt.datetime,
     }
 
 
-def error_document(exc: BaseException, attempts: int) -> Doc:
-    """``lastError`` for ``exc``: name, message, stack, attempts."""
+def error_document(exc: BaseException, attempts: int | None,
+                   redact: Callable[[str], str] | None = None) -> Doc:
+    """``lastError`` for ``exc``: name, message, stack, attempts.
+
+    ``redact`` (the worker's Redactor) hides known secrets in the message
+    and stack before they are stored: operators print lastError and the
+    dashboard shows it.
+    """
     import traceback
 
+    def text(make: Callable[[], str]) -> str:
+        try:
+            value = make()
+        except Exception:  # an exception whose __str__ raises
+            value = f"<{type(exc).__name__} that cannot be shown>"
+        return redact(value) if redact is not None else value
+
+    stack = text(lambda: "".join(traceback.format_exception(exc)).rstrip())
     return {
         "name": type(exc).__name__,
-        "message": str(exc),
-        "stack": "".join(traceback.format_exception(exc)).rstrip()[-8000:],
+        "message": text(lambda: str(exc))[:8000],
+        "stack": stack[-8000:],
         "attempts": attempts,
     }
 
