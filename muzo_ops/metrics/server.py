@@ -16,12 +16,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.exposition import generate_latest
 
 from muzo_ops.errors import ConfigError
 from muzo_ops.queue.jobs import JobType
 
 DEFAULT_HOST = "127.0.0.1"
+# What generate_latest writes (names escaped to underscores): the text format every Prometheus 2.x reads.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # A process that runs a single queue binds base + its queue's offset, so the
 # per-queue processes of one host (one env file) never collide.
 QUEUE_PORT_OFFSETS: dict[JobType, int] = {JobType.GENERATION: 0, JobType.MOCKUP: 1, JobType.FULFILLMENT: 2}
@@ -58,7 +60,7 @@ class _Handler(BaseHTTPRequestHandler):
         probe = self.server.probe
         try:
             if path == "/metrics":
-                self._send(200, CONTENT_TYPE_PLAIN_0_0_4, generate_latest(self.server.registry), head)
+                self._send(200, METRICS_CONTENT_TYPE, generate_latest(self.server.registry), head)
             elif path in ("/healthz", "/readyz") and probe is not None:
                 code, body = probe.healthz() if path == "/healthz" else probe.readyz()
                 self._send(code, "application/json", json.dumps(body).encode() + b"\n", head)
