@@ -35,11 +35,17 @@ def cmd_check_env(args: argparse.Namespace, out: Output) -> int:
 def cmd_init_env(args: argparse.Namespace, out: Output) -> int:
     from muzo_ops.env import initenv
     from muzo_ops.env.schema import Environment
+    from muzo_ops.errors import UsageError
 
     supplied = initenv.parse_sets(args.set or [])
     for name in args.set_stdin or []:
         var = initenv.known_variable(name)
-        supplied[var.name] = sys.stdin.readline().rstrip("\r\n")
+        value = sys.stdin.readline().rstrip("\r\n")
+        out.redactor.add([value])
+        if not value.strip():
+            raise UsageError(f"--set-stdin {var.name}: standard input gave an empty value (a failed "
+                             "pipe?): nothing was written; pipe the value in, one line per name")
+        supplied[var.name] = value
     out.redactor.add_values(supplied)
     interactive = not args.non_interactive and sys.stdin.isatty()
 
@@ -50,6 +56,7 @@ def cmd_init_env(args: argparse.Namespace, out: Output) -> int:
         args.env_file,
         Environment(args.environment) if args.environment else None,
         supplied, force=args.force, prompt=prompt if interactive else None,
+        lock_timeout_s=args.lock_timeout,
     )
     if result.tightened:
         out.out(f"  {result.path} was readable by others: mode set to 0600")
@@ -147,6 +154,8 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
                    help="read NAME's value from a line of standard input (for secrets)")
     p.add_argument("--force", action="store_true",
                    help="also replace existing values with defaults and fresh secrets")
+    p.add_argument("--lock-timeout", type=positive, default=10.0, metavar="SECONDS",
+                   help="how long to wait for another command writing the same file (default 10)")
     p.set_defaults(func=cmd_init_env)
 
     p = sub.add_parser("check-env", help="validate an env file", **help_kwargs(

@@ -10,11 +10,14 @@ is refused with a reason instead of being written wrong.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import os
 import re
-import shutil
+import stat
 import tempfile
+from collections import ChainMap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -22,6 +25,10 @@ from muzo_ops.constants import BACKUP_SUFFIX, SECRET_FILE_MODE
 from muzo_ops.errors import EnvFileError, UnrepresentableValueError
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# An env file is a few kB; anything over this is the wrong file (and would
+# only make every command slow).
+MAX_FILE_BYTES = 1 << 20
+_TEMP_MARK = ".muzo-ops-"
 
 # `$` before a name or `{`: Next.js expands it and python-dotenv cannot read
 # the backslash that would escape it for Next.js, so no quoting carries it.
@@ -43,6 +50,12 @@ class Entry:
     value: str | None  # decoded value before ${} expansion; None for `KEY` alone
     line: int  # 1-based line where the statement starts
     text: str  # the statement exactly as written, newline included
+
+    @property
+    def own_line(self) -> int:
+        """The line of the statement itself (``line`` counts blank lines before it)."""
+        stripped = self.text.lstrip()
+        return self.line + self.text[: len(self.text) - len(stripped)].count("\n")
 
 
 @dataclass
@@ -66,11 +79,17 @@ class EnvFile:
         from dotenv.variables import parse_variables
 
         resolved: dict[str, str] = {}
+        # The environment wins over the file's earlier values (one view, not a
+        # copy per line: a copy per line made big files quadratic).
+        scope: ChainMap[str, str] = ChainMap(dict(environ or {}), resolved)
         for entry in self.entries:
             if entry.key is None or entry.value is None:
                 continue
-            scope = {**resolved, **(environ or {})}
-            resolved[entry.key] = "".join(a.resolve(scope) or "" for a in parse_variables(entry.value))
+            if "$" not in entry.value:
+                resolved[entry.key] = entry.value
+                continue
+            resolved[entry.key] = "".join(
+                a.resolve(scope) or "" for a in parse_variables(entry.value))
         if environ is not None:
             resolved.update({k: v for k, v in environ.items() if k in resolved or k.isupper()})
         return resolved
@@ -91,11 +110,16 @@ class EnvFile:
         return list(seen)
 
     def duplicates(self) -> list[str]:
+        """Keys bound with a value more than once (a bare ``KEY`` line is not a binding)."""
         counts: dict[str, int] = {}
         for entry in self.entries:
-            if entry.key is not None:
+            if entry.key is not None and entry.value is not None:
                 counts[entry.key] = counts.get(entry.key, 0) + 1
         return [k for k, n in counts.items() if n > 1]
+
+    def bare_lines(self) -> list[int]:
+        """Lines holding a name without ``=`` (ignored by both loaders)."""
+        return [e.own_line for e in self.entries if e.key is not None and e.value is None]
 
     def text(self) -> str:
         return "".join(e.text for e in self.entries)
@@ -132,11 +156,19 @@ def parse_text(text: str, path: str = ".env") -> EnvFile:
     return EnvFile(path, entries)
 
 
-def read(path: str) -> EnvFile:
-    """Read and parse ``path``; EnvFileError says why it cannot be used."""
+def read(path: str, *, max_bytes: int = MAX_FILE_BYTES) -> EnvFile:
+    """Read and parse ``path``; EnvFileError says why it cannot be used.
+
+    Files over ``max_bytes`` (1 MiB) are refused before they are parsed.
+    """
     try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            text = handle.read()
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            data = handle.read(max_bytes + 1)
+        if max(size, len(data)) > max_bytes:
+            raise EnvFileError(path, f"is {max(size, len(data))} bytes, over the {max_bytes // 1024} KiB an "
+                               "env file may have: is this the right file?")
+        text = data.decode("utf-8")
     except FileNotFoundError as exc:
         raise EnvFileError(path, "no such file: create it with `muzo-ops init-env`") from exc
     except IsADirectoryError as exc:
@@ -234,20 +266,57 @@ def format_line(name: str, value: str) -> str:
     return f"{name}={encode_value(name, value)}\n"
 
 
+_LEAD_RE = re.compile(r"(\s*)(export[^\S\r\n]+)?")
+_KEY_EQUALS_RE = re.compile(r"(?:'[^']+'|[^=\#\s]+)[^\S\r\n]*=[^\S\r\n]*")
+_SINGLE_VALUE_RE = re.compile(r"'(?:\\'|[^'])*'")
+_DOUBLE_VALUE_RE = re.compile(r'"(?:\\"|[^"])*"')
+_TRAILING_COMMENT_RE = re.compile(r"[^\S\r\n]*#[^\r\n]*")
+_UNQUOTED_COMMENT_RE = re.compile(r"\s+#.*")
+
+
+def _statement_frame(text: str) -> tuple[str, str, str]:
+    """(blank lines and indent before, ``export `` prefix, trailing `` # comment``) of a statement."""
+    lead = _LEAD_RE.match(text)
+    assert lead is not None  # both groups are optional
+    before, export = lead.group(1), lead.group(2) or ""
+    key = _KEY_EQUALS_RE.match(text, lead.end())
+    if key is None:
+        return before, export, ""
+    after = text[key.end():]
+    first = after[:1]
+    if first in ("'", '"'):
+        value = (_SINGLE_VALUE_RE if first == "'" else _DOUBLE_VALUE_RE).match(after)
+        if value is None:
+            return before, export, ""
+        comment = _TRAILING_COMMENT_RE.match(after, value.end())
+        return before, export, comment.group(0) if comment else ""
+    line = after.split("\n", 1)[0].split("\r", 1)[0]
+    comment = _UNQUOTED_COMMENT_RE.search(line)
+    return before, export, comment.group(0) if comment else ""
+
+
+def replace_statement(entry: Entry, value: str) -> str:
+    """``entry`` rewritten with ``value``, keeping its ``export `` prefix, indent and comment."""
+    assert entry.key is not None
+    before, export, comment = _statement_frame(entry.text)
+    return before + export + format_line(entry.key, value).rstrip("\n") + comment + "\n"
+
+
 def with_changes(
     envfile: EnvFile, changes: Mapping[str, str], additions: Iterable[str] = ()
 ) -> str:
     """The file's text with ``changes`` applied in place and ``additions`` appended.
 
-    Comments, order and every untouched statement are kept byte for byte.
-    A key bound several times is changed at its last binding (the one both
+    Comments, order and every untouched statement are kept byte for byte; a
+    changed statement keeps its ``export `` prefix and trailing comment. A
+    key bound several times is changed at its last binding (the one both
     loaders use).
     """
     last_index = {e.key: i for i, e in enumerate(envfile.entries) if e.key is not None}
     parts: list[str] = []
     for index, entry in enumerate(envfile.entries):
         if entry.key is not None and entry.key in changes and last_index[entry.key] == index:
-            parts.append(format_line(entry.key, changes[entry.key]))
+            parts.append(replace_statement(entry, changes[entry.key]))
         else:
             parts.append(entry.text)
     text = "".join(parts)
@@ -261,46 +330,221 @@ def with_changes(
     return text
 
 
-def backup(path: str) -> str | None:
-    """Copy ``path`` to ``path.<n>.bak`` (mode 0600); the backup's path, or None."""
-    if not os.path.exists(path):
-        return None
-    n = 1
-    while os.path.exists(f"{path}.{n}{BACKUP_SUFFIX}"):
-        n += 1
-    target = f"{path}.{n}{BACKUP_SUFFIX}"
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_FILE_MODE)
-    with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
-        shutil.copyfileobj(src, out)
-        out.flush()
-        os.fsync(out.fileno())
-    return target
+# ---------------------------------------------------------------- writing
+
+_CAUSES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exhausted",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
 
 
-def write_atomic(path: str, text: str, mode: int = SECRET_FILE_MODE) -> None:
-    """Write ``text`` to ``path``: temporary file in the same folder, fsync, rename.
+def _write_error(path: str, exc: OSError) -> EnvFileError:
+    cause = _CAUSES.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+    folder = os.path.dirname(os.path.realpath(path))
+    return EnvFileError(path, f"cannot write in {folder}: {cause}; nothing was changed")
 
-    The file has ``mode`` (0600) from its first byte; the folder is fsynced
-    so the rename survives a crash.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
+
+def _user(uid: int) -> str:
+    import pwd
+
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".muzo-ops-", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise EnvFileError(path, f"cannot write in {folder}: {exc.strerror}") from exc
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group(gid: int) -> str:
+    import grp
+
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _fsync_folder(folder: str) -> None:
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _temp_copy(path: str, target: str, data: bytes, mode: int, owner: os.stat_result | None) -> str:
+    """``data`` in a fsynced temporary file beside ``target`` with ``mode`` and ``owner``'s ids."""
+    folder = os.path.dirname(target)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(target) + _TEMP_MARK, suffix=".tmp",
+                               dir=folder)
+    try:
+        os.fchmod(fd, mode & 0o600)  # nobody else can open it while it fills
+        if owner is not None:
+            mine = os.fstat(fd)
+            if (mine.st_uid, mine.st_gid) != (owner.st_uid, owner.st_gid):
+                try:
+                    os.fchown(fd, owner.st_uid, owner.st_gid)
+                except PermissionError:
+                    raise EnvFileError(
+                        path, f"is owned by {_user(owner.st_uid)}:{_group(owner.st_gid)} and "
+                        f"{_user(os.geteuid())} cannot give a rewritten file that owner: run as "
+                        f"{_user(owner.st_uid)} (or as root); nothing was changed") from None
+        with os.fdopen(fd, "wb", closefd=False) as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.fchmod(fd, mode)  # after fchown, which clears set-id bits
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def _backup_numbers(target: str) -> list[int]:
+    folder, name = os.path.split(target)
+    pattern = re.compile(re.escape(name) + r"\.([0-9]{1,9})" + re.escape(BACKUP_SUFFIX) + r"\Z")
+    found: list[int] = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            match = pattern.match(entry.name)
+            if match:
+                found.append(int(match.group(1)))
+    return found
+
+
+def _link_backup(tmp: str, target: str) -> str:
+    """Link ``tmp`` as the next free ``target.N.bak`` (highest N + 1); never overwrites."""
+    number = max(_backup_numbers(target), default=0) + 1
+    while True:
+        name = f"{target}.{number}{BACKUP_SUFFIX}"
+        try:
+            os.link(tmp, name)
+            return name
+        except FileExistsError:
+            number += 1
+
+
+def _secret_mode(requested: int, current: int | None) -> int:
+    """The mode a rewritten file gets: its current one (never looser than 0600 for secrets)."""
+    if current is None:
+        return requested
+    if requested & 0o077:
+        return current
+    return current & ~0o077
+
+
+def replace_file(path: str, text: str, mode: int = SECRET_FILE_MODE, *, keep_backup: bool = False) -> str | None:
+    """Write ``text`` to ``path`` atomically; with ``keep_backup`` first keep the old file as a backup.
+
+    A symlink is followed: its target is rewritten, through a temporary file
+    in the target's own folder. An existing file keeps its owner, group and
+    mode (for secret files, ``mode`` without group/other bits, never looser
+    than 0600); a writer that cannot keep the owner is refused. Either
+    everything happens or nothing does: the temporary file and the backup
+    are complete before the rename, and an error (disk full, read-only,
+    permission) is one EnvFileError line with the file left as it was.
+    Returns the backup's path.
+    """
+    target = os.path.realpath(path)
+    folder = os.path.dirname(target)
+    try:
+        current: os.stat_result | None = os.stat(target)
+    except FileNotFoundError:
+        current = None
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+    if current is not None and not stat.S_ISREG(current.st_mode):
+        raise EnvFileError(path, "is not a regular file: point --env-file at the env file")
+    data = str.encode(text, "utf-8")
+    final_mode = _secret_mode(mode, stat.S_IMODE(current.st_mode) if current else None)
+    made: list[str] = []  # removed again if anything fails
+    temps: list[str] = []  # removed in any case
+    backup_path = None
+    try:
+        try:
+            tmp = _temp_copy(path, target, data, final_mode, current)
+            made.append(tmp)
+            if keep_backup and current is not None:
+                with open(target, "rb") as old:
+                    old_data = old.read()
+                old_tmp = _temp_copy(path, target, old_data, SECRET_FILE_MODE, current)
+                temps.append(old_tmp)
+                backup_path = _link_backup(old_tmp, target)
+                made.append(backup_path)
+            os.replace(tmp, target)
+            made.remove(tmp)
+            _fsync_folder(folder)
+        except BaseException:
+            _unlink_quietly(made)
+            raise
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+    finally:
+        _unlink_quietly(temps)
+    return backup_path
+
+
+def _unlink_quietly(paths: Iterable[str]) -> None:
+    for leftover in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(leftover)
+
+
+def backup(path: str) -> str | None:
+    """Keep ``path`` as the next ``<target>.N.bak`` (mode 0600, the file's owner); its path, or None.
+
+    The copy is complete before it gets its name (temporary file, fsync,
+    link), two writers never pick the same name, and a failure (disk full)
+    leaves nothing behind.
+    """
+    target = os.path.realpath(path)
+    try:
+        current = os.stat(target)
+        with open(target, "rb") as old:
+            data = old.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+    tmp = None
+    try:
+        tmp = _temp_copy(path, target, data, SECRET_FILE_MODE, current)
+        name = _link_backup(tmp, target)
+        _fsync_folder(os.path.dirname(target))
+        return name
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+    finally:
+        if tmp is not None:
+            _unlink_quietly([tmp])
+
+
+def write_atomic(path: str, text: str, mode: int = SECRET_FILE_MODE) -> None:
+    """Write ``text`` to ``path``: temporary file in the target's folder, fsync, rename.
+
+    The file has ``mode`` (0600) from its first byte; an existing file keeps
+    its owner, group and mode (see ``replace_file``); a symlink is written
+    through; the folder is fsynced so the rename survives a crash.
+    """
+    replace_file(path, text, mode)
+
+
+def remove_stale_temps(path: str) -> list[str]:
+    """Delete temporary files a killed writer left beside ``path``'s target (hold the lock)."""
+    target = os.path.realpath(path)
+    folder, name = os.path.split(target)
+    prefix = "." + name + _TEMP_MARK
+    removed: list[str] = []
+    try:
+        with os.scandir(folder) as entries:
+            stale = [e.path for e in entries if e.name.startswith(prefix) and e.name.endswith(".tmp")]
+    except OSError:
+        return removed
+    for leftover in stale:
+        with contextlib.suppress(OSError):
+            os.unlink(leftover)
+            removed.append(leftover)
+    return removed

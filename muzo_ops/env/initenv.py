@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from muzo_ops.constants import EXAMPLE_ENV_FILE, SECRET_FILE_MODE
 from muzo_ops.env import checks, envfile, schema
+from muzo_ops.env.filelock import DEFAULT_TIMEOUT_S, locked
 from muzo_ops.env.schema import Environment, Variable
 from muzo_ops.errors import SchemaError, UsageError
 from muzo_ops.secrets import generate as secretgen
@@ -100,10 +101,22 @@ def init_env(
     force: bool = False,
     prompt: Prompt | None = None,
     write_example: bool = True,
+    lock_timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> InitResult:
-    """Create or complete the env file at ``path``; see the module doc."""
+    """Create or complete the env file at ``path``; see the module doc.
+
+    The whole read-modify-write holds the env file's lock (``<file>.lock``):
+    a concurrent writer waits up to ``lock_timeout_s``, then LockedError.
+    """
     supplied = dict(supplied or {})
     validate_supplied(supplied)
+    with locked(path, lock_timeout_s):
+        envfile.remove_stale_temps(path)
+        return _init_locked(path, environment, supplied, force, prompt, write_example)
+
+
+def _init_locked(path: str, environment: Environment | None, supplied: dict[str, str], force: bool,
+                 prompt: Prompt | None, write_example: bool) -> InitResult:
     existing = envfile.read(path) if os.path.exists(path) else None
     current = existing.raw() if existing else {}
     if environment is None:
@@ -153,16 +166,25 @@ def init_env(
         if text == existing.text():
             text = ""
     if text:
-        if existing is not None:
-            result.backup = envfile.backup(path)
-        envfile.write_atomic(path, text)
+        result.backup = envfile.replace_file(path, text, keep_backup=existing is not None)
         result.written = True
     elif existing is not None and os.stat(path).st_mode & 0o077:
-        os.chmod(path, SECRET_FILE_MODE)
+        _tighten(path)
         result.tightened = True
     if write_example:
         result.example = _write_example(path)
     return result
+
+
+def _tighten(path: str) -> None:
+    """Drop group and other bits of ``path``'s target (owner and group unchanged)."""
+    from muzo_ops.errors import EnvFileError
+
+    try:
+        os.chmod(path, (os.stat(path).st_mode & 0o700) or SECRET_FILE_MODE)
+    except OSError as exc:
+        raise EnvFileError(path, f"is readable by others and cannot be narrowed to 0600 "
+                           f"({exc.strerror}): run chmod 600 as its owner") from exc
 
 
 def _render_new(values: Mapping[str, str], environment: Environment) -> str:
@@ -184,6 +206,7 @@ def _write_example(env_path: str) -> str | None:
     if os.path.abspath(target) == os.path.abspath(env_path):
         return None
     text = render.render_committed(EXAMPLE_ENV_FILE)
+    envfile.remove_stale_temps(target)  # a killed init-env's (this runs under the env file's lock)
     try:
         with open(target, encoding="utf-8", newline="") as handle:
             if handle.read() == text:
@@ -194,14 +217,23 @@ def _write_example(env_path: str) -> str | None:
     return target
 
 
-def rotate(path: str, name: str, redactor: Redactor | None = None) -> str | None:
+def rotate(path: str, name: str, redactor: Redactor | None = None,
+           lock_timeout_s: float = DEFAULT_TIMEOUT_S) -> str | None:
     """Replace generated secret ``name`` in ``path`` with a fresh one.
 
-    The old file is backed up (0600) first and the new one written
-    atomically; returns the backup's path. The value is never returned;
-    the old and new values are added to ``redactor``.
+    Holds the env file's lock; the old file is backed up (0600) and the new
+    one written atomically, owner, mode, ``export`` prefix and comment kept;
+    returns the backup's path. The value is never returned; the old and new
+    values are added to ``redactor``.
     """
     generator = secretgen.generator_for(name)
+    with locked(path, lock_timeout_s):
+        envfile.remove_stale_temps(path)
+        return _rotate_locked(path, name, generator, redactor)
+
+
+def _rotate_locked(path: str, name: str, generator: schema.Generator,
+                   redactor: Redactor | None) -> str | None:
     existing = envfile.read(path)
     if redactor is not None:
         redactor.add_values(existing.raw())
@@ -212,6 +244,4 @@ def rotate(path: str, name: str, redactor: Redactor | None = None) -> str | None
         text = envfile.with_changes(existing, {}, [_addition(schema.BY_NAME[name], fresh)])
     if redactor is not None:
         redactor.add([fresh])
-    backup_path = envfile.backup(path)
-    envfile.write_atomic(path, text)
-    return backup_path
+    return envfile.replace_file(path, text, keep_backup=True)
