@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -27,6 +28,16 @@ DURATION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 WAIT_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                                    30.0, 60.0, 300.0, 900.0, 3600.0)
 WHERE_MAX_CHARS = 40  # a ``where`` is a short fixed name from the worker's code; cut anything longer
+
+
+@dataclass(frozen=True)
+class _Children:
+    """One job type's series."""
+
+    in_progress: Gauge
+    duration: Histogram
+    wait: Histogram
+    outcomes: dict[Outcome, Counter]
 
 
 class PrometheusObserver(Observer):
@@ -53,21 +64,14 @@ class PrometheusObserver(Observer):
                                 "loop's last claim attempt.", registry=r)
         self.info = Info("muzo_worker", "The worker's version, id and MongoDB features in use.", registry=r)
         self._running: set[tuple[str, int]] = set()  # (job id, attempt): never a label, only bookkeeping
+        self._by_type: dict[JobType, _Children] = {}
 
     def worker_ready(self, info: WorkerInfo) -> None:
         self.info.info({"version": info.version, "worker_id": info.worker_id,
                         "transactions": _flag(info.transactions), "change_streams": _flag(info.change_streams)})
         self.concurrency.set(info.concurrency)
-        for job_type in info.queues:
-            self._initialise(job_type)
-
-    def _initialise(self, job_type: JobType) -> None:
-        """Create a queue's series at zero so that rate() and alerts see them from the start."""
-        self.in_progress.labels(job_type.queue)
-        self.duration.labels(job_type.queue, job_type.value)
-        self.wait.labels(job_type.queue, job_type.value)
-        for outcome in Outcome:
-            self.jobs.labels(job_type.queue, job_type.value, outcome.value)
+        for job_type in info.queues:  # every series of a served queue exists from the start, at 0
+            self._children(job_type)
 
     def claim_tick(self) -> None:
         self.last_claim.set(self._clock())
@@ -75,25 +79,38 @@ class PrometheusObserver(Observer):
     def connection_error(self, where: str, consecutive_errors: int, error: BaseException) -> None:
         self.db_errors.labels(where[:WHERE_MAX_CHARS]).inc()
 
+    def _children(self, job_type: JobType) -> _Children:
+        """The type's labelled series, looked up once (``labels()`` takes a lock and builds a key)."""
+        children = self._by_type.get(job_type)
+        if children is None:
+            queue, name = job_type.queue, job_type.value
+            children = _Children(self.in_progress.labels(queue), self.duration.labels(queue, name),
+                                 self.wait.labels(queue, name),
+                                 {o: self.jobs.labels(queue, name, o.value) for o in Outcome})
+            self._by_type[job_type] = children
+        return children
+
     def job_started(self, job: JobInfo, wait_s: float | None) -> None:
+        children = self._children(job.type)
         key = (job.id, job.attempt)
         if key not in self._running:
             self._running.add(key)
-            self.in_progress.labels(job.queue).inc()
+            children.in_progress.inc()
         if wait_s is not None:
-            self.wait.labels(job.queue, job.type.value).observe(max(0.0, wait_s))
+            children.wait.observe(max(0.0, wait_s))
 
     def job_finished(self, job: JobInfo, outcome: Outcome, duration_s: float, error: BaseException | None) -> None:
-        self.jobs.labels(job.queue, job.type.value, outcome.value).inc()
+        children = self._children(job.type)
+        children.outcomes[outcome].inc()
         key = (job.id, job.attempt)
         if key in self._running:  # a run reported twice (timed_out, then retried) is timed once
             self._running.discard(key)
-            self.in_progress.labels(job.queue).dec()
-            self.duration.labels(job.queue, job.type.value).observe(max(0.0, duration_s))
+            children.in_progress.dec()
+            children.duration.observe(max(0.0, duration_s))
 
     def exhausted_failed(self, jobs: Sequence[JobInfo], previous_workers: Sequence[str | None]) -> None:
         for job in jobs:  # a dead worker's last attempt: this worker failed it, without running it
-            self.jobs.labels(job.queue, job.type.value, Outcome.FAILED.value).inc()
+            self._children(job.type).outcomes[Outcome.FAILED].inc()
 
 
 def _flag(value: bool) -> str:
