@@ -45,3 +45,65 @@ def test_every_command_keeps_secrets_out_of_its_output(tmp_path: Path) -> None:
         assert_no_secret(path.read_text(errors="replace"), SECRETS)
     for backup in tmp_path.glob(".env.*.bak"):
         assert backup.stat().st_mode & 0o777 == 0o600
+
+
+SHAPED = {
+    "stripe_live": "sk_live_51HshapeSecretLive00000000xyz",
+    "restricted": "rk_live_51HshapeRestricted000000abc",
+    "session_token": "FwoGZXIvYXdzEBaaShapeSessionToken0000xyz",
+    "pasted": "sk_live_51HpastedOnItsOwnLine0000000qq",
+    "github": "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8",
+}
+
+
+def test_secret_shapes_are_masked_wherever_they_sit(tmp_path: Path) -> None:
+    import json
+
+    values = dict(FULL)
+    values["STRIPE_PUBLISHABLE_KEY"] = SHAPED["stripe_live"]  # a secret key in the wrong variable
+    values["NEXT_PUBLIC_STRIPE_PUBLISHABLE_KEY"] = SHAPED["restricted"]
+    values["DATABASE_URL"] = (
+        "mongodb://db.internal:27017/muzo?tls=true&serverSelectionTimeoutMS=30000&authMechanism=MONGODB-AWS"
+        f"&authMechanismProperties=AWS_SESSION_TOKEN:{SHAPED['session_token']}")
+    values["GOOGLE_CLIENT_ID"] = SHAPED["github"]
+    env = write_env(tmp_path / ".env", values, extra=f"{SHAPED['pasted']}\n")
+    secrets = [*SECRETS, *SHAPED.values()]
+    text = run_cli("check-env", "--env-file", str(env))
+    data = run_cli("check-env", "--env-file", str(env), "--format", "json")
+    for proc in (text, data):
+        assert proc.returncode == 1, proc.stderr
+        assert_no_secret(proc.stdout + proc.stderr, secrets)
+    report = json.loads(data.stdout)
+    bare = [p for p in report["problems"] if p["code"] == "no-equals"]
+    assert bare == [{"variable": None, "severity": "warning", "code": "no-equals",
+                     "message": bare[0]["message"]}]
+    assert bare[0]["message"].startswith(f"line {len(values) + 1} has no '='")
+    assert "authMechanismProperties=***" in text.stdout
+    shown = {v["name"]: v["value"] for v in report["variables"]}
+    assert "***" in shown["STRIPE_PUBLISHABLE_KEY"] and "***" in shown["GOOGLE_CLIENT_ID"]
+
+
+def test_values_that_are_not_secrets_are_not_masked(tmp_path: Path) -> None:
+    folder = tmp_path / "production-site"
+    folder.mkdir()
+    proc = run_cli("init-env", "--non-interactive", "--set", "NODE_ENV=production", "--set",
+                   "S3_BUCKET=production-assets", cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    assert "***" not in proc.stdout and str(folder / ".env.example") in proc.stdout
+    check = run_cli("check-env", "--env-file", str(folder / ".env"))
+    assert "= production-assets" in check.stdout and str(folder) in check.stdout
+
+
+def test_control_characters_in_values_are_printed_escaped(tmp_path: Path) -> None:
+    import json
+
+    values = {**FULL, "S3_BUCKET": "bucket\x1b[2K\x1b[1Ahidden", "S3_REGION": "eu\x07west\x9b"}
+    env = write_env(tmp_path / ".env", values)
+    text = run_cli("check-env", "--env-file", str(env))
+    data = run_cli("check-env", "--env-file", str(env), "--format", "json")
+    for proc in (text, data):
+        out = proc.stdout + proc.stderr
+        assert not any(c in out for c in "\x1b\x07\x9b"), out
+    assert "bucket\\u001b[2K\\u001b[1Ahidden" in text.stdout or "bucket\\x1b[2K" in text.stdout
+    shown = {v["name"]: v["value"] for v in json.loads(data.stdout)["variables"]}
+    assert "\x1b" not in shown["S3_BUCKET"] and shown["S3_BUCKET"].startswith("bucket")

@@ -41,7 +41,6 @@ def cmd_init_env(args: argparse.Namespace, out: Output) -> int:
     for name in args.set_stdin or []:
         var = initenv.known_variable(name)
         value = sys.stdin.readline().rstrip("\r\n")
-        out.redactor.add([value])
         if not value.strip():
             raise UsageError(f"--set-stdin {var.name}: standard input gave an empty value (a failed "
                              "pipe?): nothing was written; pipe the value in, one line per name")

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import TextIO
 
 from muzo_ops.secrets.redact import Redactor
 
+# Control characters but line feed and tab (C0, DEL, C1): an escape sequence
+# in a value could rewrite the terminal line that reports it.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control characters shown as ``\\u001b`` (also valid inside JSON strings)."""
+    return _CONTROL.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
+
 
 class Output:
-    """Writes lines to stdout/stderr with every known secret hidden."""
+    """Writes lines to stdout/stderr: every known secret and secret shape hidden, control characters escaped."""
 
     def __init__(self, redactor: Redactor | None = None, stdout: TextIO | None = None,
                  stderr: TextIO | None = None) -> None:
@@ -18,7 +28,7 @@ class Output:
         self._stderr = stderr
 
     def _write(self, stream: TextIO, text: str) -> None:
-        text = self.redactor(text)
+        text = escape_controls(self.redactor(text))
         stream.write(text + ("" if text.endswith("\n") else "\n"))
 
     def out(self, text: str = "") -> None:

@@ -28,16 +28,18 @@ Progress = Callable[[str], None]
 
 def check_values(values: Mapping[str, str], app: App | None = None, *, raw: Mapping[str, str] | None = None,
                  bare_keys: tuple[str, ...] = (), duplicates: tuple[str, ...] = (), connect: bool = False,
-                 timeout_s: float = CONNECT_TIMEOUT_S, progress: Progress | None = None) -> Report:
+                 timeout_s: float = CONNECT_TIMEOUT_S, progress: Progress | None = None,
+                 bare_lines: tuple[int, ...] = ()) -> Report:
     """Check env ``values`` against the schema and its rules; with ``connect``, reach the servers.
 
     ``raw`` (a file's values before expansion) enables the ``$name`` check;
-    ``bare_keys`` and ``duplicates`` come from a parsed file. ``progress``
+    ``bare_lines`` (or the older ``bare_keys``) and ``duplicates`` come from a parsed file. ``progress``
     receives a line before each server is tried.
     """
     from muzo_ops.env import checks
 
-    report = checks.check(values, app, bare_keys=bare_keys, duplicates=duplicates, raw=raw)
+    report = checks.check(values, app, bare_keys=bare_keys, duplicates=duplicates, raw=raw,
+                          bare_lines=bare_lines)
     if connect:
         report.connections = _probe(report, values, app, timeout_s, progress)
     return report
@@ -61,9 +63,8 @@ def check_file(path: str, app: App | None = None, include_environ: bool = False,
     if redactor is not None:
         redactor.add_values(raw)
         redactor.add_values(values)
-    bare = tuple(e.key for e in env.entries if e.key is not None and e.value is None)
-    report = check_values(values, app, raw=raw, bare_keys=bare, duplicates=tuple(env.duplicates()),
-                          connect=False)
+    report = check_values(values, app, raw=raw, bare_lines=tuple(env.bare_lines()),
+                          duplicates=tuple(env.duplicates()), connect=False)
     checks.check_file_mode(report, path, os.stat(path).st_mode)
     if connect:
         report.connections = _probe(report, values, app, timeout_s, progress)

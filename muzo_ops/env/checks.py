@@ -89,18 +89,28 @@ class Report:
 # ---------------------------------------------------------------- masking
 
 def mask(var: Variable | None, value: str) -> str:
-    """``value`` as it may be shown: secrets hidden, URL passwords hidden."""
+    """``value`` as it may be shown: secrets, URL passwords and secret shapes hidden."""
+    from muzo_ops.secrets.redact import mask_shapes, shaped_secrets
+
     if var is None:
         return MASK
     if var.kind is Kind.MONGO_URL:
-        return mongourl.redacted(value)
+        return mask_shapes(mongourl.redacted(value))
     if var.kind is Kind.REDIS_URL:
-        return _redact_url_password(value)
-    if var.sensitive:
-        if len(value) >= 16:
-            return MASK + value[-MASK_VISIBLE_TAIL:]
+        return mask_shapes(_redact_url_password(value))
+    if var.sensitive or shaped_secrets(value):
+        if len(value) >= 16 and not shaped_secrets(value[-MASK_VISIBLE_TAIL:]):
+            return MASK + _printable(value[-MASK_VISIBLE_TAIL:])
         return MASK
+    value = _printable(value)
     return value if len(value) <= 80 else value[:77] + "..."
+
+
+def _printable(value: str) -> str:
+    """``value`` with line breaks and other control characters escaped (``\\n``, ``\\x1b``)."""
+    if value.isprintable():
+        return value
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
 
 
 def _redact_url_password(value: str) -> str:
@@ -237,11 +247,15 @@ def check(
     bare_keys: tuple[str, ...] = (),
     duplicates: tuple[str, ...] = (),
     raw: Mapping[str, str] | None = None,
+    bare_lines: tuple[int, ...] = (),
 ) -> Report:
     """Check ``values`` against the schema and the cross-variable rules.
 
     ``raw`` (the file's values before expansion) enables the check for
     ``$name`` text that Next.js would expand but python-dotenv would not.
+    ``bare_lines`` are the lines holding text without ``=`` (reported by
+    number only: such a line may be a pasted secret); ``bare_keys`` is the
+    older form, reported without the text.
     """
     report = Report()
     in_scope = schema.for_app(app)
@@ -267,9 +281,14 @@ def check(
     for key in duplicates:
         report.add(key, Severity.WARNING, "duplicate",
                    f"{key} is set more than once; the last one wins: delete the others")
-    for key in bare_keys:
-        report.add(key, Severity.WARNING, "no-equals",
-                   f"{key} has no '=' and is ignored: write {key}= for an empty value")
+    for line in bare_lines:
+        report.add(None, Severity.WARNING, "no-equals",
+                   f"line {line} has no '=' and is ignored (its text is not shown: it may be a "
+                   "pasted secret): write NAME=value, or delete the line")
+    if bare_keys:
+        report.add(None, Severity.WARNING, "no-equals",
+                   f"{len(bare_keys)} line(s) have no '=' and are ignored (not shown: they may be "
+                   "pasted secrets): write NAME=value, or delete them")
     errored = {p.variable for p in report.errors}
     report.variables = [
         VariableStatus(

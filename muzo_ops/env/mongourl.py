@@ -14,12 +14,22 @@ from muzo_ops.env.schema import FALSE_WORDS, TRUE_WORDS
 # Characters the MongoDB connection-string spec requires percent-encoded in
 # the user name and password.
 RESERVED_USERINFO = "@:/?#[]"
+# First reading: the user information holds no `/` or `?`, so an `@` in the
+# path or an option (`appName=ops@muzo`) is not taken for a password's end.
+_STRICT_URL_RE = re.compile(
+    r"(?P<scheme>mongodb(?:\+srv)?)://(?:(?P<userinfo>[^/?]*)@)?(?P<hosts>[^/?@]+)"
+    r"(?P<path>/[^?]*)?(?:\?(?P<query>.*))?\Z",
+    re.DOTALL,
+)
+# Second reading, for a password with an unencoded `/` or `?` (reported as
+# an encoding problem): everything up to the last `@` before the hosts.
 _URL_RE = re.compile(
     r"(?P<scheme>mongodb(?:\+srv)?)://(?:(?P<userinfo>.*)@)?(?P<hosts>[^/?@]+)"
     r"(?P<path>/[^?]*)?(?:\?(?P<query>.*))?\Z",
     re.DOTALL,
 )
 _LAZY_URL_RE = re.compile(_URL_RE.pattern.replace("(?P<userinfo>.*)", "(?P<userinfo>.*?)"), re.DOTALL)
+_HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::(?P<port>[^:]*))?\Z")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
@@ -32,6 +42,7 @@ class MongoUrl:
     hosts: str  # "host:port[,host:port]"
     database: str  # from the path, may be empty
     options: dict[str, str] = field(default_factory=dict)  # lower-cased names
+    raw_options: dict[str, str] = field(default_factory=dict)  # lower-cased names, values as written
 
     @property
     def srv(self) -> bool:
@@ -56,20 +67,53 @@ class MongoUrl:
         return True if word in TRUE_WORDS else False if word in FALSE_WORDS else None
 
 
+def _ports_ok(hosts: str) -> bool:
+    for host in hosts.split(","):
+        match = _HOST_RE.match(host)
+        if not match:
+            return False
+        port = match.group("port")
+        if port is not None and not re.fullmatch(r"[0-9]{1,5}", port):
+            return False
+    return True
+
+
 def parse(url: str) -> MongoUrl:
     """Split ``url``; ValueError (without the URL in it) when it is not one."""
-    match = _URL_RE.match(url) or _LAZY_URL_RE.match(url)
+    match = _STRICT_URL_RE.match(url)
+    if match and ("@" in (match.group("path") or "") or not _ports_ok(match.group("hosts"))):
+        match = None  # the user information has a `/` or `?`: read up to the last `@`
+    match = match or _URL_RE.match(url) or _LAZY_URL_RE.match(url)
     if not match:
         if not url.startswith(("mongodb://", "mongodb+srv://")):
             raise ValueError("must start with mongodb:// or mongodb+srv://")
         raise ValueError("is not a MongoDB connection string (mongodb://[user:pass@]host[:port]/db)")
-    options = {k.lower(): v for k, v in parse_qsl(match.group("query") or "", keep_blank_values=True)}
+    query = match.group("query") or ""
+    options = {k.lower(): v for k, v in parse_qsl(query, keep_blank_values=True)}
+    raw_options = {}
+    for pair in re.split(r"[&;]", query):
+        name, _, value = pair.partition("=")
+        if name:
+            raw_options[name.lower()] = value
+    hosts = match.group("hosts")
+    for host in hosts.split(","):
+        found = _HOST_RE.match(host)
+        port = found.group("port") if found else None
+        if not found or not host:
+            raise ValueError("has an empty or malformed host: write host[:port][,host[:port]]")
+        if port is not None and not (re.fullmatch(r"[0-9]{1,5}", port) and 1 <= int(port) <= 65535):
+            raise ValueError("has a port that is not a number from 1 to 65535")
+    scheme = match.group("scheme")
+    if scheme == "mongodb+srv" and ("," in hosts or ":" in hosts.rsplit("]", 1)[-1]):
+        raise ValueError("is mongodb+srv:// with a port or several hosts: an SRV URL names one host "
+                         "without a port (DNS gives the rest)")
     return MongoUrl(
-        scheme=match.group("scheme"),
+        scheme=scheme,
         userinfo=match.group("userinfo"),
-        hosts=match.group("hosts"),
+        hosts=hosts,
         database=(match.group("path") or "/")[1:],
         options=options,
+        raw_options=raw_options,
     )
 
 
@@ -103,13 +147,29 @@ def transactions_from_url(mongo: MongoUrl) -> bool | None:
     return None
 
 
+# Options whose values are credentials (lower-cased), hidden by ``redacted``.
+SECRET_OPTIONS = ("authmechanismproperties", "tlscertificatekeyfilepassword",
+                  "sslclientcertificatekeypassword", "sslpemkeypassword")
+
+
 def redacted(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for display)."""
+    """``url`` with its password and credential options replaced by ``***`` (for display)."""
     try:
         mongo = parse(url)
     except ValueError:
         return "***"
-    if not mongo.userinfo:
-        return url
-    user = mongo.userinfo.partition(":")[0]
-    return url.replace(mongo.userinfo + "@", f"{user}:***@", 1)
+    shown = url
+    if mongo.userinfo:
+        user = mongo.userinfo.partition(":")[0]
+        shown = shown.replace(mongo.userinfo + "@", f"{user}:***@" if ":" in mongo.userinfo
+                              else f"{user}@", 1)
+    head, sep, query = shown.partition("?")
+    if sep:
+        pairs = []
+        for pair in re.split(r"([&;])", query):
+            name, eq, value = pair.partition("=")
+            if eq and value and name.lower() in SECRET_OPTIONS:
+                pair = f"{name}=***"
+            pairs.append(pair)
+        shown = head + sep + "".join(pairs)
+    return shown

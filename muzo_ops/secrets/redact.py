@@ -6,17 +6,59 @@ explicitly to whatever writes: the CLI's output and the worker's logger.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from muzo_ops.constants import MASK
 
 _SECRET_WORDS = ("SECRET", "PASSWORD", "KEY", "TOKEN")
 MIN_SECRET_CHARS = 4  # shorter values would mask ordinary words
 
+# Text with a secret's shape, masked wherever it appears (in a variable not
+# meant for it, pasted on a line of its own, inside a URL option). Each
+# pattern's group "s" is the secret; text around it stays readable.
+SECRET_SHAPES: tuple[re.Pattern[str], ...] = tuple(re.compile(p) for p in (
+    r"(?<![A-Za-z0-9])(?P<s>(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{6,})",  # Stripe secret / restricted
+    r"(?<![A-Za-z0-9])(?P<s>whsec_[A-Za-z0-9]{10,})",  # Stripe webhook signing secret
+    r"(?<![A-Za-z0-9])(?P<s>sk-(?:proj-|svcacct-|admin-|ant-)?[A-Za-z0-9_-]{20,})",  # OpenAI, Anthropic
+    r"(?<![A-Za-z0-9])(?P<s>(?:AKIA|ASIA)[0-9A-Z]{16})(?![0-9A-Z])",  # AWS access key id
+    r"(?<![A-Za-z0-9])(?P<s>gh[pousr]_[A-Za-z0-9]{30,})",  # GitHub
+    r"(?<![A-Za-z0-9])(?P<s>github_pat_[A-Za-z0-9_]{30,})",
+    r"(?<![A-Za-z0-9])(?P<s>glpat-[A-Za-z0-9_-]{16,})",  # GitLab
+    r"(?<![A-Za-z0-9])(?P<s>xox[abposr]-[A-Za-z0-9-]{10,})",  # Slack
+    r"(?<![A-Za-z0-9])(?P<s>AIza[0-9A-Za-z_-]{35})",  # Google API key
+    r"(?<![A-Za-z0-9])(?P<s>GOCSPX-[A-Za-z0-9_-]{10,})",  # Google OAuth client secret
+    r"(?<![A-Za-z0-9])(?P<s>rpa_[A-Za-z0-9]{16,})",  # RunPod
+    r"(?<![A-Za-z0-9_-])(?P<s>eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})",  # JWT
+    r"(?P<s>-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z))",
+    # credentials inside URL options and key:value lists (MongoDB authMechanismProperties)
+    r"(?i)(?:AWS_SESSION_TOKEN|AWS_SECRET_ACCESS_KEY|SESSION_TOKEN)(?::|%3A)(?P<s>[^,&\s\"']+)",
+    r"(?i)[?&;](?:password|passwd|pwd|secret|token|api_?key|access_?token|auth_?token|sig|signature|"
+    r"X-Amz-Signature|X-Amz-Security-Token|tlsCertificateKeyFilePassword|sslClientCertificateKeyPassword)"
+    r"=(?P<s>[^&#\s\"']+)",
+))
+
+def shaped_secrets(text: str) -> list[str]:
+    """Every substring of ``text`` that has a secret's shape."""
+    found: list[str] = []
+    for pattern in SECRET_SHAPES:
+        found.extend(m.group("s") for m in pattern.finditer(text))
+    return found
+
+
+def mask_shapes(text: str) -> str:
+    """``text`` with everything that has a secret's shape replaced by ``***``."""
+    for pattern in SECRET_SHAPES:
+        if pattern.search(text):
+            text = pattern.sub(lambda m: m.group(0)[: m.start("s") - m.start()] + MASK
+                               + m.group(0)[m.end("s") - m.start():], text)
+    return text
+
 
 def secret_values(values: Mapping[str, str]) -> list[str]:
-    """Every secret in ``values``: sensitive values and URL passwords."""
+    """Every secret in ``values``: sensitive values, URL passwords and credential options,
+    and whatever has a secret's shape (a secret key in a variable not meant for it)."""
     from muzo_ops.env import schema
     from muzo_ops.env.schema import Kind
 
@@ -30,6 +72,7 @@ def secret_values(values: Mapping[str, str]) -> list[str]:
                              or (var is not None and var.sensitive)):
             found.append(value)
         found.extend(url_passwords(value))
+        found.extend(shaped_secrets(value))
     return [s for s in found if len(s) >= MIN_SECRET_CHARS]
 
 
@@ -42,10 +85,15 @@ def url_passwords(value: str) -> list[str]:
             from muzo_ops.env import mongourl
 
             mongo = mongourl.parse(value)
+            found: list[str] = []
             if mongo.userinfo and ":" in mongo.userinfo:
                 raw = mongo.userinfo.split(":", 1)[1]
-                return [raw, mongo.password or raw]
-            return []
+                found += [raw, mongo.password or raw]
+            for option in mongourl.SECRET_OPTIONS:
+                secret = mongo.raw_options.get(option)
+                if secret:
+                    found += [secret, unquote(secret)]
+            return found
         parts = urlsplit(value)
         return [parts.password] if parts.password else []
     except ValueError:
@@ -78,4 +126,4 @@ class Redactor:
         for secret in self._ordered:
             if secret in text:
                 text = text.replace(secret, MASK)
-        return text
+        return mask_shapes(text)
