@@ -241,3 +241,49 @@ def test_the_secrets_cli_imports_no_driver_at_parse_time() -> None:
             "if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+def user_roles(server: Secantus, user: str) -> list[dict[str, str]] | None:
+    from pymongo import MongoClient
+
+    client: MongoClient[dict[str, object]] = MongoClient(admin_uri(server))
+    try:
+        users = client.admin.command("usersInfo", {"user": user, "db": "admin"})["users"]
+        return users[0]["roles"] if users else None
+    finally:
+        client.close()
+
+
+def test_swap_users_never_leaves_a_running_app_with_a_dead_password(tmp_path: Path, mongo_auth: Secantus) -> None:
+    reset_app_password(mongo_auth, APP_PASSWORD)
+    old_url = app_url(mongo_auth, APP_PASSWORD)
+    env = write(tmp_path / ".env", {**FULL, "DATABASE_URL": old_url})
+    admin = {"MUZO_MONGO_ADMIN_URI": admin_uri(mongo_auth)}
+    assert user_roles(mongo_auth, "muzo_app_b") is None
+    proc = cli("secrets", "rotate", "DATABASE_URL", "--swap-users", "--env-file", str(env), env=admin)
+    assert proc.returncode == 0, proc.stderr
+    assert "secrets confirm" in proc.stdout and "muzo_app_b" in proc.stdout
+    new_url = read(env)["DATABASE_URL"]
+    assert new_url.startswith("mongodb://muzo_app_b:")
+    assert user_roles(mongo_auth, "muzo_app_b") == user_roles(mongo_auth, "muzo_app")
+    # both work: processes still on the old file keep running
+    assert authenticates(new_url) and authenticates(old_url)
+    state = (tmp_path / ".env.swap.json").read_text()
+    assert APP_PASSWORD not in state and new_url not in state
+    again = cli("secrets", "rotate", "DATABASE_URL", "--swap-users", "--env-file", str(env), env=admin)
+    assert_one_line_error(again)
+    assert "secrets confirm" in again.stderr
+    # once every app runs with the new file
+    done = cli("secrets", "confirm", "--env-file", str(env), env=admin)
+    assert done.returncode == 0, done.stderr
+    assert authenticates(new_url) and not authenticates(old_url)
+    assert not (tmp_path / ".env.swap.json").exists()
+    # the next swap goes to muzo_app_a, created the same way
+    assert cli("secrets", "rotate", "DATABASE_URL", "--swap-users", "--env-file", str(env), env=admin).returncode == 0
+    assert read(env)["DATABASE_URL"].startswith("mongodb://muzo_app_a:")
+    assert authenticates(read(env)["DATABASE_URL"]) and authenticates(new_url)
+    nothing = cli("secrets", "confirm", "--env-file", str(env), env=admin)
+    assert nothing.returncode == 0
+    assert_one_line_error(cli("secrets", "confirm", "--env-file", str(env), env=admin))
+    for text in (proc.stdout + proc.stderr, again.stderr, done.stdout + done.stderr):
+        assert_no_secret(text, [APP_PASSWORD, ADMIN_PASSWORD, new_url.split(":")[2].split("@")[0]])

@@ -1,4 +1,4 @@
-"""``secrets …``: generate, rotate, retire, rollback, log, encrypt, decrypt, rekey, scan.
+"""``secrets …``: generate, rotate, confirm, retire, rollback, log, encrypt, decrypt, rekey, scan.
 
 Each action parses, makes one library call and prints names, files and
 fingerprints; no value is ever printed (``decrypt --stdout`` prints the
@@ -50,9 +50,12 @@ def cmd_secrets_rotate(args: argparse.Namespace, out: Output) -> int:
             return EXIT_USAGE
         mongo = mongo_password.rotate_cli(args.env_file, dry_run=args.dry_run, yes=args.yes,
                                           keep=args.keep, lock_timeout_s=args.lock_timeout,
-                                          on_values=out.redactor.add, say=out.err)
+                                          on_values=out.redactor.add, say=out.err, swap_users=args.swap_users)
         _print_result(args, out, mongo, mongo.lines())
         return EXIT_OK if mongo.ok else EXIT_PROBLEMS
+    if args.swap_users:
+        out.err("error: --swap-users applies to DATABASE_URL only (see: muzo-ops secrets rotate --help)")
+        return EXIT_USAGE
     from muzo_ops.secrets import rotation
 
     result = rotation.rotate(args.env_file, names or None, dry_run=args.dry_run, keep=args.keep,
@@ -72,6 +75,14 @@ def cmd_secrets_rotate(args: argparse.Namespace, out: Output) -> int:
                      " Restart the apps that read the file.")
         lines.append(f"Undo: muzo-ops secrets rollback --env-file {args.env_file}")
     _print_result(args, out, result, lines)
+    return EXIT_OK
+
+
+def cmd_secrets_confirm(args: argparse.Namespace, out: Output) -> int:
+    from muzo_ops.secrets import mongo_password
+
+    result = mongo_password.confirm_cli(args.env_file, lock_timeout_s=args.lock_timeout, on_values=out.redactor.add)
+    _print_result(args, out, result, result.lines())
     return EXIT_OK
 
 
@@ -213,7 +224,19 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     r.add_argument("--force", action="store_true",
                    help="rotate even if the previous secret is still inside the session lifetime")
     r.add_argument("--yes", action="store_true", help="DATABASE_URL: do not ask for confirmation")
+    r.add_argument("--swap-users", action="store_true",
+                   help="DATABASE_URL: new password on the idle user of <user>_a/<user>_b and point the URL at it; "
+                        "the active user keeps working until `secrets confirm`")
     r.set_defaults(func=cmd_secrets_rotate)
+
+    c = ssub.add_parser("confirm", help="finish a --swap-users rotation", **help_kwargs(
+        "Once every app runs with the swapped DATABASE_URL (workers deployed, web app redeployed), retire "
+        "the previously active MongoDB user's password.", "muzo-ops secrets confirm --env-file /etc/muzo/.env"))
+    add_env_file(c)
+    add_format(c)
+    c.add_argument("--lock-timeout", type=positive, default=_DEFAULT_LOCK_S, metavar="SECONDS",
+                   help=f"wait this long for another muzo-ops command on the file (default {_DEFAULT_LOCK_S:g})")
+    c.set_defaults(func=cmd_secrets_confirm)
 
     t = ssub.add_parser("retire", help="remove a secret's previous value", **help_kwargs(
         "Empty NEXTAUTH_SECRET_PREVIOUS: sessions signed with the old secret end.",

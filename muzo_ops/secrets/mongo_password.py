@@ -20,6 +20,7 @@ through the Atlas API) and are refused here with that explanation.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import secrets as pysecrets
 from collections.abc import Callable, Iterable, Mapping
@@ -35,6 +36,7 @@ from muzo_ops.secrets.rotation import (
     LineWriter,
     apply_lines,
     decode_text,
+    fsync_folder,
     make_backup,
     prune_backups,
     read_bytes,
@@ -69,19 +71,30 @@ class MongoResult:
     pruned: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     message: str = ""
+    swapped_from: str | None = None  # --swap-users: the previously active user
+    created_user: bool = False  # --swap-users: the idle user was created
 
     def to_json(self) -> dict[str, Any]:
         return {"command": "rotate", "env_file": self.path, "variable": NAME, "user": self.user,
                 "dry_run": self.dry_run, "ok": self.ok, "old": self.old, "new": self.new, "backup": self.backup,
                 "pending": self.pending, "old_password_works": self.old_works,
                 "new_password_works": self.new_works, "pruned_backups": self.pruned,
-                "warnings": self.warnings, "message": self.message}
+                "warnings": self.warnings, "message": self.message, "swapped_from": self.swapped_from,
+                "created_user": self.created_user}
 
     def lines(self) -> list[str]:
         if self.dry_run:
             return [f"Would set a new password for MongoDB user {self.user} and update {NAME} in {self.path} "
                     f"({self.old or '-'} → a fresh value). Every process using the old password fails its "
                     "next new connection until it is restarted with the new file."]
+        if self.ok and self.swapped_from:
+            created = " (created with the same roles)" if self.created_user else ""
+            return [f"{NAME} in {self.path} now uses MongoDB user {self.user}{created} with a new password "
+                    f"({self.new}); backup {self.backup} (0600). {self.swapped_from} keeps working.",
+                    "Redeploy every app with the new file (the deploy for the workers, then the web app), then "
+                    f"run `muzo-ops secrets confirm --env-file {self.path}` to retire {self.swapped_from}'s password."]
+        if self.ok and self.message:
+            return [self.message]
         if self.ok:
             return [f"Rotated the password of MongoDB user {self.user}: {self.old or '-'} → {self.new}; "
                     f"{NAME} updated in {self.path} (backup {self.backup}, 0600).",
@@ -135,95 +148,213 @@ def _with_password(url: str, user_raw: str, password: str) -> str:
     return f"{scheme}://{user_raw}:{quote(password, safe='')}@{tail}"
 
 
+@dataclass
+class _Current:
+    """The env file and its DATABASE_URL, read under the lock."""
+
+    data: bytes
+    text: str
+    url: str
+    user_raw: str
+    user: str
+    password: str
+    auth_db: str
+    mongo: Any
+
+
+def _load(path: str, environ: Mapping[str, str]) -> _Current:
+    from muzo_ops.env import mongourl
+    from muzo_ops.env.envfile import parse_text
+
+    data = read_bytes(path)
+    text = decode_text(path, data)
+    raw = parse_text(text, path).raw().get(NAME, "")
+    if not raw:
+        raise UsageError(f"{path}: {NAME} is empty: set it first with `muzo-ops init-env`")
+    url = raw
+    if dotenvx.is_encrypted(raw):
+        private_name, keys = dotenvx.private_keys_for(path, text, environ)
+        if not keys:
+            raise UsageError(f"{path}: {NAME} is encrypted and no private key is at hand: set {private_name} "
+                             f"or put {dotenvx.KEYS_FILE} beside the file")
+        found = dotenvx.file_public_key(text)
+        url = dotenvx.decrypt_value(NAME, raw, keys, found[1] if found else None, path)
+    try:
+        mongo = mongourl.parse(url)
+    except ValueError as exc:
+        raise UsageError(f"{path}: {NAME} {exc}") from exc
+    if not mongo.userinfo or ":" not in mongo.userinfo:
+        raise UsageError(f"{path}: {NAME} has no user and password to rotate")
+    user_raw = mongo.userinfo.partition(":")[0]
+    if _hosts_are_atlas(mongo.hosts):
+        raise UsageError(f"{path}: {NAME} points at MongoDB Atlas, whose clusters do not accept updateUser "
+                         "(database users are managed through the Atlas UI or Admin API): change the "
+                         "password there, then put the new URL in with `muzo-ops init-env --set-stdin "
+                         f"{NAME}`")
+    return _Current(data, text, url, user_raw, unquote(user_raw), mongo.password or "",
+                    mongo.option("authSource") or mongo.database or "admin", mongo)
+
+
+def swap_state_path(path: str) -> str:
+    """Where a ``--swap-users`` rotation waiting for ``secrets confirm`` is recorded (no secret in it)."""
+    return f"{path}.swap.json"
+
+
+def idle_user(user: str) -> str:
+    """The other user of the pair: ``x_a`` ↔ ``x_b``; a user without suffix pairs with ``<user>_b``."""
+    if user.endswith("_a"):
+        return user[:-2] + "_b"
+    if user.endswith("_b"):
+        return user[:-2] + "_a"
+    return user + "_b"
+
+
 def rotate(path: str, *, dry_run: bool = False, confirm: Callable[[str], bool] | None = None,
            keep: int = DEFAULT_KEEP, lock_timeout_s: float = DEFAULT_TIMEOUT_S,
            environ: Mapping[str, str] | None = None, prompt: Callable[[str], str] | None = None,
            on_values: Callable[[Iterable[str]], None] | None = None,
-           now: dt.datetime | None = None) -> MongoResult:
-    """Rotate the password in ``DATABASE_URL`` of ``path`` (see the module doc)."""
-    from muzo_ops.env import mongourl
-    from muzo_ops.env.envfile import parse_text
+           now: dt.datetime | None = None, swap_users: bool = False) -> MongoResult:
+    """Rotate the password in ``DATABASE_URL`` of ``path`` (see the module doc).
 
+    With ``swap_users`` the password changes on the idle user of the pair
+    and DATABASE_URL moves to it; the previously active user keeps working
+    until ``confirm_swap``.
+    """
     environ = os.environ if environ is None else environ
     with locked(path, lock_timeout_s):
         remove_stale_temps(path)
-        data = read_bytes(path)
-        text = decode_text(path, data)
-        raw = parse_text(text, path).raw().get(NAME, "")
-        if not raw:
-            raise UsageError(f"{path}: {NAME} is empty: set it first with `muzo-ops init-env`")
-        url = raw
-        if dotenvx.is_encrypted(raw):
-            private_name, keys = dotenvx.private_keys_for(path, text, environ)
-            if not keys:
-                raise UsageError(f"{path}: {NAME} is encrypted and no private key is at hand: set {private_name} "
-                                 f"or put {dotenvx.KEYS_FILE} beside the file")
-            found = dotenvx.file_public_key(text)
-            url = dotenvx.decrypt_value(NAME, raw, keys, found[1] if found else None, path)
-        try:
-            mongo = mongourl.parse(url)
-        except ValueError as exc:
-            raise UsageError(f"{path}: {NAME} {exc}") from exc
-        if not mongo.userinfo or ":" not in mongo.userinfo:
-            raise UsageError(f"{path}: {NAME} has no user and password to rotate")
-        user_raw, _sep, _old_raw = mongo.userinfo.partition(":")
-        user = unquote(user_raw)
-        old_password = mongo.password or ""
+        current = _load(path, environ)
         if on_values is not None:
-            on_values([v for v in (url, old_password) if v])
-        result = MongoResult(path, user=user, dry_run=dry_run)
+            on_values([v for v in (current.url, current.password) if v])
+        target = idle_user(current.user) if swap_users else current.user
+        result = MongoResult(path, user=target, dry_run=dry_run)
         fingerprint = audit.Fingerprinter(path)
-        result.old = fingerprint(old_password)
-        if _hosts_are_atlas(mongo.hosts):
-            raise UsageError(f"{path}: {NAME} points at MongoDB Atlas, whose clusters do not accept updateUser "
-                             "(database users are managed through the Atlas UI or Admin API): change the "
-                             "password there, then put the new URL in with `muzo-ops init-env --set-stdin "
-                             f"{NAME}`")
-        if not _uses_tls(mongo):
+        result.old = fingerprint(current.password)
+        if swap_users and os.path.exists(swap_state_path(path)):
+            raise UsageError(f"{path}: a --swap-users rotation waits for `muzo-ops secrets confirm` "
+                             f"({swap_state_path(path)}): confirm it once every app runs with the new file")
+        if not _uses_tls(current.mongo):
             result.warnings.append(f"{NAME} does not use TLS: the new password travels in clear to the server")
         if dry_run:
             return result
-        if confirm is not None and not confirm(
-                f"Every process using the old password of {user} (the web app too, not only the workers) fails "
-                "its next new connection after the change. Continue? [y/N] "):
+        if not swap_users and confirm is not None and not confirm(
+                f"Every process using the old password of {current.user} (the web app too, not only the "
+                "workers) fails its next new connection after the change. Continue? [y/N] "):
             raise UsageError("not confirmed: nothing changed (use --yes in scripts)")
         admin_uri = _admin_uri(environ, prompt)
         if on_values is not None:
             from muzo_ops.secrets.redact import url_passwords
 
             on_values([admin_uri, *url_passwords(admin_uri)])
-        auth_db = mongo.option("authSource") or mongo.database or "admin"
         new_password = pysecrets.token_urlsafe(PASSWORD_BYTES)
-        new_url = _with_password(url, user_raw, new_password)
+        target_raw = quote(target, safe="") if swap_users else current.user_raw
+        new_url = _with_password(current.url, target_raw, new_password)
         if on_values is not None:
             on_values([new_password, new_url])
-        writer = LineWriter(text)
-        new_text = apply_lines(text, path, {NAME: writer.line(NAME, new_url)})
-        result.backup = make_backup(path, data)
+        new_text = apply_lines(current.text, path, {NAME: LineWriter(current.text).line(NAME, new_url)})
         pending = f"{path}.pending"
         write_atomic(pending, new_text.encode("utf-8"))
         result.pending = pending
-        _update_user(admin_uri, auth_db, user, new_password, result, url)
+        if swap_users:
+            _set_idle_user(admin_uri, current, target, new_password, result)
+        else:
+            _update_user(admin_uri, current.auth_db, target, new_password, result, current.url)
         result.new_works = _authenticates(new_url)
         if not result.new_works:
-            result.old_works = _authenticates(url)
+            result.old_works = _authenticates(current.url)
             works = "the OLD password still works" if result.old_works else "NEITHER password works"
             raise MongoRotationError(
-                f"updateUser succeeded but the new password of {user} does not authenticate; {works}. "
+                f"the new password of {target} was set but does not authenticate; {works}. "
                 f"{path} is unchanged; the new URL is in {pending} (0600): if the new password works later, "
                 f"move it into place (mv {pending} {path}), else set a password with the admin tools")
+        result.backup = make_backup(path, current.data)
         os.replace(pending, path)
         result.pending = None
-        from muzo_ops.secrets.rotation import fsync_folder
-
         fsync_folder(os.path.dirname(os.path.abspath(path)))
         result.ok = True
-        result.old_works = False
+        result.old_works = swap_users  # the previous user keeps its password until `secrets confirm`
         result.new = fingerprint(new_password)
         result.pruned = prune_backups(path, keep)
-        audit.append(path, "rotate", {NAME: (old_password, new_password)},
-                     extra={"backup": os.path.basename(result.backup), "mongo_user": user}, now=now,
+        extra: dict[str, Any] = {"backup": os.path.basename(result.backup), "mongo_user": target}
+        if swap_users:
+            extra["previous_mongo_user"] = current.user
+            state = {"previous_user": current.user, "auth_db": current.auth_db, "new_user": target,
+                     "time": (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")}
+            write_atomic(swap_state_path(path), (json.dumps(state) + "\n").encode("utf-8"))
+            result.swapped_from = current.user
+        audit.append(path, "rotate", {NAME: (current.password, new_password)}, extra=extra, now=now,
                      fingerprinter=fingerprint)
+        return result
+
+
+def _set_idle_user(admin_uri: str, current: _Current, target: str, password: str, result: MongoResult) -> None:
+    """The idle user gets ``password``; created with the active user's roles when missing."""
+    from pymongo import MongoClient
+    from pymongo.errors import OperationFailure, PyMongoError
+
+    client: MongoClient[dict[str, Any]] = MongoClient(admin_uri, serverSelectionTimeoutMS=TIMEOUT_MS,
+                                                       connectTimeoutMS=TIMEOUT_MS)
+    db = client.get_database(current.auth_db)
+    try:
+        info = db.command("usersInfo", {"user": target, "db": current.auth_db}).get("users", [])
+        if info:
+            db.command("updateUser", target, pwd=password)
+        else:
+            active = db.command("usersInfo", {"user": current.user, "db": current.auth_db}).get("users", [])
+            if not active:
+                raise MongoRotationError(f"user {current.user} is not in database {current.auth_db}: "
+                                         "check authSource in DATABASE_URL; nothing changed")
+            db.command("createUser", target, pwd=password, roles=active[0].get("roles", []))
+            result.created_user = True
+    except (OperationFailure, PyMongoError) as exc:
+        os.unlink(result.pending or "")
+        result.pending = None
+        reason = exc.details.get("codeName") if isinstance(exc, OperationFailure) and exc.details else None
+        raise MongoRotationError(
+            f"cannot set the password of the idle user {target} ({reason or type(exc).__name__}); "
+            f"{current.user} and its password still work and the env file is unchanged: check the admin "
+            "connection and its userAdmin role") from None
+    finally:
+        client.close()
+
+
+def confirm_swap(path: str, *, lock_timeout_s: float = DEFAULT_TIMEOUT_S, environ: Mapping[str, str] | None = None,
+                 prompt: Callable[[str], str] | None = None,
+                 on_values: Callable[[Iterable[str]], None] | None = None,
+                 now: dt.datetime | None = None) -> MongoResult:
+    """After every app runs with the swapped DATABASE_URL: retire the previous user's password.
+
+    It gets a random password nobody keeps, so nothing still holding the
+    old one can log in; the user itself stays (the next swap reuses it).
+    """
+    environ = os.environ if environ is None else environ
+    with locked(path, lock_timeout_s):
+        state_file = swap_state_path(path)
+        try:
+            with open(state_file, encoding="utf-8") as handle:
+                state = json.load(handle)
+        except FileNotFoundError:
+            raise UsageError(f"{path}: no --swap-users rotation waits for confirmation") from None
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{state_file}: unreadable ({exc}): remove it after checking the users") from None
+        previous, auth_db = str(state["previous_user"]), str(state["auth_db"])
+        current = _load(path, environ)
+        if current.user == previous:
+            raise UsageError(f"{path}: DATABASE_URL still uses {previous}: the swap was rolled back; "
+                             f"remove {state_file} or rotate again")
+        admin_uri = _admin_uri(environ, prompt)
+        if on_values is not None:
+            from muzo_ops.secrets.redact import url_passwords
+
+            on_values([admin_uri, *url_passwords(admin_uri), current.url, current.password])
+        _update_user(admin_uri, auth_db, previous, pysecrets.token_urlsafe(PASSWORD_BYTES),
+                     MongoResult(path), current.url)
+        os.unlink(state_file)
+        result = MongoResult(path, user=previous, ok=True, old_works=False)
+        result.message = (f"The previous user {previous} no longer has a usable password; "
+                          f"DATABASE_URL uses {current.user}.")
+        audit.append(path, "confirm", {f"{NAME} ({previous})": (None, None)},
+                     extra={"mongo_user": current.user, "previous_mongo_user": previous}, now=now)
         return result
 
 
@@ -238,7 +369,8 @@ def _update_user(admin_uri: str, auth_db: str, user: str, password: str, result:
     try:
         client.get_database(auth_db).command("updateUser", user, pwd=password)
     except OperationFailure as exc:
-        os.unlink(pending)
+        if pending:
+            os.unlink(pending)
         result.pending = None
         reason = exc.details.get("codeName") if exc.details else None
         raise MongoRotationError(
@@ -249,7 +381,8 @@ def _update_user(admin_uri: str, auth_db: str, user: str, password: str, result:
         result.new_works = None
         old_works = _authenticates(old_url)
         if old_works:
-            os.unlink(pending)
+            if pending:
+                os.unlink(pending)
             result.pending = None
             raise MongoRotationError(
                 f"cannot reach MongoDB with the admin connection ({type(exc).__name__}); the old password still "
@@ -263,7 +396,8 @@ def _update_user(admin_uri: str, auth_db: str, user: str, password: str, result:
 
 
 def rotate_cli(path: str, *, dry_run: bool, yes: bool, keep: int, lock_timeout_s: float,
-               on_values: Callable[[Iterable[str]], None], say: Callable[[str], None]) -> MongoResult:
+               on_values: Callable[[Iterable[str]], None], say: Callable[[str], None],
+               swap_users: bool = False) -> MongoResult:
     """``rotate`` with the terminal: confirmation and hidden prompt unless ``yes`` or no terminal."""
     import getpass
     import sys
@@ -281,4 +415,13 @@ def rotate_cli(path: str, *, dry_run: bool, yes: bool, keep: int, lock_timeout_s
 
     prompt = getpass.getpass if interactive else None
     return rotate(path, dry_run=dry_run, confirm=confirm, keep=keep, lock_timeout_s=lock_timeout_s,
-                  prompt=prompt, on_values=on_values)
+                  prompt=prompt, on_values=on_values, swap_users=swap_users)
+
+
+def confirm_cli(path: str, *, lock_timeout_s: float, on_values: Callable[[Iterable[str]], None]) -> MongoResult:
+    """``confirm_swap`` with the hidden prompt when on a terminal."""
+    import getpass
+    import sys
+
+    return confirm_swap(path, lock_timeout_s=lock_timeout_s, on_values=on_values,
+                        prompt=getpass.getpass if sys.stdin.isatty() else None)
