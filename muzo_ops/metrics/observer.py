@@ -1,9 +1,8 @@
 """The worker's Prometheus metrics: an ``Observer`` of its events, on its own registry.
 
-``muzo_worker_jobs_total`` counts every reported end of a run (a run that
-times out may be reported as timed_out and then as retried or failed);
-the duration histogram and the in-progress gauge count each started run
-once, when it first ends.
+``muzo_worker_jobs_total`` counts every reported end of a run; the
+duration histogram and the in-progress gauge count each started run once,
+when it first ends (should a run ever be reported twice).
 
 Labels are only the queue, the job type, the outcome, where a MongoDB call
 failed, and the worker's identity in ``muzo_worker_info``: never a job id,
@@ -103,7 +102,7 @@ class PrometheusObserver(Observer):
         children = self._children(job.type)
         children.outcomes[outcome].inc()
         key = (job.id, job.attempt)
-        if key in self._running:  # a run reported twice (timed_out, then retried) is timed once
+        if key in self._running:  # a run reported twice is timed once
             self._running.discard(key)
             children.in_progress.dec()
             children.duration.observe(max(0.0, duration_s))
