@@ -189,3 +189,11 @@ def test_promtool_parses_dashboard_queries(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     proc = subprocess.run([str(PROMTOOL), "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_exposed_metric_is_documented(exposed: Exposed) -> None:
+    doc = (ROOT / "docs" / "METRICS.md").read_text()
+    families = {re.sub(r"_(bucket|count|sum|created)$", "", name) for name in exposed}
+    families = {name.removesuffix("_total") if name.endswith("_total") else name for name in families}
+    missing = sorted(f for f in families if f not in doc)
+    assert missing == []

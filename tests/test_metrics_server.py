@@ -43,6 +43,7 @@ def test_serves_metrics_health_and_ready() -> None:
     metrics, health = PrometheusObserver(), HealthState()
     with MetricsServer(metrics.registry, health) as server:
         assert server.host == "127.0.0.1" and server.port > 0
+        assert server._server is not None and server._server.server_address[0] == "127.0.0.1"  # loopback only
         code, _ctype, body = get(server.port, "/readyz")
         assert code == 503 and json.loads(body)["status"] == "starting"
         metrics.worker_ready(INFO)
