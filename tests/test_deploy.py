@@ -208,6 +208,11 @@ def test_first_deploy_runs_jobs_on_hardened_units(hosts: list[NspawnHost], workd
         assert "CREDENTIALS_DIRECTORY=" in environ
         assert not [s for s in SECRETS if s in environ] and "DATABASE_URL" not in environ
         assert host.ssh(f"stat -c %U /proc/{pid}").stdout.strip() == "muzo"
+        credential = "/run/credentials/muzo-worker@generation.service/worker.env"
+        owner, mode = host.ssh(f"stat -c '%U %a' {credential}").stdout.split()
+        print(f"{host.name}: credential {credential} owner {owner} mode {mode}")
+        assert owner in ("root", "muzo") and int(mode, 8) & 0o077 == 0
+        assert host.ssh(f"runuser -u nobody -- cat {credential}", check=False).returncode != 0
     job = run_job(db)
     assert job["status"] == "DONE" and "digest" in job["result"]
     report = hosts[0].ssh("systemd-analyze security muzo-worker@generation.service", check=False).stdout
@@ -327,3 +332,17 @@ def test_rollback_on_demand(hosts: list[NspawnHost], workdir: Path, secantus: Se
     assert data["ok"] and data["hosts"][hosts[1].name]["changed"] == 0
     assert "env-switched" in data["hosts"][hosts[0].name]["operations"]
     assert host_file_sha(hosts[0], "/etc/muzo/worker.env") == after[0]
+
+
+def test_removed_queue_is_stopped_and_disabled(hosts: list[NspawnHost], workdir: Path, db: Any) -> None:
+    inventory = write_inventory(workdir / "one-queue.py", hosts, muzo_queues="generation", muzo_concurrency=2)
+    proc = muzo_deploy(*deploy_args(workdir, inventory, workdir / "warn.env"))
+    data = as_json(proc)
+    assert proc.returncode == 0 and data["ok"], proc.stderr
+    for host in hosts:
+        assert "instances-retired" in data["hosts"][host.name]["operations"]
+        assert host.ssh("systemctl is-active muzo-worker@mockup", check=False).stdout.strip() == "inactive"
+        assert host.ssh("systemctl is-enabled muzo-worker@mockup", check=False).stdout.strip() == "disabled"
+        assert host.ssh("systemctl is-active muzo-worker@generation").stdout.strip() == "active"
+        assert int(host.ssh("ls /opt/muzo/releases | wc -l").stdout) <= 3
+    assert run_job(db)["status"] == "DONE"

@@ -13,6 +13,7 @@ phase 1's change detection only and says what phase 2 would switch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -99,7 +100,13 @@ def _inventory(path: str, state: Any) -> Any:
 
 
 def _quiet_pyinfra(verbose: bool) -> None:
-    logging.getLogger("pyinfra").setLevel(logging.INFO if verbose else logging.ERROR)
+    """pyinfra's own progress lines on stderr with ``verbose``; else only its errors."""
+    log = logging.getLogger("pyinfra")
+    if verbose and not log.handlers:
+        from pyinfra_cli.log import setup_logging  # type: ignore[import-untyped]
+
+        setup_logging(logging.INFO)
+    log.setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 class _Run:
@@ -114,7 +121,8 @@ class _Run:
         config.FAIL_PERCENT = None
         self.state.init(self.inventory, config, initial_limit=self.hosts)
         self.state.set_stage(StateStage.Connect)
-        connect_all(self.state)
+        with contextlib.suppress(PyinfraError):  # "No hosts remaining!": each unreachable host is reported
+            connect_all(self.state)
 
     def failed(self, name: str) -> bool:
         return any(h.name == name for h in self.state.failed_hosts)
@@ -202,7 +210,8 @@ def deploy(inventory: str, env_file: str, *, dry: bool = False, serial: int = 1,
             res.operations = _changed(metas.get(name, []))
             res.changed = len(res.operations)
             if run.failed(name):
-                res.status, res.detail = "failed", "phase 1 (staging) failed"
+                res.status = "failed"
+                res.detail = "could not connect" if name not in metas else "phase 1 (staging) failed"
                 continue
             states[name] = run.fact_state(name)
             if ops.pending(plans[name], releases[name], states[name]):

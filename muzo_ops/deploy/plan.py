@@ -138,6 +138,9 @@ def render_unit(values: Mapping[str, str]) -> str:
 
 def plan_host(host: str, base: Mapping[str, str], data: Mapping[str, Any]) -> HostPlan:
     """Render and check everything ``host`` needs; DeployError before anything is touched."""
+    if data.get("_sudo") or data.get("_su_user") or data.get("_doas"):
+        raise DeployError(f"host {host}: sudo/su/doas are not supported (pyinfra would pass the env file "
+                          "through a temporary file the SSH user can read); connect as root: ssh_user root")
     values = host_values(host, base, data)
     check_host_values(host, values)
     packages = data.get("muzo_handler_packages") or ()
