@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.helpers import assert_no_secret, run_cli
 from tests.envdata import FULL, MONGO_PASSWORD, SECRETS, write_env
+from tests.helpers import assert_no_secret, run_cli
 from tests.servers import free_port
 
 

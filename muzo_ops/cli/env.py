@@ -110,6 +110,14 @@ def _prompt(var: Variable, out: Output) -> str:
     return ""
 
 
+def _connect_timeout(text: str) -> float:
+    """argparse type: a finite number of seconds above 0 and at most 300."""
+    value = positive(text)
+    if value > 300:
+        raise argparse.ArgumentTypeError(f"{text!r} is over 300 seconds: use at most 300")
+    return value
+
+
 def cmd_render(args: argparse.Namespace, out: Output) -> int:
     import os
 
@@ -170,8 +178,8 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     p.add_argument("--connect", action="store_true",
                    help="also connect to MongoDB and Redis (short timeout)")
-    p.add_argument("--timeout", type=positive, default=5.0, metavar="SECONDS",
-                   help="per-connection timeout for --connect (default 5)")
+    p.add_argument("--timeout", type=_connect_timeout, default=5.0, metavar="SECONDS",
+                   help="per-connection timeout for --connect (default 5, at most 300)")
     p.add_argument("--include-environ", action="store_true",
                    help="layer the process environment over the file (it wins)")
     p.set_defaults(func=cmd_check_env)

@@ -89,6 +89,8 @@ def _probe(report: Report, values: Mapping[str, str], app: App | None, timeout_s
             progress(f"… connecting to {label} (timeout {timeout_s:g}s)")
         outcome = probe(values[name], timeout_s)
         lines.append((outcome.ok, outcome.message))
+        for warning in outcome.warnings:
+            report.add(name, Severity.WARNING, "mongo-url-ignored", warning, special=True)
         if not outcome.ok:
             report.add(name, Severity.ERROR, outcome.code, outcome.message, special=True)
     return lines

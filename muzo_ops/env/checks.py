@@ -430,8 +430,14 @@ def _check_unknown(report: Report, values: Mapping[str, str]) -> None:
         return
     import difflib
 
+    by_length: dict[int, list[str]] = {}  # a name 0.8 alike has a length within 2/3 of the other's
     for name in unknown:
-        close = difflib.get_close_matches(name, list(schema.BY_NAME), n=1, cutoff=0.8)
+        size = len(name)
+        if size not in by_length:
+            by_length[size] = [k for k in schema.BY_NAME
+                               if 3 * min(len(k), size) >= 2 * max(len(k), size)]
+        candidates = by_length[size]
+        close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.8) if candidates else []
         if close:
             report.add(name, Severity.WARNING, "unknown-variable-typo",
                        f"{name}: did you mean {close[0]}?")

@@ -1,17 +1,22 @@
 """``check-env --connect``: reach MongoDB and Redis with short timeouts.
 
 pymongo and redis-py are imported here only, so plain ``check-env`` stays
-fast. Messages are built by muzo_ops, never copied from driver errors that
-could carry a connection string.
+fast. Messages are built by muzo_ops; the only driver text quoted is the
+first line of why it refuses a URL or ignores an option, with the URL's
+secrets masked.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from muzo_ops.constants import CONNECT_TIMEOUT_S
 from muzo_ops.env import mongourl
 from muzo_ops.queue import errors
+
+if TYPE_CHECKING:
+    from pymongo import MongoClient
 
 
 @dataclass(frozen=True)
@@ -22,20 +27,50 @@ class ConnectionResult:
     ok: bool
     code: str  # problem code when not ok
     message: str  # one line, no secrets
+    warnings: tuple[str, ...] = ()  # what the driver ignores in the URL, a line each
+
+
+def _driver_text(exc: BaseException, url: str) -> str:
+    """The first line of the driver's message, any secret of ``url`` masked."""
+    from muzo_ops.secrets.redact import Redactor, secret_values
+
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+    return Redactor(secret_values({"DATABASE_URL": url}))(text)[:200]
 
 
 def check_mongo(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> ConnectionResult:
     """Ping MongoDB, then say: server version, auth, topology, transactions."""
+    import warnings
+
     from pymongo import MongoClient
-    from pymongo.errors import OperationFailure, PyMongoError
+    from pymongo.errors import PyMongoError
 
     parsed = mongourl.parse(url)
-    ms = int(timeout_s * 1000)
-    client: MongoClient[dict[str, object]] = MongoClient(
-        url, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, socketTimeoutMS=ms,
-        appname="muzo-ops check-env",
-    )
     where = parsed.hosts
+    ms = int(timeout_s * 1000)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            client: MongoClient[dict[str, object]] = MongoClient(
+                url, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, socketTimeoutMS=ms,
+                appname="muzo-ops check-env", connect=False,
+            )
+        except (PyMongoError, ValueError, TypeError, KeyError) as exc:
+            return ConnectionResult("mongodb", False, "mongo-url-refused",
+                                    f"MongoDB {where}: the driver refuses DATABASE_URL "
+                                    f"({_driver_text(exc, url)}): fix the URL's options")
+    ignored = tuple(f"MongoDB {where}: the driver ignores part of DATABASE_URL "
+                    f"({_driver_text(w.message if isinstance(w.message, Warning) else Warning(w.message), url)})"
+                    for w in caught)
+    result = _ping_mongo(client, parsed, where, timeout_s)
+    return ConnectionResult(result.service, result.ok, result.code, result.message, ignored)
+
+
+def _ping_mongo(client: MongoClient[dict[str, object]], parsed: mongourl.MongoUrl, where: str,
+                timeout_s: float) -> ConnectionResult:
+    """Ping through ``client`` and describe the server (closes the client)."""
+    from pymongo.errors import OperationFailure, PyMongoError
+
     try:
         client.admin.command("ping")
         hello = client.admin.command("hello")
@@ -83,7 +118,12 @@ def check_redis(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> ConnectionRes
         port = urlsplit(url).port or 6379
     except ValueError:
         return ConnectionResult("redis", False, "redis-url-invalid", "Redis: REDIS_URL is not a URL")
-    client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    except (ValueError, TypeError, redis.RedisError) as exc:
+        return ConnectionResult("redis", False, "redis-url-invalid",
+                                f"Redis {where}:{port}: the client refuses REDIS_URL ({type(exc).__name__}): "
+                                "fix the URL (redis[s]://[user:password@]host:port[/db number])")
     try:
         client.ping()
         version = client.info("server").get("redis_version", "?")

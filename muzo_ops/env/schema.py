@@ -133,10 +133,12 @@ VARIABLES: tuple[Variable, ...] = (
         "mongodb://USER:PASSWORD@HOST:27017/muzo?directConnection=true&tls=true"
         "&serverSelectionTimeoutMS=30000",
         sensitive=True,
-        dev_default="mongodb://127.0.0.1:27017/muzo?replicaSet=rs0&serverSelectionTimeoutMS=30000",
+        dev_default="mongodb://127.0.0.1:27017/muzo?serverSelectionTimeoutMS=30000",
         notes=(
             "Production: one server over TLS, `directConnection=true` (no transactions).",
-            "Development: a one-node replica set `rs0` (transactions available).",
+            "Development: neither `replicaSet` nor `directConnection`, so the driver and the "
+            "server's `hello` decide: `muzo-ops dev-db` (replica set `secantus`) or any one-node "
+            "replica set gives transactions; a standalone server gives none.",
             "Percent-encode reserved characters of the password (`@` → `%40`).",
         ),
     ),

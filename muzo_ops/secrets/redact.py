@@ -33,15 +33,19 @@ SECRET_SHAPES: tuple[re.Pattern[str], ...] = tuple(re.compile(p) for p in (
     r"(?<![A-Za-z0-9_-])(?P<s>eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})",  # JWT
     r"(?P<s>-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z))",
     # credentials inside URL options and key:value lists (MongoDB authMechanismProperties)
-    r"(?i)(?:AWS_SESSION_TOKEN|AWS_SECRET_ACCESS_KEY|SESSION_TOKEN)(?::|%3A)(?P<s>[^,&\s\"']+)",
-    r"(?i)[?&;](?:password|passwd|pwd|secret|token|api_?key|access_?token|auth_?token|sig|signature|"
+    r"(?i:AWS_SESSION_TOKEN|AWS_SECRET_ACCESS_KEY|SESSION_TOKEN)(?::|%3A)(?P<s>[^,&\s\"']+)",
+    r"[?&;](?i:password|passwd|pwd|secret|token|api_?key|access_?token|auth_?token|sig|signature|"
     r"X-Amz-Signature|X-Amz-Security-Token|tlsCertificateKeyFilePassword|sslClientCertificateKeyPassword)"
     r"=(?P<s>[^&#\s\"']+)",
 ))
+# One pass that tells whether any shape is there at all (most text has none).
+_ANY_SHAPE = re.compile("|".join(p.pattern.replace("(?P<s>", "(?:") for p in SECRET_SHAPES))
 
 def shaped_secrets(text: str) -> list[str]:
     """Every substring of ``text`` that has a secret's shape."""
     found: list[str] = []
+    if not _ANY_SHAPE.search(text):
+        return found
     for pattern in SECRET_SHAPES:
         found.extend(m.group("s") for m in pattern.finditer(text))
     return found
@@ -49,6 +53,8 @@ def shaped_secrets(text: str) -> list[str]:
 
 def mask_shapes(text: str) -> str:
     """``text`` with everything that has a secret's shape replaced by ``***``."""
+    if not _ANY_SHAPE.search(text):
+        return text
     for pattern in SECRET_SHAPES:
         if pattern.search(text):
             text = pattern.sub(lambda m: m.group(0)[: m.start("s") - m.start()] + MASK
