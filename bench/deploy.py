@@ -31,10 +31,11 @@ from tests.nspawn import NspawnHost, build_rootfs, nspawn_unavailable  # noqa: E
 from tests.servers import Secantus  # noqa: E402
 
 
-def deploy(inventory: Path, env: Path, work: Path) -> tuple[float, driver.DeployResult]:
+def deploy(inventory: Path, env: Path, work: Path, lines: list[str] | None = None
+           ) -> tuple[float, driver.DeployResult]:
     start = time.perf_counter()
     result = driver.deploy(str(inventory), str(env), serial=1, lock=work / "muzo-worker.lock",
-                           source=work / "source")
+                           source=work / "source", progress=(lines.append if lines is not None else print))
     took = time.perf_counter() - start
     if not result.ok:
         raise SystemExit(f"error: deploy failed: {result.to_json()}")
@@ -77,10 +78,13 @@ def main() -> int:
                 inventory = work / f"inventory-{len(group)}.py"
                 rows = "".join(f"    ({h.name!r}, {h.inventory_data()!r}),\n" for h in group)
                 inventory.write_text(f"workers = [\n{rows}]\n")
-                first, _ = deploy(inventory, env, work)
+                lines: list[str] = []
+                first, _ = deploy(inventory, env, work, lines)
+                phase1 = next((ln for ln in lines if ln.startswith("phase 1")), "")
+                print(f"  first deploy to {len(group)}: {phase1}; then one batch per host (--serial 1)")
                 again = []
                 for _ in range(args.runs):
-                    took, result = deploy(inventory, env, work)
+                    took, result = deploy(inventory, env, work, [])
                     if any(r.changed for r in result.hosts.values()):
                         raise SystemExit(f"error: a no-change redeploy changed something: {result.to_json()}")
                     again.append(took)

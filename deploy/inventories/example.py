@@ -21,6 +21,7 @@ installs units), ``ssh_key``, ``ssh_known_hosts_file``,
 
     muzo-ops deploy --inventory deploy/inventories/example.py --env-file .env.production --serial 1 -y
     pyinfra deploy/inventories/example.py deploy/worker.py --data muzo_env_file=.env.production
+    pyinfra deploy/inventories/example.py muzo_ops.deploy.cli_deploy.run --data muzo_env_file=.env.production
 """
 
 workers = [

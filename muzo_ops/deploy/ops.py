@@ -141,11 +141,16 @@ def release_installed(release: Release) -> OpGen:
     target = f"{RELEASES}/{release.name}"
     upload = f"{RELEASES}/.upload-{release.name}.tar"
     yield FileUploadCommand(str(release.bundle), upload)
+    venv = f"{q(target)}/venv"
+    install = "install --quiet --disable-pip-version-check --no-index --no-deps " + f"{q(target)}/wheels/*.whl"
+    # Debian ships pip as a wheel: run it from there into a venv without pip (seconds faster than
+    # ensurepip, and no pip or setuptools in the release); plain ``venv`` where it is missing.
     yield StringCommand(" && ".join([
         f"rm -rf {q(target)}", f"mkdir -m 0755 {q(target)}", f"tar -xf {q(upload)} -C {q(target)}",
-        f"rm -f {q(upload)}", f"python3 -m venv {q(target)}/venv",
-        f"{q(target)}/venv/bin/python -m pip install --quiet --disable-pip-version-check --no-index "
-        f"--no-deps {q(target)}/wheels/*.whl",
+        f"rm -f {q(upload)}",
+        "pipwhl=$(ls /usr/share/python-wheels/pip-*.whl 2>/dev/null | head -n 1)",
+        f'if [ -n "$pipwhl" ]; then python3 -m venv --without-pip {venv} && {venv}/bin/python "$pipwhl/pip" '
+        f"{install}; else python3 -m venv {venv} && {venv}/bin/python -m pip {install}; fi",
         f"rm -rf {q(target)}/wheels", f"touch {q(target)}/.complete",
     ]))
 
