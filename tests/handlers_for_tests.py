@@ -49,3 +49,41 @@ def unstorable(job: Job) -> object:
     if "size" in job.payload:
         return {"blob": "x" * int(job.payload["size"])}
     return {"value": object()}
+
+
+def _raise(kind: str) -> None:
+    import sys
+
+    if kind == "exit":
+        sys.exit(3)
+    if kind == "interrupt":
+        raise KeyboardInterrupt
+    if kind == "genexit":
+        raise GeneratorExit
+    if kind == "cancel":
+        raise asyncio.CancelledError
+    if kind == "secret":
+        raise RuntimeError(f"provider refused key {os.environ.get('LEAK', '')}")
+
+
+def raiser(job: Job) -> dict[str, Any]:
+    """Raise what payload.raise names (a BaseException a library might raise), else succeed."""
+    _raise(str(job.payload.get("raise", "")))
+    return {"ok": True}
+
+
+async def raiser_async(job: Job) -> dict[str, Any]:
+    await asyncio.sleep(0)
+    _raise(str(job.payload.get("raise", "")))
+    return {"ok": True}
+
+
+def hang(job: Job) -> dict[str, Any]:
+    """Sleep payload.seconds in a thread, ignoring any timeout (a handler that never returns)."""
+    time.sleep(float(job.payload.get("seconds", 3600)))
+    return {"ok": True}
+
+
+async def hang_async(job: Job) -> dict[str, Any]:
+    await asyncio.sleep(float(job.payload.get("seconds", 3600)))
+    return {"ok": True}
