@@ -66,7 +66,7 @@ def main() -> int:
             for host in hosts:
                 host.boot()
             env = write_env(work / "worker.env", dict(
-                FULL, DATABASE_URL=db.url("bench", directConnection="true"),
+                FULL, NODE_ENV="development", DATABASE_URL=db.url("bench", directConnection="true"),
                 MUZO_WORKER_HANDLERS="GENERATION=muzo_ops.queue.handlers.demo:echo"))
             # Build the release once (control-machine cache), outside the timings.
             start = time.perf_counter()

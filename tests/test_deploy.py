@@ -122,7 +122,9 @@ def db(secantus: Secantus) -> Iterator[Any]:
 
 
 def env_values(secantus: Secantus, **changes: str) -> dict[str, str]:
-    values = dict(FULL, DATABASE_URL=secantus.url(DB, directConnection="true"),
+    # NODE_ENV=development: production refuses a DATABASE_URL on 127.0.0.1 (the test hosts share this
+    # machine's network) and one without TLS.
+    values = dict(FULL, NODE_ENV="development", DATABASE_URL=secantus.url(DB, directConnection="true"),
                   MUZO_WORKER_HANDLERS="GENERATION=muzo_ops.queue.handlers.demo:echo,"
                                        "MOCKUP=muzo_ops.queue.handlers.demo:echo", **changes)
     return values
