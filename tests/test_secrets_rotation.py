@@ -295,3 +295,24 @@ def test_a_wrong_key_writes_nothing(tmp_path: Path) -> None:
             action()
         assert env.read_bytes() == before
     assert len(rotation.backups(str(env))) == 1  # only the one encrypt made
+
+
+def test_rotate_keeps_export_indent_comments_and_other_lines(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("A=1\n\n  export NEXTAUTH_SECRET='old-secret-value-that-is-long-enough-0001'  # signs sessions\n"
+                   "# previous one\nexport NEXTAUTH_SECRET_PREVIOUS='' # kept for 30 days\nexport B=2 # b")
+    env.chmod(0o600)
+    rotation.rotate(str(env))
+    lines = env.read_text().split("\n")
+    assert lines[0] == "A=1" and lines[1] == "" and lines[3] == "# previous one" and lines[5] == "export B=2 # b"
+    assert lines[2].startswith("  export NEXTAUTH_SECRET=") and lines[2].endswith("  # signs sessions")
+    assert lines[4] == ("export NEXTAUTH_SECRET_PREVIOUS=old-secret-value-that-is-long-enough-0001"
+                        " # kept for 30 days")
+    values = read(env)
+    assert len(values["NEXTAUTH_SECRET"]) == 43 and values["NEXTAUTH_SECRET"] in lines[2]
+    # encrypted, the same frame stays around the encrypted value
+    encryption.encrypt_file(str(env), environ={})
+    rotation.rotate(str(env), force=True, environ={})
+    text = env.read_text()
+    assert "  export NEXTAUTH_SECRET='encrypted:" in text and "'  # signs sessions\n" in text
+    assert "export NEXTAUTH_SECRET_PREVIOUS='encrypted:" in text and "' # kept for 30 days\n" in text

@@ -34,8 +34,12 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from muzo_ops.errors import MuzoOpsError
+
+if TYPE_CHECKING:
+    from muzo_ops.env.envfile import Entry
 
 PREFIX = "encrypted:"
 PUBLIC_KEY_NAME = "DOTENV_PUBLIC_KEY"
@@ -367,8 +371,15 @@ def plain_line(name: str, value: str) -> str:
     return f"{name}='{value}'\n"
 
 
-def _line_end(text: str) -> str:
-    return "\n" if text.endswith("\n") else ""
+def reframe(entry: Entry, line: str) -> str:
+    """``line`` (``NAME=…``) in place of ``entry`` (an ``envfile.Entry``), keeping its indent,
+    ``export `` prefix and trailing comment, and its line end (none at the end of a file)."""
+    from muzo_ops.env.envfile import replace_statement
+
+    assert entry.key is not None
+    head, _sep, tail = replace_statement(entry, "").partition(f"{entry.key}=")
+    out = head + line.rstrip("\n") + tail
+    return out if entry.text.endswith("\n") else out.rstrip("\n")
 
 
 def encrypt_text(text: str, path: str, should_encrypt: Callable[[str], bool],
@@ -398,7 +409,7 @@ def encrypt_text(text: str, path: str, should_encrypt: Callable[[str], bool],
         if (entry.key is not None and entry.value not in (None, "") and not entry.key.startswith(PUBLIC_KEY_NAME)
                 and not is_encrypted(entry.value) and should_encrypt(entry.key)):
             assert entry.value is not None
-            parts.append(encrypted_line(entry.key, public_hex, entry.value, _line_end(entry.text)))
+            parts.append(reframe(entry, encrypted_line(entry.key, public_hex, entry.value)))
             if entry.key not in names:
                 names.append(entry.key)
         else:
@@ -429,8 +440,7 @@ def decrypt_text(text: str, path: str, private_keys: Iterable[str]) -> Transform
         if entry.key is not None and is_encrypted(entry.value):
             assert entry.value is not None
             plain = decrypt_value(entry.key, entry.value, keys, public_hex, path, entry.line)
-            line = plain_line(entry.key, plain)
-            parts.append(line if entry.text.endswith("\n") else line[:-1])
+            parts.append(reframe(entry, plain_line(entry.key, plain)))
             if entry.key not in names:
                 names.append(entry.key)
         else:
@@ -457,13 +467,12 @@ def reencrypt_text(text: str, path: str, old_keys: Iterable[str], new_public_hex
     parts: list[str] = []
     names: list[str] = []
     for entry in parsed.entries:
-        end = _line_end(entry.text)
         if entry.key == public_name:
-            parts.append(f'{public_name}="{new_public_hex}"{end}')
+            parts.append(reframe(entry, f'{public_name}="{new_public_hex}"'))
         elif entry.key is not None and is_encrypted(entry.value):
             assert entry.value is not None
             plain = decrypt_value(entry.key, entry.value, keys, old_public, path, entry.line)
-            parts.append(encrypted_line(entry.key, new_public_hex, plain, end))
+            parts.append(reframe(entry, encrypted_line(entry.key, new_public_hex, plain)))
             if entry.key not in names:
                 names.append(entry.key)
         else:

@@ -61,10 +61,10 @@ def is_sensitive(name: str) -> bool:
     return any(word in name.upper() for word in _SECRET_WORDS)
 
 
-def _commit(path: str, data: bytes, new_text: str, keep: int, command: str,
+def _commit(path: str, new_text: str, keep: int, command: str,
             names: list[str], result: CryptResult) -> None:
-    result.backup = make_backup(path, data)
-    write_atomic(path, new_text.encode("utf-8"))
+    result.backup = make_backup(path)
+    write_atomic(path, new_text)
     result.pruned = prune_backups(path, keep)
     audit.append(path, command, dict.fromkeys(names, (None, None)),
                  extra={"backup": os.path.basename(result.backup)})
@@ -103,7 +103,7 @@ def encrypt_file(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float =
             result.warnings.append(warning)
         if transformed.text == text:
             return result
-        _commit(path, data, transformed.text, keep, "encrypt", result.names, result)
+        _commit(path, transformed.text, keep, "encrypt", result.names, result)
         return result
 
 
@@ -130,7 +130,7 @@ def decrypt_file(path: str, *, to_stdout: bool = False, keep: int = DEFAULT_KEEP
             result.text = transformed.text
             return result
         if transformed.text != text:
-            _commit(path, data, transformed.text, keep, "decrypt", result.names, result)
+            _commit(path, transformed.text, keep, "decrypt", result.names, result)
         return result
 
 
@@ -159,7 +159,7 @@ def rekey_file(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float = D
                              keys_file=keys_file, created_key=True)
         dotenvx.set_private_key(keys_file, private_name, ",".join([pair.private_hex, *old_keys]),
                                 os.path.basename(path))
-        _commit(path, data, transformed.text, keep, "rekey", result.names, result)
+        _commit(path, transformed.text, keep, "rekey", result.names, result)
         dotenvx.set_private_key(keys_file, private_name, pair.private_hex, os.path.basename(path))
         env = os.environ if environ is None else environ
         if env.get(private_name):

@@ -36,7 +36,6 @@ from muzo_ops.secrets.rotation import (
     LineWriter,
     apply_lines,
     decode_text,
-    fsync_folder,
     make_backup,
     prune_backups,
     read_bytes,
@@ -253,7 +252,7 @@ def rotate(path: str, *, dry_run: bool = False, confirm: Callable[[str], bool] |
             on_values([new_password, new_url])
         new_text = apply_lines(current.text, path, {NAME: LineWriter(current.text).line(NAME, new_url)})
         pending = f"{path}.pending"
-        write_atomic(pending, new_text.encode("utf-8"))
+        write_atomic(pending, new_text)
         result.pending = pending
         if swap_users:
             _set_idle_user(admin_uri, current, target, new_password, result)
@@ -267,10 +266,10 @@ def rotate(path: str, *, dry_run: bool = False, confirm: Callable[[str], bool] |
                 f"the new password of {target} was set but does not authenticate; {works}. "
                 f"{path} is unchanged; the new URL is in {pending} (0600): if the new password works later, "
                 f"move it into place (mv {pending} {path}), else set a password with the admin tools")
-        result.backup = make_backup(path, current.data)
-        os.replace(pending, path)
+        result.backup = make_backup(path)
+        write_atomic(path, new_text)  # keeps the env file's owner and mode, through a symlink too
+        os.unlink(pending)
         result.pending = None
-        fsync_folder(os.path.dirname(os.path.abspath(path)))
         result.ok = True
         result.old_works = swap_users  # the previous user keeps its password until `secrets confirm`
         result.new = fingerprint(new_password)
@@ -280,7 +279,7 @@ def rotate(path: str, *, dry_run: bool = False, confirm: Callable[[str], bool] |
             extra["previous_mongo_user"] = current.user
             state = {"previous_user": current.user, "auth_db": current.auth_db, "new_user": target,
                      "time": (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")}
-            write_atomic(swap_state_path(path), (json.dumps(state) + "\n").encode("utf-8"))
+            write_atomic(swap_state_path(path), json.dumps(state) + "\n")
             result.swapped_from = current.user
         audit.append(path, "rotate", {NAME: (current.password, new_password)}, extra=extra, now=now,
                      fingerprinter=fingerprint)

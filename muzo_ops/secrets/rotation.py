@@ -22,17 +22,15 @@ private key. No function returns or logs a value.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import glob
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from muzo_ops.constants import BACKUP_SUFFIX, SECRET_FILE_MODE
+from muzo_ops.constants import BACKUP_SUFFIX
 from muzo_ops.errors import MuzoOpsError, UsageError
 from muzo_ops.secrets import audit, dotenvx
 from muzo_ops.secrets.filelock import DEFAULT_TIMEOUT_S, locked
@@ -42,7 +40,6 @@ SESSION_LIFETIME = dt.timedelta(days=30)
 DEFAULT_KEEP = 5
 # Each secret with a grace period and the variable holding its previous value.
 PREVIOUS_OF: dict[str, str] = {"NEXTAUTH_SECRET": "NEXTAUTH_SECRET_PREVIOUS"}
-_TEMP_MARK = ".muzo-secrets-"
 
 
 class RotationRefused(MuzoOpsError):
@@ -87,67 +84,34 @@ class Result:
 
 
 def backups(path: str) -> list[tuple[int, str]]:
-    """``(N, path)`` of every ``<path>.N.bak``, oldest (lowest N) first."""
-    pattern = re.compile(re.escape(os.path.basename(path)) + r"\.(\d+)" + re.escape(BACKUP_SUFFIX) + r"\Z")
+    """``(N, path)`` of every ``<target>.N.bak`` (a symlink's target), oldest (lowest N) first."""
+    target = os.path.realpath(path)
+    pattern = re.compile(re.escape(os.path.basename(target)) + r"\.(\d+)" + re.escape(BACKUP_SUFFIX) + r"\Z")
     found = []
-    for candidate in glob.glob(glob.escape(path) + ".*" + BACKUP_SUFFIX):
+    for candidate in glob.glob(glob.escape(target) + ".*" + BACKUP_SUFFIX):
         match = pattern.match(os.path.basename(candidate))
         if match:
             found.append((int(match.group(1)), candidate))
     return sorted(found)
 
 
-def fsync_folder(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def write_atomic(path: str, text: str) -> None:
+    """``envfile.write_atomic``: temporary file beside the target, fsync, rename; owner and 0600 kept."""
+    from muzo_ops.env import envfile
+
+    envfile.write_atomic(path, text)
 
 
-def _temp_beside(path: str) -> tuple[int, str]:
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + _TEMP_MARK, suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise MuzoOpsError(f"{path}: cannot write in {folder} ({exc.strerror}): run as the file's owner") from exc
-    os.fchmod(fd, SECRET_FILE_MODE)
-    return fd, tmp
+def make_backup(path: str) -> str:
+    """``envfile.backup``: the next ``<target>.N.bak`` (0600), complete or not at all."""
+    from muzo_ops.env import envfile
 
+    made = envfile.backup(path)
+    if made is None:
+        from muzo_ops.errors import EnvFileError
 
-def write_atomic(path: str, data: bytes) -> None:
-    """``data`` to ``path``: 0600 temporary file beside it, fsync, rename, folder fsync."""
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_folder(os.path.dirname(os.path.abspath(path)))
-
-
-def make_backup(path: str, data: bytes) -> str:
-    """``data`` as the next ``<path>.N.bak`` (0600), complete or not at all."""
-    existing = backups(path)
-    number = existing[-1][0] + 1 if existing else 1
-    target = f"{path}.{number}{BACKUP_SUFFIX}"
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.link(tmp, target)  # fails rather than overwrite
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    fsync_folder(os.path.dirname(os.path.abspath(path)))
-    return target
+        raise EnvFileError(path, "disappeared while it was locked: check who else writes it")
+    return made
 
 
 def prune_backups(path: str, keep: int) -> list[str]:
@@ -160,11 +124,10 @@ def prune_backups(path: str, keep: int) -> list[str]:
 
 
 def remove_stale_temps(path: str) -> None:
-    """Temporary files a killed run of these commands left beside ``path`` (call under the lock)."""
-    for stale in glob.glob(os.path.join(glob.escape(os.path.dirname(os.path.abspath(path))),
-                                        "." + glob.escape(os.path.basename(path)) + _TEMP_MARK + "*.tmp")):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(stale)
+    """Temporary files a killed writer left beside ``path`` (call under the lock)."""
+    from muzo_ops.env import envfile
+
+    envfile.remove_stale_temps(path)
 
 
 def read_bytes(path: str) -> bytes:
@@ -201,8 +164,7 @@ def apply_lines(text: str, path: str, lines: Mapping[str, str], additions: Itera
     parts = []
     for index, entry in enumerate(parsed.entries):
         if entry.key is not None and entry.key in lines and last[entry.key] == index:
-            line = lines[entry.key]
-            parts.append(line if entry.text.endswith("\n") else line.rstrip("\n"))
+            parts.append(dotenvx.reframe(entry, lines[entry.key]))  # indent, `export `, comment kept
         else:
             parts.append(entry.text)
     out = "".join(parts)
@@ -353,8 +315,8 @@ def rotate(path: str, names: list[str] | None = None, *, dry_run: bool = False, 
                 if change.action == "rotated":
                     change.new = None  # a dry run draws no value that will ever be used
             return result
-        result.backup = make_backup(path, data)
-        write_atomic(path, new_text.encode("utf-8"))
+        result.backup = make_backup(path)
+        write_atomic(path, new_text)
         result.pruned = prune_backups(path, keep)
         audit.append(path, "rotate", changes_for_log, extra={"backup": os.path.basename(result.backup)},
                      fingerprinter=fingerprint, now=now)
@@ -400,8 +362,8 @@ def retire(path: str, name: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: fl
                 f"(up to {SESSION_LIFETIME.days} days old) now have to sign in again")
         fingerprint = audit.Fingerprinter(path)
         new_text = apply_lines(text, path, {previous: f"{previous}=\n"})
-        result.backup = make_backup(path, data)
-        write_atomic(path, new_text.encode("utf-8"))
+        result.backup = make_backup(path)
+        write_atomic(path, new_text)
         result.pruned = prune_backups(path, keep)
         result.changes.append(Change(previous, "removed", fingerprint(held), None))
         audit.append(path, "retire", {previous: (held, None)},
@@ -463,8 +425,8 @@ def rollback(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float = DEF
         undone = next((r for r in reversed(records)
                        if r.extra.get("backup") == os.path.basename(chosen) and r.command != "rollback"), None)
         result.undid = undone.to_json() if undone else None
-        result.backup = make_backup(path, data)
-        write_atomic(path, restored)
+        result.backup = make_backup(path)
+        write_atomic(path, restored_text)
         # keep the restored backup until it is pruned: the log marks it as used
         result.pruned = prune_backups(path, keep)
         audit.append(path, "rollback", changes_for_log,
