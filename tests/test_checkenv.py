@@ -59,9 +59,9 @@ URL = FULL["DATABASE_URL"]
         ({"NEXT_PUBLIC_STRIPE_PUBLISHABLE_KEY": FULL["STRIPE_SECRET_KEY"]}, "secret-in-public", "error",
          "NEXT_PUBLIC_STRIPE_PUBLISHABLE_KEY"),
         ({"NEXT_PUBLIC_ANALYTICS": "rk_live_abcdef"}, "secret-in-public", "error", "NEXT_PUBLIC_ANALYTICS"),
-        ({"STRIPE_SECRET_KEY": "sk_live_51Hreal0000000000abc"}, "stripe-mode-mixed", "error",
+        ({"STRIPE_SECRET_KEY": "sk_test_51Hreal0000000000abc"}, "stripe-mode-mixed", "error",
          "STRIPE_SECRET_KEY"),
-        ({"NEXT_PUBLIC_STRIPE_PUBLISHABLE_KEY": "pk_test_51Hother00000000000pub"},
+        ({"NEXT_PUBLIC_STRIPE_PUBLISHABLE_KEY": "pk_live_51Hother00000000000pub"},
          "stripe-publishable-differ", "warning", "NEXT_PUBLIC_STRIPE_PUBLISHABLE_KEY"),
         ({"NEXTAUTH_URL": "http://muzo.app"}, "nextauth-url-not-https", "error", "NEXTAUTH_URL"),
         ({"S3_BUCKET": "your-bucket-name"}, "placeholder", "error", "S3_BUCKET"),
@@ -244,8 +244,9 @@ def test_debug_shows_traceback_only_with_flag(tmp_path: Path) -> None:
 
 
 def test_connect_ok_against_real_servers(tmp_path: Path, secantus, redis_server) -> None:  # type: ignore[no-untyped-def]
-    values = {**FULL, "DATABASE_URL": secantus.url("muzo", directConnection="true",
-                                                     serverSelectionTimeoutMS="30000"),
+    values = {**FULL, "NODE_ENV": "development",  # local servers: not production
+              "DATABASE_URL": secantus.url("muzo", directConnection="true",
+                                           serverSelectionTimeoutMS="30000"),
               "REDIS_URL": redis_server.url}
     env = write_env(tmp_path / ".env", values)
     proc = run_cli("check-env", "--env-file", str(env), "--connect")
@@ -300,7 +301,7 @@ def test_connect_checks_authentication_and_privileges(tmp_path: Path, secantus_a
     def run(userinfo: str) -> subprocess.CompletedProcess[str]:
         url = (f"mongodb://{userinfo}127.0.0.1:{secantus_auth.port}/muzo?directConnection=true"
                "&authSource=admin&serverSelectionTimeoutMS=30000")
-        env = write_env(tmp_path / ".env", {**FULL, "DATABASE_URL": url})
+        env = write_env(tmp_path / ".env", {**FULL, "NODE_ENV": "development", "DATABASE_URL": url})
         return run_cli("check-env", "--env-file", str(env), "--connect", "--app", "worker", "--timeout", "3")
 
     good = run(f"muzo_app:{MONGO_APP_PASSWORD}@")

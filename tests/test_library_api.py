@@ -48,7 +48,8 @@ def test_check_file_probes_report_progress(tmp_path: Path) -> None:
     from tests.servers import free_port
 
     port = free_port()
-    path = write_env(tmp_path / ".env", {**FULL, "DATABASE_URL": f"mongodb://127.0.0.1:{port}/muzo"
+    path = write_env(tmp_path / ".env", {**FULL, "NODE_ENV": "development",
+                                         "DATABASE_URL": f"mongodb://127.0.0.1:{port}/muzo"
                                          "?serverSelectionTimeoutMS=30000",
                                          "REDIS_URL": f"redis://127.0.0.1:{port}"})
     seen: list[str] = []

@@ -20,16 +20,16 @@ def cmd_check_env(args: argparse.Namespace, out: Output) -> int:
     from muzo_ops.env.schema import App
 
     progress = out.err if sys.stderr.isatty() else None
+    production = True if args.environment == "production" else None
     result = env.check_file(args.env_file, App(args.app) if args.app else None,
                             include_environ=args.include_environ, connect=args.connect,
-                            timeout_s=args.timeout, progress=progress, redactor=out.redactor)
+                            timeout_s=args.timeout, progress=progress, redactor=out.redactor,
+                            production=production)
     if args.format == "json":
-        out.out(report.to_json(result))
+        out.out(report.to_json(result, strict=args.strict))
     else:
-        out.out(report.to_text(result, args.env_file))
-    if not result.ok or (args.strict and result.warnings):
-        return EXIT_PROBLEMS
-    return EXIT_OK
+        out.out(report.to_text(result, args.env_file, strict=args.strict))
+    return EXIT_PROBLEMS if report.failed(result, args.strict) else EXIT_OK
 
 
 def cmd_init_env(args: argparse.Namespace, out: Output) -> int:
@@ -78,6 +78,10 @@ def cmd_init_env(args: argparse.Namespace, out: Output) -> int:
         out.out(f"  wrote {result.example}")
     if result.missing:
         out.out(f"Still to fill in ({len(result.missing)}): " + ", ".join(result.missing))
+    if result.development_values:
+        out.out(f"Still development values, to change for production ({len(result.development_values)}): "
+                + ", ".join(result.development_values) + " (init-env --set NAME=VALUE, or edit the file)")
+    if result.missing or result.development_values:
         out.out(f"Then run: muzo-ops check-env --env-file {result.path}")
     else:
         out.out(f"Next: muzo-ops check-env --env-file {result.path}")
@@ -148,7 +152,11 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         "development defaults filled in; on a terminal you are asked for required values "
         "(hidden input for secrets). An existing file is merged: missing variables are "
         "added, existing values, comments and order kept; a value changes only with --set "
-        "or --force (the old file is backed up, mode 0600).",
+        "or --force (the old file is backed up, mode 0600; owner, group and mode kept; a "
+        "symlink written through). With --environment production (or --set "
+        "NODE_ENV=production on a new file) it lists every value still at a development "
+        "default. The file is locked while it is rewritten: a second writer waits "
+        "--lock-timeout seconds, then fails.",
         "muzo-ops init-env --environment production --non-interactive --set S3_REGION=eu-west-3"))
     add_env_file(p)
     p.add_argument("--environment", choices=["development", "production"],
@@ -169,19 +177,28 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         "Check every variable the muzo apps read: presence, format, and the rules between "
         "them. Values come from the file alone so a check is repeatable; "
         "--include-environ layers the process environment on top the way the apps see it "
-        "(a set variable wins). Exit 0 ok, 1 errors (or warnings with --strict), 2 "
-        "unreadable or malformed file.",
+        "(a set variable wins) and the report says where each value came from. With "
+        "NODE_ENV=production or --environment production, the production rules apply too: "
+        "no localhost or loopback hosts, TLS to MongoDB, https:// for S3 and NEXTAUTH_URL, "
+        "live Stripe keys. Secret values and anything shaped like a secret are masked. Exit 0 "
+        "ok, 1 errors (or warnings with --strict; the JSON then says \"ok\": false), 2 "
+        "unreadable, malformed or oversized (over 1 MiB) file.",
         "muzo-ops check-env --app worker --connect --format json"))
     add_env_file(p)
     p.add_argument("--app", choices=["web", "worker"], help="check only what this app needs")
     add_format(p)
-    p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 on warnings too (the JSON then says \"ok\": false)")
+    p.add_argument("--environment", choices=["production"],
+                   help="apply the production rules whatever NODE_ENV says (no localhost, TLS to "
+                   "MongoDB, https, live Stripe keys); NODE_ENV=production applies them too")
     p.add_argument("--connect", action="store_true",
                    help="also connect to MongoDB and Redis (short timeout)")
     p.add_argument("--timeout", type=_connect_timeout, default=5.0, metavar="SECONDS",
                    help="per-connection timeout for --connect (default 5, at most 300)")
     p.add_argument("--include-environ", action="store_true",
-                   help="layer the process environment over the file (it wins)")
+                   help="layer the process environment over the file (it wins); the report says "
+                   "where each value came from")
     p.set_defaults(func=cmd_check_env)
 
     p = sub.add_parser("render", help="render .env.example, .env.template and the docs page", **help_kwargs(

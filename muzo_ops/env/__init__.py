@@ -29,17 +29,21 @@ Progress = Callable[[str], None]
 def check_values(values: Mapping[str, str], app: App | None = None, *, raw: Mapping[str, str] | None = None,
                  bare_keys: tuple[str, ...] = (), duplicates: tuple[str, ...] = (), connect: bool = False,
                  timeout_s: float = CONNECT_TIMEOUT_S, progress: Progress | None = None,
-                 bare_lines: tuple[int, ...] = ()) -> Report:
+                 bare_lines: tuple[int, ...] = (), production: bool | None = None,
+                 environ_empty: tuple[str, ...] = (), sources: Mapping[str, str] | None = None) -> Report:
     """Check env ``values`` against the schema and its rules; with ``connect``, reach the servers.
 
     ``raw`` (a file's values before expansion) enables the ``$name`` check;
     ``bare_lines`` (or the older ``bare_keys``) and ``duplicates`` come from a parsed file. ``progress``
-    receives a line before each server is tried.
+    receives a line before each server is tried. ``production`` (None: from
+    NODE_ENV) turns on the production rules; ``environ_empty`` and
+    ``sources`` come from layering the process environment over a file.
     """
     from muzo_ops.env import checks
 
     report = checks.check(values, app, bare_keys=bare_keys, duplicates=duplicates, raw=raw,
-                          bare_lines=bare_lines)
+                          bare_lines=bare_lines, production=production, environ_empty=environ_empty,
+                          sources=sources)
     if connect:
         report.connections = _probe(report, values, app, timeout_s, progress)
     return report
@@ -47,24 +51,36 @@ def check_values(values: Mapping[str, str], app: App | None = None, *, raw: Mapp
 
 def check_file(path: str, app: App | None = None, include_environ: bool = False, connect: bool = False,
                timeout_s: float = CONNECT_TIMEOUT_S, progress: Progress | None = None,
-               redactor: Redactor | None = None) -> Report:
+               redactor: Redactor | None = None, production: bool | None = None) -> Report:
     """``check-env`` for the env file at ``path``: format, rules, file mode, and probes.
 
     With ``include_environ`` the process environment is layered on top (a
-    set variable wins), as the apps see it. Every secret read is added to
-    ``redactor`` before anything is checked. EnvFileError (exit 2) for an
-    unreadable or malformed file.
+    set variable wins), as the apps see it, and the report says where each
+    value came from. Every secret read is added to ``redactor`` before
+    anything is checked. ``production`` True applies the production rules
+    whatever NODE_ENV says (``--environment production``). EnvFileError
+    (exit 2) for an unreadable, oversized or malformed file.
     """
-    from muzo_ops.env import checks, envfile
+    from muzo_ops.env import checks, envfile, schema
 
     env = envfile.read(path)
     raw = env.raw()
-    values = env.values(dict(os.environ) if include_environ else None)
+    environ = dict(os.environ) if include_environ else None
+    values = env.values(environ)
     if redactor is not None:
         redactor.add_values(raw)
         redactor.add_values(values)
+    sources: dict[str, str] | None = None
+    environ_empty: tuple[str, ...] = ()
+    if environ is not None:
+        from_file = env.values()
+        sources = {name: "environment" if name in environ else "file"
+                   for name in schema.BY_NAME if name in environ or name in from_file}
+        environ_empty = tuple(name for name in schema.BY_NAME
+                              if environ.get(name) == "" and from_file.get(name, "") != "")
     report = check_values(values, app, raw=raw, bare_lines=tuple(env.bare_lines()),
-                          duplicates=tuple(env.duplicates()), connect=False)
+                          duplicates=tuple(env.duplicates()), connect=False, production=production,
+                          environ_empty=environ_empty, sources=sources)
     checks.check_file_mode(report, path, os.stat(path).st_mode)
     if connect:
         report.connections = _probe(report, values, app, timeout_s, progress)

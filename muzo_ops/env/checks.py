@@ -51,6 +51,7 @@ class VariableStatus:
     present: bool  # set and non-empty
     valid: bool  # present and no error about it
     value: str | None  # masked for display; None when absent
+    source: str | None = None  # "file" or "environment" (with --include-environ), None when unknown
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,70 @@ class Report:
 
     def add(self, variable: str | None, severity: Severity, code: str, message: str,
             special: bool = False) -> None:
+        """Record a problem; ``code`` is one of ``RULES`` (the docs page lists them)."""
         self.problems.append(Problem(variable, severity, code, message, special))
+
+
+# ---------------------------------------------------------------- the rules
+
+@dataclass(frozen=True)
+class Rule:
+    """One problem code check-env can report: the docs page lists exactly these."""
+
+    code: str
+    severity: str  # "error", "warning", or how it depends ("error in production, else warning")
+    rule: str  # what triggers it
+
+
+_RULE_LIST: tuple[Rule, ...] = (
+    Rule("missing", "error", "A required variable is unset or empty."),
+    Rule("placeholder", "error", "A value still equals its .env.example placeholder or looks like "
+         "one (your-…, …-your-…, replace-me, change-me, xxx, <…>)."),
+    Rule("invalid", "error", "A value breaks its variable's rule (URL scheme, boolean, port, number "
+         "range in ASCII digits, choice, e-mail, Stripe key prefix, TYPE=module:function handler "
+         "list, minimum length; a DATABASE_URL port outside 1-65535 or an SRV URL with a port)."),
+    Rule("deprecated", "warning", "A deprecated variable is set (GENERATION_WORKER_CONCURRENCY: use "
+         "WORKER_CONCURRENCY, which wins when both are set)."),
+    Rule("environ-empty-override", "error if required, else warning", "With --include-environ: a "
+         "variable set but empty in the process environment hides the file's value."),
+    Rule("mongo-direct-and-replicaset", "error", "DATABASE_URL sets directConnection=true and replicaSet=."),
+    Rule("mongo-timeout-missing", "warning", "DATABASE_URL has no serverSelectionTimeoutMS (use 30000)."),
+    Rule("mongo-timeout-invalid", "error", "serverSelectionTimeoutMS is not a whole number of milliseconds."),
+    Rule("mongo-timeout-low", "warning", "serverSelectionTimeoutMS is under 10000."),
+    Rule("mongo-tls-insecure", "error in production, else warning", "DATABASE_URL sets "
+         "tlsAllowInvalidCertificates, tlsInsecure or tlsAllowInvalidHostnames to true."),
+    Rule("mongo-password-encoding", "error", "The MongoDB user or password has @ : / ? # [ ] or a "
+         "bare % that must be percent-encoded."),
+    Rule("production-localhost", "error", "In production (NODE_ENV=production or --environment "
+         "production): a URL or host variable names localhost or a loopback address."),
+    Rule("production-mongo-no-tls", "error", "In production: DATABASE_URL is neither mongodb+srv:// "
+         "nor tls=true/ssl=true."),
+    Rule("nextauth-url-not-https", "error", "In production: NEXTAUTH_URL is not https://."),
+    Rule("s3-endpoint-not-https", "error", "In production: S3_ENDPOINT is plain http://."),
+    Rule("stripe-test-in-production", "warning", "In production: Stripe test keys (sk_test_/pk_test_)."),
+    Rule("secret-in-public", "error", "A Stripe secret key (sk_…/rk_…) in a NEXT_PUBLIC_* variable."),
+    Rule("stripe-mode-mixed", "error", "Stripe test and live keys mixed."),
+    Rule("stripe-publishable-differ", "warning", "The two publishable keys differ."),
+    Rule("unknown-variable-typo", "warning", "An unknown variable close to a known name."),
+    Rule("duplicate", "warning", "A variable set twice (the last one wins)."),
+    Rule("no-equals", "warning", "A line without '=' (ignored by both loaders); reported by line "
+         "number only, since it may be a pasted secret."),
+    Rule("dollar-expansion", "warning", "A `$name` in a value: Next.js expands it, python-dotenv does not."),
+    Rule("file-permissions", "warning", "The env file is readable by group or others (not 0600)."),
+    Rule("mongo-unreachable", "error", "With --connect: MongoDB did not answer within --timeout."),
+    Rule("mongo-auth-failed", "error", "With --connect: MongoDB refused the DATABASE_URL credentials."),
+    Rule("mongo-unauthorized", "error", "With --connect: the DATABASE_URL user may not read the app's database."),
+    Rule("mongo-command-failed", "error", "With --connect: MongoDB answered a check command with an error."),
+    Rule("mongo-url-refused", "error", "With --connect: the driver refuses DATABASE_URL (for example "
+         "tlsInsecure with tlsAllowInvalidCertificates); the rest of the report is kept."),
+    Rule("mongo-url-ignored", "warning", "With --connect: the driver ignores an option of DATABASE_URL "
+         "(unknown name or invalid value)."),
+    Rule("redis-unreachable", "error", "With --connect: Redis did not answer within --timeout."),
+    Rule("redis-auth-failed", "error", "With --connect: Redis refused the REDIS_URL credentials."),
+    Rule("redis-url-invalid", "error", "With --connect: the Redis client cannot use REDIS_URL."),
+)
+
+RULES: dict[str, Rule] = {r.code: r for r in _RULE_LIST}
 
 
 # ---------------------------------------------------------------- masking
@@ -248,6 +312,9 @@ def check(
     duplicates: tuple[str, ...] = (),
     raw: Mapping[str, str] | None = None,
     bare_lines: tuple[int, ...] = (),
+    production: bool | None = None,
+    environ_empty: tuple[str, ...] = (),
+    sources: Mapping[str, str] | None = None,
 ) -> Report:
     """Check ``values`` against the schema and the cross-variable rules.
 
@@ -255,18 +322,34 @@ def check(
     ``$name`` text that Next.js would expand but python-dotenv would not.
     ``bare_lines`` are the lines holding text without ``=`` (reported by
     number only: such a line may be a pasted secret); ``bare_keys`` is the
-    older form, reported without the text.
+    older form, reported without the text. ``production`` (None: from
+    NODE_ENV) turns on the production rules. ``environ_empty`` names the
+    variables an empty process-environment value hides; ``sources`` says
+    where each value came from ("file" or "environment").
     """
     report = Report()
     in_scope = schema.for_app(app)
+    empty_override = set(environ_empty)
     for var in in_scope:
+        if var.name in empty_override:
+            severity = Severity.ERROR if var.required else Severity.WARNING
+            report.add(var.name, severity, "environ-empty-override",
+                       f"{var.name} is set but empty in the process environment, which hides the "
+                       f"file's value: unset it (unset {var.name}) or give it a value")
+            continue
         _check_variable(report, var, values.get(var.name, ""))
-    production = values.get("NODE_ENV", "") == "production"
+    if production is None:
+        production = values.get("NODE_ENV", "") == "production"
+        why = "NODE_ENV=production"
+    else:
+        why = "--environment production"
     names = {v.name for v in in_scope}
     if "DATABASE_URL" in names:
         _check_database_url(report, values.get("DATABASE_URL", ""), production)
     if "NEXTAUTH_URL" in names:
         _check_nextauth_url(report, values.get("NEXTAUTH_URL", ""), production)
+    if production:
+        _check_production(report, values, names, why)
     _check_public_secrets(report, values)
     if names & {"STRIPE_SECRET_KEY", "STRIPE_PUBLISHABLE_KEY"}:
         _check_stripe(report, values, names)
@@ -297,6 +380,7 @@ def check(
             present=bool(values.get(var.name, "")),
             valid=bool(values.get(var.name, "")) and var.name not in errored,
             value=mask(var, values[var.name]) if values.get(var.name, "") else None,
+            source=(sources or {}).get(var.name),
         )
         for var in in_scope
     ]
@@ -373,8 +457,8 @@ def _check_database_url(report: Report, url: str, production: bool) -> None:
         if mongo.flag(option):
             if production:
                 add(name, Severity.ERROR, "mongo-tls-insecure",
-                    f"{name} sets {option}=true with NODE_ENV=production: remove it and "
-                    "trust the server's certificate (tlsCAFile=) instead", special=True)
+                    f"{name} sets {option}=true in production: production expects a verified "
+                    "certificate: remove it and trust the server's CA (tlsCAFile=) instead", special=True)
             else:
                 add(name, Severity.WARNING, "mongo-tls-insecure",
                     f"{name} sets {option}=true: acceptable only for local development",
@@ -387,7 +471,87 @@ def _check_database_url(report: Report, url: str, production: bool) -> None:
 def _check_nextauth_url(report: Report, url: str, production: bool) -> None:
     if url and production and not url.startswith("https://"):
         report.add("NEXTAUTH_URL", Severity.ERROR, "nextauth-url-not-https",
-                   "NEXTAUTH_URL must be https:// when NODE_ENV=production", special=True)
+                   "NEXTAUTH_URL must be https:// in production: production expects the site's "
+                   "public https:// address (e.g. https://muzo.app)", special=True)
+
+
+# Variables that name a host to reach (not an address to bind, like WORKER_METRICS_HOST).
+_REMOTE_HOST_VARIABLES = ("EMAIL_SERVER_HOST",)
+_URL_KINDS = (Kind.URL, Kind.HTTPS_URL, Kind.MONGO_URL, Kind.REDIS_URL)
+
+
+def is_local_host(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback/unspecified address."""
+    import ipaddress
+
+    name = host.strip().strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(name.split("%", 1)[0])
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+def hosts_of(var: Variable, value: str) -> list[str]:
+    """The host names ``var``'s ``value`` points at (URL hosts, an e-mail's domain, the value)."""
+    if var.kind is Kind.MONGO_URL:
+        try:
+            hosts = mongourl.parse(value).hosts
+        except ValueError:
+            return []
+        return [re.sub(r":[0-9]*\Z", "", h) if not h.startswith("[") else h.partition("]")[0] + "]"
+                for h in hosts.split(",")]
+    if var.kind in _URL_KINDS:
+        try:
+            host = urlsplit(value).hostname
+        except ValueError:
+            return []
+        return [host] if host else []
+    if var.kind is Kind.EMAIL:
+        address = value.rpartition("<")[2].rstrip(">")
+        return [address.rpartition("@")[2]] if "@" in address else []
+    return [value]
+
+
+def _check_production(report: Report, values: Mapping[str, str], names: set[str], why: str) -> None:
+    """The rules of a production environment: no local hosts, TLS, https, live Stripe keys."""
+    for var in schema.VARIABLES:
+        value = values.get(var.name, "")
+        if var.name not in names or not value:
+            continue
+        if var.kind not in (*_URL_KINDS, Kind.EMAIL) and var.name not in _REMOTE_HOST_VARIABLES:
+            continue
+        local = [h for h in hosts_of(var, value) if is_local_host(h)]
+        if local:
+            what = "a sender address at your domain" if var.kind is Kind.EMAIL else (
+                "a host name or address the app servers reach over the network")
+            report.add(var.name, Severity.ERROR, "production-localhost",
+                       f"{var.name} names {local[0]} in production ({why}): production expects "
+                       f"{what}, not this machine", special=True)
+    url = values.get("DATABASE_URL", "")
+    if "DATABASE_URL" in names and url:
+        try:
+            mongo = mongourl.parse(url)
+        except ValueError:
+            mongo = None
+        if mongo is not None and not mongo.srv and not (mongo.flag("tls") or mongo.flag("ssl")):
+            report.add("DATABASE_URL", Severity.ERROR, "production-mongo-no-tls",
+                       f"DATABASE_URL has no TLS in production ({why}): production expects "
+                       "mongodb+srv:// or tls=true (with tlsCAFile= for a private CA)", special=True)
+    endpoint = values.get("S3_ENDPOINT", "")
+    if "S3_ENDPOINT" in names and endpoint.lower().startswith("http://"):
+        report.add("S3_ENDPOINT", Severity.ERROR, "s3-endpoint-not-https",
+                   f"S3_ENDPOINT is plain http:// in production ({why}): production expects an "
+                   "https:// endpoint", special=True)
+    test_keys = [n for n in ("STRIPE_SECRET_KEY", "STRIPE_PUBLISHABLE_KEY", "NEXT_PUBLIC_STRIPE_PUBLISHABLE_KEY")
+                 if n in names and _stripe_mode(values.get(n, "")) == "test"]
+    if test_keys:
+        report.add(test_keys[0], Severity.WARNING, "stripe-test-in-production",
+                   f"Stripe test keys in production ({why}: {', '.join(test_keys)}): production "
+                   "expects live keys (sk_live_…, pk_live_…); keep test keys for a staging server only",
+                   special=True)
 
 
 def _check_public_secrets(report: Report, values: Mapping[str, str]) -> None:

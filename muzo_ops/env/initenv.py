@@ -38,6 +38,8 @@ class InitResult:
     backup: str | None = None  # path of the backup of the old file
     example: str | None = None  # the .env.example written beside it
     tightened: bool = False  # an existing file's mode was narrowed to 0600
+    environment: Environment = Environment.DEVELOPMENT  # the defaults used
+    development_values: list[str] = field(default_factory=list)  # production: still development values
 
 
 def parse_sets(pairs: list[str]) -> dict[str, str]:
@@ -119,10 +121,11 @@ def _init_locked(path: str, environment: Environment | None, supplied: dict[str,
                  prompt: Prompt | None, write_example: bool) -> InitResult:
     existing = envfile.read(path) if os.path.exists(path) else None
     current = existing.raw() if existing else {}
-    if environment is None:
-        environment = (Environment.PRODUCTION if current.get("NODE_ENV") == "production"
-                       else Environment.DEVELOPMENT)
     result = InitResult(path=path, created=existing is None, written=False)
+    if environment is None:  # --set NODE_ENV=production means production, as the file's NODE_ENV does
+        node_env = supplied.get("NODE_ENV") or current.get("NODE_ENV")
+        environment = Environment.PRODUCTION if node_env == "production" else Environment.DEVELOPMENT
+    result.environment = environment
 
     final: dict[str, str] = {}
     changes: dict[str, str] = {}
@@ -155,6 +158,9 @@ def _init_locked(path: str, environment: Environment | None, supplied: dict[str,
     result.generated = [n for n in result.generated if n in result.added or n in result.changed]
     result.missing = [v.name for v in schema.VARIABLES
                       if v.required and (not final.get(v.name) or checks.is_placeholder(v, final[v.name]))]
+    if environment is Environment.PRODUCTION:
+        result.development_values = [v.name for v in schema.VARIABLES
+                                     if final.get(v.name) and _is_development_value(v, final[v.name])]
 
     if existing is None:
         text = _render_new(final, environment)
@@ -174,6 +180,17 @@ def _init_locked(path: str, environment: Environment | None, supplied: dict[str,
     if write_example:
         result.example = _write_example(path)
     return result
+
+
+def _is_development_value(var: Variable, value: str) -> bool:
+    """Whether ``value`` is ``var``'s development default (where production's differs) or names
+    this machine (localhost, a loopback address)."""
+    if var.dev_default is not None and value == var.dev_default and var.prod_default != value:
+        return True
+    if var.kind in (schema.Kind.URL, schema.Kind.HTTPS_URL, schema.Kind.MONGO_URL, schema.Kind.REDIS_URL,
+                    schema.Kind.EMAIL) or var.name == "EMAIL_SERVER_HOST":
+        return any(checks.is_local_host(h) for h in checks.hosts_of(var, value))
+    return False
 
 
 def _tighten(path: str) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from muzo_ops.constants import DOCS_ENV_PAGE, EXAMPLE_ENV_FILE, TEMPLATE_ENV_FILE
-from muzo_ops.env import schema
+from muzo_ops.env import checks, schema
 from muzo_ops.env.envfile import format_line
 
 if TYPE_CHECKING:
@@ -26,34 +26,8 @@ RENDERED_FILES: dict[str, str] = {
     DOCS_ENV_PAGE: "ENVIRONMENT_VARIABLES.md.j2",
 }
 
-# (code, severity, rule) for the docs page; checks.py holds the logic.
-RULES: tuple[tuple[str, str, str], ...] = (
-    ("missing", "error", "A required variable is unset or empty."),
-    ("placeholder", "error", "A value still equals its .env.example placeholder or looks like "
-     "one (your-…, …-your-…, replace-me, change-me, xxx, <…>)."),
-    ("invalid", "error", "A value breaks its variable's rule (URL scheme, boolean, port, "
-     "choice, e-mail, Stripe key prefix, minimum length)."),
-    ("mongo-direct-and-replicaset", "error", "DATABASE_URL sets directConnection=true and replicaSet=."),
-    ("mongo-timeout-missing", "warning", "DATABASE_URL has no serverSelectionTimeoutMS (use 30000)."),
-    ("mongo-timeout-low", "warning", "serverSelectionTimeoutMS is under 10000."),
-    ("mongo-tls-insecure", "error", "tlsAllowInvalidCertificates/tlsInsecure=true with "
-     "NODE_ENV=production (a warning otherwise)."),
-    ("mongo-password-encoding", "error", "The MongoDB user or password has @ : / ? # [ ] or a "
-     "bare % that must be percent-encoded."),
-    ("secret-in-public", "error", "A Stripe secret key (sk_…/rk_…) in a NEXT_PUBLIC_* variable."),
-    ("stripe-mode-mixed", "error", "Stripe test and live keys mixed."),
-    ("stripe-publishable-differ", "warning", "The two publishable keys differ."),
-    ("nextauth-url-not-https", "error", "NEXTAUTH_URL is not https:// with NODE_ENV=production."),
-    ("unknown-variable-typo", "warning", "An unknown variable close to a known name."),
-    ("duplicate", "warning", "A variable set twice (the last one wins)."),
-    ("mongo-unreachable / mongo-auth-failed / mongo-unauthorized / redis-unreachable / redis-auth-failed",
-     "error", "With --connect: the server did not answer, refused the credentials, or the user "
-     "may not read the app's database."),
-    ("file-permissions", "warning", "The env file is readable by group or others (not 0600)."),
-    ("dollar-expansion", "warning", "A `$name` in a value: Next.js expands it, python-dotenv does not."),
-    ("deprecated", "warning", "A deprecated variable is set (GENERATION_WORKER_CONCURRENCY: use "
-     "WORKER_CONCURRENCY, which wins when both are set)."),
-)
+# (code, severity, rule) for the docs page: the registry every check declares its code in.
+RULES: tuple[tuple[str, str, str], ...] = tuple((r.code, r.severity, r.rule) for r in checks.RULES.values())
 
 
 def template_dir() -> Path:

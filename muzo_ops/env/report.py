@@ -10,12 +10,21 @@ from muzo_ops.env.checks import Report, Severity
 OK, ERROR, WARNING, UNSET = "✅", "❌", "⚠️ ", "⚪"
 
 
-def to_json(report: Report, extra: dict[str, Any] | None = None) -> str:
-    """The stable JSON shape of ``check-env --format json``."""
+def failed(report: Report, strict: bool = False) -> bool:
+    """Whether check-env exits 1: errors, or warnings under ``--strict``."""
+    return not report.ok or (strict and bool(report.warnings))
+
+
+def to_json(report: Report, extra: dict[str, Any] | None = None, strict: bool = False) -> str:
+    """The stable JSON shape of ``check-env --format json``.
+
+    ``ok`` is false exactly when the exit code is 1 (errors, or warnings
+    with ``strict``).
+    """
     import json
 
     data: dict[str, Any] = {
-        "ok": report.ok,
+        "ok": not failed(report, strict),
         "problems": [
             {"variable": p.variable, "severity": p.severity.value, "code": p.code,
              "message": p.message}
@@ -27,6 +36,9 @@ def to_json(report: Report, extra: dict[str, Any] | None = None) -> str:
             for v in report.variables
         ],
     }
+    if any(v.source for v in report.variables):  # --include-environ: where each value came from
+        for entry, status in zip(data["variables"], report.variables, strict=True):
+            entry["source"] = status.source
     if report.connections is not None:
         data["connections"] = [{"ok": ok, "message": m} for ok, m in report.connections]
     if extra:
@@ -34,8 +46,13 @@ def to_json(report: Report, extra: dict[str, Any] | None = None) -> str:
     return json.dumps(data, ensure_ascii=False, indent=2)
 
 
-def to_text(report: Report, source: str, connections: list[tuple[bool, str]] | None = None) -> str:
-    """The text report: a line per variable, Special Checks, Summary."""
+def to_text(report: Report, source: str, connections: list[tuple[bool, str]] | None = None,
+            strict: bool = False) -> str:
+    """The text report: a line per variable, Special Checks, Summary.
+
+    With values layered from the environment each value says where it came
+    from; with ``strict`` the last line says when warnings made it fail.
+    """
     if connections is None:
         connections = report.connections
     width = max(len(v.name) for v in report.variables) + 2 if report.variables else 30
@@ -63,7 +80,13 @@ def to_text(report: Report, source: str, connections: list[tuple[bool, str]] | N
                 icon = UNSET if not var.required else ERROR
             else:
                 icon = OK
-            shown_value = f"= {status.value}" if status.present else "(not set)"
+            hidden = any(p.code == "environ-empty-override" for p in problems)
+            if hidden:
+                shown_value = "(empty in the environment, hiding the file's value)"
+            else:
+                shown_value = f"= {status.value}" if status.present else "(not set)"
+                if status.present and status.source:
+                    shown_value += f"  (from the {status.source})"
             line = f"{icon} {var.name:<{width}} {tag} {shown_value}"
             own = [p for p in problems if not p.special]
             if own:
@@ -99,6 +122,9 @@ def to_text(report: Report, source: str, connections: list[tuple[bool, str]] | N
     lines.append("")
     if report.errors:
         lines.append(f"{ERROR} {len(report.errors)} error(s): fix them before starting the apps")
+    elif report.warnings and strict:
+        lines.append(f"{ERROR} No errors, but {len(report.warnings)} warning(s), and --strict turns "
+                     "warnings into a failure (exit 1)")
     elif report.warnings:
         lines.append(f"{WARNING} No errors, {len(report.warnings)} warning(s) to look at")
     else:
