@@ -54,7 +54,8 @@ def encodable(values: list[str]) -> dict[str, str]:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(values=st.lists(VALUES, min_size=1, max_size=15))
 @example(values=["a#b", "it's", 'say "hi"', "$", "a$", "a=b=c", " pad ", "back\\slash",
-                 "\\$", "line1\nline2", "cr\rlf", "日本 🙂", "${}", "`tick`", "#start", "x #y"])
+                 "\\$", "line1\nline2", "cr\rlf", "日本 🙂", "${}", "`tick`", "#start", "x #y",
+                 "$(touch PWNED)", "a$(b)c", "say \"$(x)\""])
 def test_both_loaders_read_back_what_was_written(tmp_path_factory: pytest.TempPathFactory,
                                                  node_loader: None, values: list[str]) -> None:
     wanted = encodable(values)
@@ -83,3 +84,16 @@ def test_dollar_before_a_name_is_refused_with_the_fix(value: str) -> None:
         encode_value("EMAIL_SERVER_PASSWORD", value)
     assert value not in str(info.value)
     assert "%24" in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["$(touch PWNED)", "a$(touch PWNED)b", 'x "$(y)"', "multi\n$(line)"])
+def test_command_substitution_is_single_quoted_so_dotenvx_never_runs_it(value: str) -> None:
+    assert format_line("RT", value) == f"RT='{value}'\n"
+    assert dict(dotenv_values(stream=io.StringIO(format_line("RT", value)))) == {"RT": value}
+
+
+@pytest.mark.parametrize("value", ["it's $(x)", "a\\$(x)", "$(x)\r"])
+def test_command_substitution_that_single_quotes_cannot_carry_is_refused(value: str) -> None:
+    with pytest.raises(UnrepresentableValueError) as info:
+        encode_value("EMAIL_SERVER_PASSWORD", value)
+    assert "dotenvx" in str(info.value) and value not in str(info.value)

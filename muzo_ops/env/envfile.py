@@ -244,6 +244,15 @@ def encode_value(name: str, value: str) -> str:
             "and python-dotenv cannot unescape; choose a value without it "
             "(in a URL, percent-encode `$` as %24)",
         )
+    if "$(" in value:  # dotenvx runs `$(…)` as a command unless the value is single-quoted
+        if _single_ok(value):
+            return "'" + value + "'"
+        raise UnrepresentableValueError(
+            name,
+            "the value has `$(`, which dotenvx runs as a command unless single-quoted, and also a "
+            "single quote, backslash or carriage return that single quotes cannot carry; choose a "
+            "value without `$(` (in a URL, percent-encode `$` as %24)",
+        )
     if _bare_ok(value):
         return value
     if _single_ok(value):
