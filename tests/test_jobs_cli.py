@@ -115,3 +115,52 @@ def test_numeric_options_are_checked_before_anything_runs() -> None:
         proc = run_cli(*args)
         assert proc.returncode == 2 and proc.stdout == ""
         assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
+
+
+def test_status_shows_every_status_unknown_types_apart_and_undated_jobs_as_due(tmp_path: Path,
+                                                                                secantus: Secantus) -> None:
+    db = "s" + uuid.uuid4().hex[:10]
+    env = tmp_path / ".env"
+    env.write_text(f"DATABASE_URL={secantus.url(db)}\n")
+    client: MongoClient[dict[str, Any]] = MongoClient(secantus.uri)
+    jobs = client[db]["Job"]
+    undated = prisma_job("MOCKUP", createdAt=now() - dt.timedelta(seconds=40))
+    del undated["availableAt"]
+    jobs.insert_many([
+        prisma_job("MOCKUP", status="CANCELLED"),
+        prisma_job("PRINTING", availableAt=now() - dt.timedelta(days=3)),  # a type no worker knows
+        undated,
+        prisma_job("GENERATION", availableAt=now() - dt.timedelta(seconds=10)),
+    ])
+    data = json.loads(run_cli("jobs", "status", "--env-file", str(env), "--format", "json").stdout)
+    assert data["counts"]["MOCKUP"]["CANCELLED"] == 1 and data["counts"]["PRINTING"] == {"PENDING": 1}
+    assert data["pendingUnknownType"] == 1 and data["pendingDue"] == 2
+    assert 39 <= data["oldestDuePendingSeconds"] < 120  # the undated job, not the 3-day-old PRINTING one
+    text = run_cli("jobs", "status", "--env-file", str(env)).stdout
+    header, *rows = text.splitlines()
+    assert header.split() == ["type", "PENDING", "RUNNING", "DONE", "FAILED", "CANCELLED"]
+    mockup = next(r for r in rows if r.startswith("MOCKUP"))
+    assert mockup.split() == ["MOCKUP", "1", "0", "0", "0", "1"]
+    assert "PENDING due now: 2" in text
+    assert "PENDING of a type no worker knows (PRINTING), never run: 1" in text
+    client.drop_database(db)
+    client.close()
+
+
+def test_enqueue_prints_when_the_job_is_due(tmp_path: Path, secantus: Secantus) -> None:
+    db = "e" + uuid.uuid4().hex[:10]
+    env = tmp_path / ".env"
+    env.write_text(f"DATABASE_URL={secantus.url(db)}\n")
+    proc = run_cli("jobs", "enqueue", "MOCKUP", "--env-file", str(env), "--format", "json",
+                   "--payload", json.dumps(mockup_payload(1)), "--run-at", "2030-01-02T03:04:05+01:00")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["availableAt"] == "2030-01-02T02:04:05.000Z"
+    before = now()
+    proc = run_cli("jobs", "enqueue", "MOCKUP", "--env-file", str(env), "--payload", json.dumps(mockup_payload(2)))
+    line = proc.stdout.strip()
+    assert line.startswith("enqueued MOCKUP job ") and ", due " in line and line.endswith("Z")
+    due = dt.datetime.fromisoformat(line.rsplit(" ", 1)[1].replace("Z", "+00:00"))
+    assert abs((due - before).total_seconds()) < 10
+    client: MongoClient[dict[str, Any]] = MongoClient(secantus.uri)
+    client.drop_database(db)
+    client.close()

@@ -6,6 +6,7 @@ import argparse
 import math
 import re
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from muzo_ops.constants import DEFAULT_ENV_FILE, EXIT_USAGE
@@ -59,3 +60,19 @@ def add_env_file(parser: argparse.ArgumentParser) -> None:
 def add_format(parser: argparse.ArgumentParser) -> None:
     """``--format text|json`` for read-only commands."""
     parser.add_argument("--format", choices=["text", "json"], default="text")
+
+
+def int_range(low: int, high: int) -> Callable[[str], int]:
+    """argparse type: a whole number from ``low`` to ``high`` (ASCII digits)."""
+    def parse(text: str) -> int:
+        digits = text.strip()
+        if not re.fullmatch(r"[0-9]{1,19}", digits) or not low <= int(digits) <= high:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} must be a whole number from {low} to {high}")
+        return int(digits)
+    parse.__name__ = "int_range"
+    return parse
+
+
+def port(text: str) -> int:
+    """argparse type: a TCP port, 1 to 65535."""
+    return int_range(1, 65535)(text)

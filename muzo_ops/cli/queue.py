@@ -7,7 +7,16 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from muzo_ops.cli.common import Parser, add_env_file, add_format, help_kwargs, positive, positive_int
+from muzo_ops.cli.common import (
+    Parser,
+    add_env_file,
+    add_format,
+    help_kwargs,
+    int_range,
+    port,
+    positive,
+    positive_int,
+)
 from muzo_ops.cli.output import Output
 from muzo_ops.constants import DEFAULT_ENV_FILE, EXIT_OK
 
@@ -48,20 +57,25 @@ def _store(args: argparse.Namespace, out: Output) -> AdminStore:
 
 def cmd_jobs_status(args: argparse.Namespace, out: Output) -> int:
     from muzo_ops.queue import admin
-    from muzo_ops.queue.jobs import JobStatus
 
     st = admin.status(_store(args, out))
     if args.format == "json":
         out.json(st.to_dict())
         return EXIT_OK
-    statuses = [s.value for s in JobStatus]
-    out.out(f"{'type':<13}" + "".join(f"{s:>9}" for s in statuses))
+    statuses = st.statuses()
+    width = max([13, *(len(t) + 2 for t in st.counts)])
+    out.out(f"{'type':<{width}}" + "".join(f"{s:>{max(9, len(s) + 2)}}" for s in statuses))
     for job_type, counts in st.counts.items():
-        out.out(f"{job_type:<13}" + "".join(f"{counts.get(s, 0):>9}" for s in statuses))
+        out.out(f"{job_type:<{width}}" + "".join(f"{counts.get(s, 0):>{max(9, len(s) + 2)}}" for s in statuses))
     age = "none due" if st.oldest_due_pending_s is None else f"{st.oldest_due_pending_s:.1f}s"
     out.out(f"oldest due PENDING job: {age}")
+    out.out(f"PENDING due now: {st.due_pending}")
     out.out(f"PENDING not yet due (retries waiting): {st.future_pending}")
     out.out(f"RUNNING past their lock (worker died or stalled): {st.stuck_running}")
+    unknown = st.unknown_types()
+    if st.unknown_type_pending or unknown:
+        names = ", ".join(unknown) if unknown else "-"
+        out.out(f"PENDING of a type no worker knows ({names}), never run: {st.unknown_type_pending}")
     return EXIT_OK
 
 
@@ -86,9 +100,10 @@ def cmd_jobs_enqueue(args: argparse.Namespace, out: Output) -> int:
     job_type = JobType.parse(args.type)
     payload = admin.parse_payload(args.payload)
     run_at = admin.parse_run_at(args.run_at) if args.run_at else None
-    job_id = admin.enqueue(_store(args, out), job_type, payload, run_at, args.max_attempts)
-    return _result(args, out, {"id": job_id, "type": job_type.value, "availableAt": run_at},
-                   f"enqueued {job_type.value} job {job_id}")
+    job_id, due = admin.enqueue_job(_store(args, out), job_type, payload, run_at, args.max_attempts)
+    when = admin.iso(due)
+    return _result(args, out, {"id": job_id, "type": job_type.value, "availableAt": when},
+                   f"enqueued {job_type.value} job {job_id}, due {when}")
 
 
 def cmd_jobs_retry_failed(args: argparse.Namespace, out: Output) -> int:
@@ -109,7 +124,7 @@ def cmd_jobs_clear_failed(args: argparse.Namespace, out: Output) -> int:
 def cmd_dev_db(args: argparse.Namespace, out: Output) -> int:
     from muzo_ops import devdb
 
-    return devdb.run(args.port, args.data, out.out)
+    return devdb.run(args.port, args.data, out.out, write_env=args.env_file if args.write_env else None)
 
 
 def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
@@ -160,22 +175,27 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         add_format(q)
 
     q = jsub.add_parser("status", help="counts by type and status, oldest due job, stuck jobs", **help_kwargs(
-        "Counts by type and status, the age of the oldest due PENDING job, and RUNNING jobs "
-        "past their lock.", "muzo-ops jobs status"))
+        "Counts by type and every status present, the age of the oldest due PENDING job, due "
+        "and scheduled PENDING jobs (a job without availableAt is due), RUNNING jobs past their "
+        "lock, and PENDING jobs of a type no worker knows (apart: they never run).",
+        "muzo-ops jobs status"))
     common(q)
     q.set_defaults(func=cmd_jobs_status)
     q = jsub.add_parser("enqueue", help="insert a job the way the web app does", **help_kwargs(
-        "Validate the payload for its type and insert a PENDING job.",
+        "Validate the payload for its type and insert a PENDING job; prints its id and when "
+        "it is due (ISO 8601, UTC).",
         "muzo-ops jobs enqueue MOCKUP --payload '{\"orderId\": \"o1\", \"outputAssetId\": \"a1\", "
         "\"productVariantId\": \"v1\"}' --run-at +30s"))
     common(q)
     q.add_argument("type", metavar="TYPE", help="GENERATION, MOCKUP or FULFILLMENT")
     q.add_argument("--payload", required=True, metavar="JSON")
     q.add_argument("--run-at", metavar="WHEN", help="ISO 8601 time or +30s / +5m / +2h / +1d")
-    q.add_argument("--max-attempts", type=positive_int, default=3, metavar="N")
+    q.add_argument("--max-attempts", type=int_range(1, 1000), default=3, metavar="N",
+                   help="runs before the job is FAILED, 1 to 1000 (default 3)")
     q.set_defaults(func=cmd_jobs_enqueue)
     q = jsub.add_parser("retry-failed", help="put FAILED jobs back to PENDING", **help_kwargs(
-        "Put FAILED jobs back to PENDING with attempts reset.",
+        "Put FAILED jobs back to PENDING, due now, with attempts reset to 0; their lastError "
+        "stays until the next run ends (DONE clears it, a failure replaces it).",
         "muzo-ops jobs retry-failed --type GENERATION"))
     common(q)
     q.add_argument("--type", metavar="TYPE")
@@ -190,8 +210,13 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
 
     p = sub.add_parser("dev-db", help="run a local MongoDB-compatible server (SecantusDB)", **help_kwargs(
         "Start SecantusDB (optional extra, GPL-2.0: pip install 'muzo-ops[devdb]') in the "
-        "foreground and print the DATABASE_URL for .env.",
-        "muzo-ops dev-db --port 27017 --data .muzo-dev-db"))
-    p.add_argument("--port", type=positive_int, default=27017)
+        "foreground and print the DATABASE_URL for .env (--write-env writes it there). "
+        "SIGTERM, SIGINT or SIGHUP stop the server with it.",
+        "muzo-ops dev-db --port 27017 --data .muzo-dev-db --write-env"))
+    p.add_argument("--port", type=port, default=27017, help="TCP port, 1 to 65535 (default 27017)")
     p.add_argument("--data", default=".muzo-dev-db", metavar="DIR")
+    p.add_argument("--write-env", action="store_true",
+                   help="write DATABASE_URL into the env file (created with development defaults "
+                   "when missing; the old one kept as a backup)")
+    add_env_file(p)
     p.set_defaults(func=cmd_dev_db)

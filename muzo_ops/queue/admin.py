@@ -17,11 +17,18 @@ from muzo_ops.errors import UsageError
 from muzo_ops.queue.jobs import JobStatus, JobType
 from muzo_ops.queue.store import (
     AdminStore,
+    due_pending_query,
     new_job_document,
     running_past_lock_query,
     scheduled_pending_query,
+    unknown_type_pending_query,
     utcnow,
 )
+
+# MongoDB nests documents at most 100 deep; the payload sits inside the Job.
+MAX_PAYLOAD_DEPTH = 90
+MAX_DURATION = dt.timedelta(days=36500)  # --run-at +…, --older-than: a century at most
+INT64 = (-(2**63), 2**63 - 1)
 
 
 def connect(url: str, timeout_s: float = 10.0) -> AdminStore:
@@ -44,18 +51,71 @@ def parse_payload(text: str) -> dict[str, Any]:
         payload = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"--payload is not JSON: {exc.msg} at column {exc.colno}") from exc
+    except RecursionError:
+        raise UsageError(f"--payload is nested too deep: MongoDB stores at most {MAX_PAYLOAD_DEPTH} "
+                         "levels here") from None
     if not isinstance(payload, dict):
         raise UsageError("--payload must be a JSON object")
+    problem = payload_problem(payload)
+    if problem:
+        raise UsageError(f"--payload {problem}")
     return payload
+
+
+def payload_problem(value: Any, path: str = "", depth: int = 1) -> str | None:
+    """Why MongoDB could not store ``value`` as a payload (None: it can), naming the place.
+
+    Too deep, an integer beyond 64 bits, a string or key that is not valid
+    UTF-8 (a lone surrogate), a key with a NUL character. Never quotes a value.
+    """
+    where = path or "the payload"
+    if depth > MAX_PAYLOAD_DEPTH:
+        return f"is nested too deep at {where}: MongoDB stores at most {MAX_PAYLOAD_DEPTH} levels here"
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return None
+    if isinstance(value, int):
+        if not INT64[0] <= value <= INT64[1]:
+            return f"has an integer too large for MongoDB (64 bits) at {where}: send it as a string"
+        return None
+    if isinstance(value, str):
+        return None if _utf8(value) else f"has a string that is not valid UTF-8 (a lone surrogate) at {where}"
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            problem = payload_problem(item, f"{path}[{i}]", depth + 1)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not _utf8(key):
+                return f"has a key that is not valid UTF-8 (a lone surrogate) under {where}"
+            if "\x00" in key:
+                return f"has a key with a NUL character under {where}: MongoDB refuses it"
+            problem = payload_problem(item, f"{path}.{key}" if path else key, depth + 1)
+            if problem:
+                return problem
+        return None
+    return f"has a value MongoDB cannot store at {where}"
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_duration(text: str) -> dt.timedelta:
     """``90s``, ``15m``, ``12h``, ``7d`` into a timedelta."""
-    match = re.fullmatch(r"\s*(\d+)\s*([smhd])\s*", text)
+    match = re.fullmatch(r"\s*([0-9]{1,12})\s*([smhd])\s*", text)
     if not match:
-        raise UsageError(f"duration {text!r}: use a number and s, m, h or d (e.g. 7d)")
-    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
-    return dt.timedelta(**{unit: int(match.group(1))})
+        raise UsageError(f"duration {text[:40]!r}: use a whole number and s, m, h or d (e.g. 7d), "
+                         "at most 36500d")
+    seconds = int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    if seconds > MAX_DURATION.total_seconds():
+        raise UsageError(f"duration {text.strip()!r} is too long: at most 36500d (a century)")
+    return dt.timedelta(seconds=seconds)
 
 
 def parse_run_at(text: str, now: dt.datetime | None = None) -> dt.datetime:
@@ -65,9 +125,17 @@ def parse_run_at(text: str, now: dt.datetime | None = None) -> dt.datetime:
         return now + parse_duration(text[1:])
     try:
         when = dt.datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise UsageError(f"--run-at {text!r}: use ISO 8601 (2026-12-01T09:00:00Z) or +30s") from exc
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+        when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+        when.astimezone(dt.UTC)  # an offset that pushes it past year 1 or 9999
+    except (ValueError, OverflowError) as exc:
+        raise UsageError(f"--run-at {text[:40]!r}: use ISO 8601 (2026-12-01T09:00:00Z) or +30s") from exc
+    return when
+
+
+def iso(when: dt.datetime) -> str:
+    """``when`` in UTC as ISO 8601 with milliseconds and ``Z``."""
+    utc = when.astimezone(dt.UTC) if when.tzinfo else when.replace(tzinfo=dt.UTC)
+    return utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -75,13 +143,26 @@ class QueueStatus:
     """What ``jobs status`` reports."""
 
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # type -> status -> n
-    oldest_due_pending_s: float | None = None  # age of the oldest due PENDING job
+    oldest_due_pending_s: float | None = None  # age of the oldest due PENDING job (known types)
     stuck_running: int = 0  # RUNNING past lockedUntil (worker died or stalled)
     future_pending: int = 0  # PENDING not yet due (retries waiting)
+    due_pending: int = 0  # PENDING due now (a missing availableAt is due), known types
+    unknown_type_pending: int = 0  # PENDING of a type no worker knows: they never run
 
     def to_dict(self) -> dict[str, Any]:
         return {"counts": self.counts, "oldestDuePendingSeconds": self.oldest_due_pending_s,
-                "runningPastLock": self.stuck_running, "pendingNotYetDue": self.future_pending}
+                "runningPastLock": self.stuck_running, "pendingNotYetDue": self.future_pending,
+                "pendingDue": self.due_pending, "pendingUnknownType": self.unknown_type_pending}
+
+    def statuses(self) -> list[str]:
+        """Every status to show: the known ones, then any other present (e.g. CANCELLED)."""
+        known = [s.value for s in JobStatus]
+        extra = sorted({s for counts in self.counts.values() for s, n in counts.items() if n} - set(known))
+        return known + extra
+
+    def unknown_types(self) -> list[str]:
+        known = {t.value for t in JobType}
+        return sorted(t for t in self.counts if t not in known)
 
 
 def status(store: AdminStore, now: dt.datetime | None = None) -> QueueStatus:
@@ -95,12 +176,20 @@ def status(store: AdminStore, now: dt.datetime | None = None) -> QueueStatus:
         result.oldest_due_pending_s = round((now - oldest.replace(tzinfo=dt.UTC)).total_seconds(), 3)
     result.stuck_running = store.count(running_past_lock_query(now))
     result.future_pending = store.count(scheduled_pending_query(now))
+    result.due_pending = store.count(due_pending_query(now))
+    result.unknown_type_pending = store.count(unknown_type_pending_query())
     return result
 
 
 def enqueue(store: AdminStore, job_type: JobType, payload: dict[str, Any], run_at: dt.datetime | None = None,
             max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> str:
     """Validate and insert a PENDING job; its id. UsageError for an invalid payload."""
+    return enqueue_job(store, job_type, payload, run_at, max_attempts)[0]
+
+
+def enqueue_job(store: AdminStore, job_type: JobType, payload: dict[str, Any], run_at: dt.datetime | None = None,
+                max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> tuple[str, dt.datetime]:
+    """Validate and insert a PENDING job: (its id, when it is due). UsageError for an invalid payload."""
     from muzo_ops.queue.jobs import PayloadError
     from muzo_ops.queue.payloads import validate
 
@@ -110,7 +199,11 @@ def enqueue(store: AdminStore, job_type: JobType, payload: dict[str, Any], run_a
         raise UsageError(str(exc)) from exc
     project = payload.get("projectId") if job_type is JobType.GENERATION else None
     project_id = project if isinstance(project, str) and re.fullmatch(r"[0-9a-f]{24}", project) else None
-    return store.insert(new_job_document(job_type, payload, utcnow(), run_at, max_attempts, project_id))
+    problem = payload_problem(payload)
+    if problem:
+        raise UsageError(f"payload {problem}")
+    doc = new_job_document(job_type, payload, utcnow(), run_at, max_attempts, project_id)
+    return store.insert(doc), doc["availableAt"]
 
 
 def retry_failed(store: AdminStore, job_type: JobType | None = None) -> int:

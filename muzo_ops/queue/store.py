@@ -328,14 +328,23 @@ def status_pipeline() -> list[Doc]:
     return [{"$group": {"_id": {"type": "$type", "status": "$status"}, "n": {"$sum": 1}}}]
 
 
+def _known_types() -> Doc:
+    return {"$in": [t.value for t in JobType]}
+
+
 def due_pending_query(now: dt.datetime) -> Doc:
-    """PENDING jobs due by ``now`` (any type)."""
-    return {"status": JobStatus.PENDING.value, "availableAt": {"$lte": now}}
+    """PENDING jobs of a known type due by ``now`` (a missing availableAt is due)."""
+    return {"status": JobStatus.PENDING.value, "type": _known_types(), "availableAt": due_condition(now)}
 
 
 def scheduled_pending_query(now: dt.datetime) -> Doc:
-    """PENDING jobs not due yet (scheduled jobs and retries waiting)."""
-    return {"status": JobStatus.PENDING.value, "availableAt": {"$gt": now}}
+    """PENDING jobs of a known type not due yet (scheduled jobs and retries waiting)."""
+    return {"status": JobStatus.PENDING.value, "type": _known_types(), "availableAt": {"$gt": now}}
+
+
+def unknown_type_pending_query() -> Doc:
+    """PENDING jobs of a type no worker knows (they never run)."""
+    return {"status": JobStatus.PENDING.value, "type": {"$nin": [t.value for t in JobType]}}
 
 
 def running_past_lock_query(now: dt.datetime) -> Doc:
@@ -367,7 +376,8 @@ class AdminStore:
         ms = int(timeout_s * 1000)
         client: MongoClient[Doc] = MongoClient(url, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms,
                                                appname="muzo-ops jobs")
-        return cls(client.get_default_database(default="muzo")[JOB_COLLECTION])
+        db = client.get_default_database(default="muzo")
+        return cls(db.get_collection(JOB_COLLECTION, codec_options=CODEC_OPTIONS))
 
     def counts(self) -> list[tuple[str, str, int]]:
         """(type, status, count) for every pair present."""
@@ -375,11 +385,19 @@ class AdminStore:
                 for row in self.jobs.aggregate(status_pipeline())]
 
     def oldest_due(self, now: dt.datetime) -> dt.datetime | None:
-        """``availableAt`` of the oldest due PENDING job."""
-        doc = self.jobs.find_one(due_pending_query(now), sort=[("availableAt", ASCENDING)],
-                                 projection={"availableAt": 1})
-        when = doc.get("availableAt") if doc else None
-        return when if isinstance(when, dt.datetime) else None
+        """Since when the oldest due PENDING job (of a known type) has been due.
+
+        A job without ``availableAt`` has been due since it was created.
+        """
+        dated = self.jobs.find_one(
+            {**due_pending_query(now), "availableAt": {"$lte": now}},
+            sort=[("availableAt", ASCENDING)], projection={"availableAt": 1})
+        undated = self.jobs.find_one(
+            {**due_pending_query(now), "availableAt": None},
+            sort=[("createdAt", ASCENDING)], projection={"createdAt": 1})
+        found = [d for d in ((dated or {}).get("availableAt"), (undated or {}).get("createdAt"))
+                 if isinstance(d, dt.datetime)]
+        return min((d if d.tzinfo else d.replace(tzinfo=dt.UTC) for d in found), default=None)
 
     def count(self, query: Doc) -> int:
         return int(self.jobs.count_documents(query))
@@ -399,5 +417,5 @@ class AdminStore:
         return int(self.jobs.delete_many(failed_query(job_type, updated_before)).deleted_count)
 
 
-__all__ = ["AdminStore", "JobStore", "change_stream_pipeline", "error_document", "fence",
-           "new_job_document", "unlocked", "utcnow"]
+__all__ = ["AdminStore", "JobStore", "change_stream_pipeline", "due_condition", "error_document", "fence",
+           "new_job_document", "unknown_type_pending_query", "unlocked", "utcnow"]

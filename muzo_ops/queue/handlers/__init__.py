@@ -28,11 +28,23 @@ def resolve(spec: str) -> Handler:
     module_name, sep, attr = spec.strip().partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(f"handler {spec!r}: expected module:callable, e.g. muzo_ops.queue.handlers.demo:echo")
+    if module_name.startswith(".") or not all(part.isidentifier() for part in module_name.split(".")):
+        raise ConfigError(f"handler {spec}: {module_name!r} is not an absolute module path: write it as "
+                          "package.module:callable")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"handler {spec}: cannot import {module_name} ({exc.msg})") from exc
+    except SyntaxError as exc:
+        where = f"{exc.filename} line {exc.lineno}" if exc.filename else module_name
+        raise ConfigError(f"handler {spec}: {module_name} has a syntax error ({where}): fix the module") from exc
+    except Exception as exc:  # the module's own code failed while importing
+        raise ConfigError(f"handler {spec}: importing {module_name} raised {type(exc).__name__}: "
+                          "run python -c 'import {module_name}' to see why".replace("{module_name}",
+                                                                                   module_name)) from exc
     target: Any = module
+    if not all(part.isidentifier() for part in attr.split(".")):
+        raise ConfigError(f"handler {spec}: {attr!r} is not a callable's name")
     for part in attr.split("."):
         target = getattr(target, part, None)
         if target is None:
