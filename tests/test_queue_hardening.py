@@ -249,3 +249,28 @@ def test_worker_ranges_are_checked_at_start_up(tmp_path: Path, args: list[str], 
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+
+
+def test_a_worker_never_takes_over_its_own_expired_job(secantus: Secantus, db: tuple[str, Any]) -> None:
+    """After an outage its own lock may have expired: the job is still its own (running or writing)."""
+    from pymongo import AsyncMongoClient
+
+    from muzo_ops.queue.store import JobStore
+
+    name, jobs = db
+    jobs.insert_one(prisma_job(payload=mockup_payload(1)))
+
+    async def scenario() -> tuple[bool, bool, bool, bool]:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(secantus.uri)
+        store = JobStore(client[name])
+        claimed = await store.claim("A", [JobType.MOCKUP], 0.2)
+        await asyncio.sleep(0.4)  # A's lock expired while it was cut off
+        again = await store.claim("A", [JobType.MOCKUP], 30, expired_first=True)
+        paused = await store.claim("B", [JobType.MOCKUP], 30, expired_first=True, takeover=False)
+        swept = await store.fail_exhausted([JobType.MOCKUP], worker_id="A")
+        taken = await store.claim("B", [JobType.MOCKUP], 30, expired_first=True)
+        await client.close()
+        return claimed is not None, again is None and paused is None, swept == [], taken is not None
+
+    assert asyncio.run(scenario()) == (True, True, True, True)
+    assert jobs.find_one({})["lockedBy"] == "B"
