@@ -41,6 +41,8 @@ def test_env_errors_refused_with_names_not_values() -> None:
     text = str(caught.value)
     assert "h2" in text and "OPENAI_API_KEY" in text and "WORKER_CONCURRENCY" in text
     assert not [s for s in SECRETS if s in text]
+    with pytest.raises(DeployError, match="ssh_user root"):
+        plan_host("h4", FULL, {"_sudo": True})
     with pytest.raises(DeployError, match="muzo_queues"):
         plan_host("h3", FULL, {"muzo_queues": "gen;rm -rf /"})
 

@@ -74,6 +74,8 @@ def cmd_deploy(args: argparse.Namespace, out: Output) -> int:
     from muzo_ops.secrets.redact import secret_values
 
     out.redactor.add(secret_values(read_env_file(args.env_file)))
+    if not args.yes and not args.dry and not sys.stdin.isatty():
+        raise UsageError("deploy: not confirmed and standard input is not a terminal; add -y (or --dry)")
     as_json = args.format == "json"
     progress = (lambda line: out.err(line)) if not as_json else (lambda _line: None)
     if args.dry and args.rollback:

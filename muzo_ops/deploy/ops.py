@@ -120,8 +120,24 @@ class MuzoState(FactBase[HostState]):
         return state
 
 
+_cache: dict[int, tuple[object, object, HostState]] = {}
+
+
 def host_state() -> HostState:
+    """The host's ``MuzoState``, read once per host and pyinfra stage.
+
+    Sound because no operation here changes what another one reads: staging
+    touches only ``.next`` files and new releases (which pruning accounts for),
+    and the switch operations each compare a live value with the wanted one.
+    """
+    from pyinfra.context import ctx_host, ctx_state
+
+    real_host, stage = ctx_host.get(), ctx_state.get().current_stage  # type: ignore[no-untyped-call]
+    cached = _cache.get(id(real_host))
+    if cached is not None and cached[0] is real_host and cached[1] == stage:
+        return cached[2]
     result: HostState = host.get_fact(MuzoState)
+    _cache[id(real_host)] = (real_host, stage, result)
     return result
 
 
