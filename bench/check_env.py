@@ -4,6 +4,7 @@ Both run as fresh processes, interleaved, in the same run, so the ratio holds
 on a noisy machine. Prints medians and the ratio (aim: at most 2x).
 
     python bench/check_env.py --runs 40
+    python bench/check_env.py --runs 3 --lines 40000   # scale: a 40k-line file (linear, not quadratic)
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--lines", type=int, default=0,
+                        help="add this many extra variables to the file (scale check)")
     args = parser.parse_args()
     # Measure muzo_ops as `pip install .` leaves it: byte-compiled. (An editable install
     # under PYTHONDONTWRITEBYTECODE=1 would recompile every module on every run.)
@@ -40,7 +43,8 @@ def main() -> int:
 
     compileall.compile_dir(str(Path(muzo_ops.__file__).parent), quiet=1)
     with tempfile.TemporaryDirectory() as folder:
-        env = write_env(Path(folder) / ".env", FULL)
+        extra = "".join(f"X{i}=v{i}\n" for i in range(args.lines))
+        env = write_env(Path(folder) / ".env", FULL, extra=extra)
         ours = [sys.executable, "-m", "muzo_ops", "check-env", "--env-file", str(env)]
         base = [sys.executable, "-c", "import dotenv"]
         timed(ours), timed(base)  # warm the file cache
@@ -52,7 +56,8 @@ def main() -> int:
             b.append(timed(base))
         print(file=sys.stderr)
     ma, mb = statistics.median(a), statistics.median(b)
-    print(f"check-env (full .env)   median {ma * 1000:7.1f} ms")
+    label = f"full .env + {args.lines} lines" if args.lines else "full .env"
+    print(f"check-env ({label})   median {ma * 1000:7.1f} ms")
     print(f"python -c 'import dotenv' median {mb * 1000:7.1f} ms")
     print(f"ratio check-env / import dotenv: {ma / mb:.2f}x (aim <= 2.00x)")
     return 0
