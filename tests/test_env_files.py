@@ -147,6 +147,8 @@ def test_a_rewrite_keeps_owner_and_group_and_never_loosens_the_mode(tmp_path: Pa
     info = env.stat()
     assert (info.st_uid, info.st_gid, mode(env)) == (65534, 65534, 0o600)
     assert envfile.read(str(env)).values()["S3_BUCKET"] == "other"
+    lock = tmp_path / ".env.lock"  # the owner can still lock their own file
+    assert (lock.stat().st_uid, lock.stat().st_gid) == (65534, 65534)
     backup = next(tmp_path.glob(".env.*.bak"))
     assert (backup.stat().st_uid, mode(backup)) == (65534, 0o600)
     # a tighter mode stays as tight
@@ -215,6 +217,10 @@ def test_a_read_only_folder_is_one_line_naming_the_file_exit_2(tmp_path: Path, m
     folder = tmp_path / "ro"
     folder.mkdir()
     env = write_env(folder / ".env", FULL)
+    assert run_cli("init-env", "--env-file", str(env), "--non-interactive").returncode == 0
+    (folder / ".env.lock").unlink()
+    for backup in folder.glob(".env.*.bak"):
+        backup.unlink()
     before = env.read_bytes()
     subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True)
     mounts.append(str(folder))
@@ -226,6 +232,9 @@ def test_a_read_only_folder_is_one_line_naming_the_file_exit_2(tmp_path: Path, m
         assert str(env) in line and "read-only" in line.lower()
         assert_no_secret(proc.stdout + proc.stderr, SECRETS)
     assert env.read_bytes() == before
+    # nothing to change: nothing to write, so a read-only folder is fine
+    proc = run_cli("init-env", "--env-file", str(env), "--non-interactive")
+    assert proc.returncode == 0 and "nothing changed" in proc.stdout, proc.stderr
 
 
 def fill(folder: Path) -> None:

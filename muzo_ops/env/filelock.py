@@ -34,6 +34,18 @@ def lock_path(path: str) -> str:
     return os.path.realpath(path) + ".lock"
 
 
+def _give_to_owner(fd: int, path: str) -> None:
+    """A lock file root creates for another user's env file belongs to that user (or they
+    could never lock their own file again)."""
+    try:
+        owner = os.stat(path)
+        mine = os.fstat(fd)
+        if (mine.st_uid, mine.st_gid) != (owner.st_uid, owner.st_gid):
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+    except OSError:
+        pass  # no env file yet, or no CAP_CHOWN: the lock still works for this user
+
+
 @contextmanager
 def locked(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
     """Hold the exclusive lock of ``path`` for the ``with`` block.
@@ -41,14 +53,22 @@ def locked(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
     Waits at most ``timeout_s`` seconds (0: try once), then raises
     LockedError naming the file. The lock is released when the block ends
     or the process dies (the kernel drops ``flock`` locks with the file).
+    On a read-only file system there is no lock to take (and nothing can
+    change the file): the block runs as is.
     """
     target = lock_path(path)
     try:
         fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
+        if exc.errno == errno.EROFS:
+            # A read-only file system: no process can change the file, so there is
+            # nothing to exclude; a command that needs to write says so itself.
+            yield
+            return
         folder = os.path.dirname(target)
         raise LockedError(f"{path}: cannot create its lock file in {folder} ({exc.strerror}): "
                           "run as the env file's owner, on a writable folder") from exc
+    _give_to_owner(fd, path)
     deadline = time.monotonic() + max(timeout_s, 0.0)
     try:
         while True:
