@@ -51,8 +51,10 @@ def cmd_secrets_rotate(args: argparse.Namespace, out: Output) -> int:
         mongo = mongo_password.rotate_cli(args.env_file, dry_run=args.dry_run, yes=args.yes,
                                           keep=args.keep, lock_timeout_s=args.lock_timeout,
                                           on_values=out.redactor.add, say=out.err, swap_users=args.swap_users)
+        if args.deploy and mongo.ok:
+            return _deploy(args, out, mongo, mongo.lines(), {"DATABASE_URL": (mongo.old, mongo.new)})
         _print_result(args, out, mongo, mongo.lines())
-        return EXIT_OK if mongo.ok else EXIT_PROBLEMS
+        return EXIT_OK if mongo.ok or mongo.dry_run else EXIT_PROBLEMS
     if args.swap_users:
         out.err("error: --swap-users applies to DATABASE_URL only (see: muzo-ops secrets rotate --help)")
         return EXIT_USAGE
@@ -74,8 +76,32 @@ def cmd_secrets_rotate(args: argparse.Namespace, out: Output) -> int:
         lines.append(f"Backup: {result.backup} (0600){'; encrypted values stay encrypted' if result.encrypted else ''}."
                      " Restart the apps that read the file.")
         lines.append(f"Undo: muzo-ops secrets rollback --env-file {args.env_file}")
+    if args.deploy and not result.dry_run:
+        return _deploy(args, out, result, lines, {c.name: (c.old, c.new) for c in result.changes})
     _print_result(args, out, result, lines)
     return EXIT_OK
+
+
+def _deploy(args: argparse.Namespace, out: Output, rotated: Any, lines: list[str],
+            changes: dict[str, tuple[str | None, str | None]]) -> int:
+    """The rotation is done: push the file through the worker deploy and say which host runs what."""
+    from muzo_ops.secrets import propagate
+
+    as_json = args.format == "json"
+    if not as_json:
+        for line in lines:
+            out.out(line)
+        for warning in rotated.warnings:
+            out.err(f"warning: {warning}")
+    progress = (lambda _line: None) if as_json else out.err
+    result = propagate.deploy(args.env_file, args.deploy, changes, serial=args.deploy_serial,
+                              source=args.deploy_source, lock=args.deploy_lock, progress=progress)
+    if as_json:
+        out.json({"rotation": rotated.to_json(), "deploy": result.to_json()})
+    else:
+        for line in result.lines():
+            out.out(line)
+    return EXIT_OK if result.ok else EXIT_PROBLEMS
 
 
 def cmd_secrets_confirm(args: argparse.Namespace, out: Output) -> int:
@@ -224,6 +250,11 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     r.add_argument("--force", action="store_true",
                    help="rotate even if the previous secret is still inside the session lifetime")
     r.add_argument("--yes", action="store_true", help="DATABASE_URL: do not ask for confirmation")
+    r.add_argument("--deploy", metavar="INVENTORY",
+                   help="then push the env file through the worker deploy (pyinfra inventory), batch by batch")
+    r.add_argument("--deploy-serial", type=positive_int, default=1, metavar="N", help="hosts per deploy batch")
+    r.add_argument("--deploy-source", default=None, help=argparse.SUPPRESS)  # tests: a frozen checkout
+    r.add_argument("--deploy-lock", default=None, help=argparse.SUPPRESS)
     r.add_argument("--swap-users", action="store_true",
                    help="DATABASE_URL: new password on the idle user of <user>_a/<user>_b and point the URL at it; "
                         "the active user keeps working until `secrets confirm`")
