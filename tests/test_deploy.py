@@ -64,7 +64,8 @@ def _registered() -> bool:
 def muzo_deploy(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
     head = [sys.executable, "-m", "muzo_ops"] if _registered() else [sys.executable, "-c", SHIM]
-    return subprocess.run([*head, "deploy", *args], capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run([*head, "deploy", *args], capture_output=True, text=True, env=env, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
 
 
 def as_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
@@ -349,3 +350,24 @@ def test_removed_queue_is_stopped_and_disabled(hosts: list[NspawnHost], workdir:
         assert host.ssh("systemctl is-active muzo-worker@generation").stdout.strip() == "active"
         assert int(host.ssh("ls /opt/muzo/releases | wc -l").stdout) <= 3
     assert run_job(db)["status"] == "DONE"
+
+
+def test_first_deploy_that_cannot_start_stops_the_units(rootfs: Path, workdir: Path, db: Any) -> None:
+    host = NspawnHost(f"muzo-d{os.getpid() % 10000}-3", workdir / "third")
+    try:
+        host.boot()
+        inventory = write_inventory(workdir / "fresh-broken.py", [host], muzo_queues="generation",
+                                    muzo_handler_packages=[str(workdir / "broken")],
+                                    muzo_handlers={"GENERATION": "muzo_broken:run"}, muzo_health_timeout=6)
+        proc = muzo_deploy(*deploy_args(workdir, inventory, workdir / "warn.env"))
+        data = as_json(proc)
+        assert proc.returncode == 1 and not data["ok"], proc.stderr
+        assert data["hosts"][host.name] | {"operations": []} == {
+            "changed": data["hosts"][host.name]["changed"], "release": "", "healthy": False,
+            "rolled_back": False, "status": "failed", "operations": []}
+        assert host.ssh("systemctl is-active muzo-worker@generation", check=False).stdout.strip() in (
+            "inactive", "failed")
+        assert host.ssh("systemctl is-enabled muzo-worker@generation", check=False).stdout.strip() == "disabled"
+        assert host.ssh("test -e /opt/muzo/current || echo none").stdout == "none\n"
+    finally:
+        host.stop()

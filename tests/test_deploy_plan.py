@@ -10,7 +10,7 @@ import pytest
 from muzo_ops.deploy.plan import plan_host
 from muzo_ops.deploy.release import DeployError, build_release
 from muzo_ops.env.envfile import parse_text
-from tests.envdata import FULL, SECRETS
+from tests.envdata import FULL, SECRETS, write_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,3 +96,22 @@ def test_release_id_hashes_sources_and_lock_not_wheels(tmp_path: Path, monkeypat
     # A different pinned set is a new release too.
     lock.write_text("".join(line + "\n" for line in pins.splitlines() if not line.startswith("typing-extensions")))
     assert build_release((), lock, source).name not in (first.name, changed.name)
+
+
+def test_usage_errors_are_one_line_before_any_host(tmp_path: Path) -> None:
+    from tests.test_deploy import muzo_deploy
+
+    env = write_env(tmp_path / "worker.env", FULL)
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text("hosts = [('h1', {'ssh_port': 9})]\n")
+    unconfirmed = muzo_deploy("--inventory", str(inventory), "--env-file", str(env))
+    assert unconfirmed.returncode == 2
+    assert unconfirmed.stderr == ("error: deploy: not confirmed and standard input is not a terminal; "
+                                  "add -y (or --dry)\n")
+    unknown = muzo_deploy("--inventory", str(inventory), "--env-file", str(env), "--limit", "h9", "-y")
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "h9" in unknown.stderr
+    missing = muzo_deploy("--inventory", str(tmp_path / "nope.py"), "--env-file", str(env), "-y")
+    assert missing.returncode == 2 and missing.stderr.startswith("error: inventory ")
+    assert not [s for s in SECRETS if s in unconfirmed.stderr + unknown.stderr + missing.stderr]
+    helped = muzo_deploy("--help")
+    assert helped.returncode == 0 and "example:" in helped.stdout and "--serial" in helped.stdout

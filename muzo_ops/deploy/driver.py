@@ -250,12 +250,15 @@ def deploy(inventory: str, env_file: str, *, dry: bool = False, serial: int = 1,
             res.operations += _changed(sw.changes)
             res.changed = len(res.operations)
             gate_failed = sw.gate.is_complete() and sw.gate.did_error()
-            res.rolled_back = sw.rollback.is_complete() and sw.rollback.did_change() and sw.rollback.did_succeed()
+            ran_back = sw.rollback.is_complete() and sw.rollback.did_change() and sw.rollback.did_succeed()
+            first_deploy = ran_back and ops.NOTHING_TO_ROLL_BACK in sw.rollback.stdout
+            res.rolled_back = ran_back and not first_deploy
             if run.failed(name) or gate_failed:
                 res.status = "rolled-back" if res.rolled_back else "failed"
-                if res.rolled_back:
-                    res.release = states[name].current
+                res.release = states[name].current
                 res.detail = "health gate failed" if gate_failed else "switch failed"
+                if first_deploy:
+                    res.detail = "health gate failed on the first deploy: nothing to roll back to, units stopped"
                 stop = True
             else:
                 res.status, res.healthy = "deployed", True

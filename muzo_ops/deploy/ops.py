@@ -46,6 +46,7 @@ STATE = f"{ETC}/state"
 ENV_FILE = f"{ETC}/worker.env"
 UNIT_FILE = "/etc/systemd/system/muzo-worker@.service"
 KEEP_RELEASES = 3
+NOTHING_TO_ROLL_BACK = "nothing to roll back to"
 
 _STATE_SCRIPT = r"""
 sha() { if [ -f "$1" ]; then sha256sum "$1" | cut -d' ' -f1; fi; }
@@ -375,7 +376,7 @@ fi
 if [ ! -L {ROOT}/previous ]; then
   systemctl disable --now {units} || true
   rm -f {ROOT}/current
-  echo "nothing to roll back to: stopped {units}"
+  echo "{NOTHING_TO_ROLL_BACK}: stopped {units}"
   exit 0
 fi
 old=$(readlink {ROOT}/current || true)
