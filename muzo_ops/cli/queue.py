@@ -33,8 +33,26 @@ def _values(args: argparse.Namespace, out: Output) -> dict[str, str]:
     return values
 
 
+def _metrics_port(args: argparse.Namespace, values: dict[str, str]) -> tuple[str, int] | None:
+    """(host, base port) for /metrics, from --metrics-port or WORKER_METRICS_PORT; None: off."""
+    from muzo_ops.env import checks, schema
+    from muzo_ops.errors import ConfigError
+
+    base: int | None = args.metrics_port
+    if base is None and values.get("WORKER_METRICS_PORT", ""):
+        problem = checks.value_error(schema.get("WORKER_METRICS_PORT"), values["WORKER_METRICS_PORT"])
+        if problem:
+            raise ConfigError(f"WORKER_METRICS_PORT {problem}")
+        base = int(values["WORKER_METRICS_PORT"])
+    if base is None:
+        return None
+    host = values.get("WORKER_METRICS_HOST", "") or "127.0.0.1"
+    return host, base
+
+
 def cmd_worker(args: argparse.Namespace, out: Output) -> int:
     from muzo_ops.queue import worker
+    from muzo_ops.queue.events import Observer
 
     values = _values(args, out)
     settings = worker.WorkerSettings.from_values(
@@ -42,7 +60,19 @@ def cmd_worker(args: argparse.Namespace, out: Output) -> int:
         poll_s=args.poll_seconds, drain_timeout_s=args.drain_timeout, retry_base_s=args.retry_base,
         retry_cap_s=args.retry_cap, change_streams=False if args.no_change_streams else None,
         burst=args.burst)
-    code, threads_alive = worker.run_process(settings, args.handler or [], values, out.redactor)
+    observers: list[Observer] = []
+    metrics = _metrics_port(args, values)
+    server = None
+    if metrics is not None:
+        from muzo_ops import metrics as metrics_module
+
+        server = metrics_module.attach(observers, metrics[0], metrics[1], queues=settings.queues)
+    try:
+        code, threads_alive = worker.run_process(settings, args.handler or [], values, out.redactor,
+                                                 observers=observers)
+    finally:
+        if server is not None:
+            server.stop()
     if threads_alive:
         sys.stdout.flush()
         os._exit(code)  # a plain-function handler still runs; its job was released
@@ -134,9 +164,12 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         "runs, fenced writes, retries with back-off, change-stream wake-up (polling "
         "otherwise). Reads DATABASE_URL, WORKER_QUEUES, WORKER_CONCURRENCY, WORKER_LOCK_SECONDS, "
         "WORKER_POLL_SECONDS, WORKER_DRAIN_TIMEOUT_SECONDS, WORKER_RETRY_BASE_SECONDS, "
-        "WORKER_RETRY_CAP_SECONDS, WORKER_CHANGE_STREAMS, MUZO_WORKER_HANDLERS, QUEUE_TRANSACTIONS "
-        "and LOG_LEVEL from the env file with the process environment on top; each flag below "
-        "overrides its variable. SIGTERM/SIGINT drain running jobs, release the rest and exit 0. "
+        "WORKER_RETRY_CAP_SECONDS, WORKER_CHANGE_STREAMS, MUZO_WORKER_HANDLERS, QUEUE_TRANSACTIONS, "
+        "JOB_TIMEOUT_<TYPE>_SECONDS, WORKER_METRICS_PORT/HOST and LOG_LEVEL from the env file "
+        "with the process environment on top; each flag below "
+        "overrides its variable (and is held to its range). A job past its type's timeout is "
+        "retried or failed; at 3 abandoned handler threads the worker drains and exits 1. "
+        "SIGTERM/SIGINT drain running jobs, release the rest and exit 0. "
         "Logs are pino JSON lines on stdout. Works with MongoDB 6.0-8.x.",
         "muzo-ops worker --queues generation,mockup --concurrency 4 "
         "--handler GENERATION=muzo_ops.queue.handlers.demo:echo "
@@ -163,6 +196,10 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
                    help="poll only, even where the server offers change streams")
     p.add_argument("--burst", action="store_true",
                    help="process what is due, then exit 0 once no job is due (for cron and tests)")
+    p.add_argument("--metrics-port", type=port, metavar="N",
+                   help="serve /metrics, /healthz and /readyz on this base port (a single-queue process "
+                   "adds its queue's offset: generation 0, mockup 1, fulfillment 2); default: "
+                   "WORKER_METRICS_PORT, else off. Binds WORKER_METRICS_HOST, else 127.0.0.1")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("jobs", help="inspect and operate the queue", **help_kwargs(
