@@ -316,3 +316,31 @@ def test_rotate_keeps_export_indent_comments_and_other_lines(tmp_path: Path) -> 
     text = env.read_text()
     assert "  export NEXTAUTH_SECRET='encrypted:" in text and "'  # signs sessions\n" in text
     assert "export NEXTAUTH_SECRET_PREVIOUS='encrypted:" in text and "' # kept for 30 days\n" in text
+
+
+REKEY_DRIVER = textwrap.dedent("""
+    import sys
+    from muzo_ops.secrets import encryption
+    print("ready", flush=True)
+    for _ in range(1000):
+        encryption.rekey_file(sys.argv[1], keep=2, lock_timeout_s=60, environ={})
+""")
+
+
+def test_rekey_killed_at_any_point_leaves_a_file_the_keys_open(tmp_path: Path) -> None:
+    env = write(tmp_path / ".env.production", FULL)
+    encryption.encrypt_file(str(env), environ={})
+    rng = random.Random(7)
+    for attempt in range(60):
+        proc = subprocess.Popen([sys.executable, "-c", REKEY_DRIVER, str(env)], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0, 0.3))
+        proc.send_signal(signal.SIGKILL if attempt % 3 else signal.SIGTERM)
+        proc.wait(30)
+        text = env.read_text()
+        _name, keys = dotenvx.private_keys_for(str(env), text, environ={})
+        plain = dotenvx.decrypt_text(text, str(env), keys)  # raises if the keys do not open the file
+        assert read(env).keys() == {*FULL, "DOTENV_PUBLIC_KEY_PRODUCTION"}
+        assert {k: v for k, v in dotenv_values(stream=io.StringIO(plain.text)).items() if k in FULL} == FULL
+        assert (tmp_path / ".env.keys").stat().st_mode & 0o777 == 0o600
