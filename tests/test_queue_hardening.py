@@ -274,3 +274,23 @@ def test_a_worker_never_takes_over_its_own_expired_job(secantus: Secantus, db: t
 
     assert asyncio.run(scenario()) == (True, True, True, True)
     assert jobs.find_one({})["lockedBy"] == "B"
+
+
+def test_a_real_worker_with_three_abandoned_threads_exits_1(tmp_path: Path, secantus: Secantus,
+                                                             db: tuple[str, Any]) -> None:
+    from tests.workers import start_worker
+
+    name, jobs = db
+    jobs.insert_many([prisma_job(payload=mockup_payload(i, seconds=30), max_attempts=1) for i in range(3)])
+    worker = start_worker(tmp_path, secantus.url(name), "--poll-seconds", "0.2", name="hung",
+                          handler="MOCKUP=tests.handlers_for_tests:hang", env={"JOB_TIMEOUT_MOCKUP_SECONDS": "1"})
+    try:
+        code = worker.proc.wait(30)
+    finally:
+        worker.kill9()
+    assert code == 1
+    assert jobs.count_documents({"status": "FAILED", "lastError.name": "JobTimeoutError"}) == 3
+    lines = worker.lines()
+    assert [line["abandonedThreads"] for line in lines
+            if line.get("msg") == "Handler thread abandoned after its timeout"] == [1, 2, 3]
+    assert lines[-1]["msg"] == "Worker stopped"
