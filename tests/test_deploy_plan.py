@@ -115,3 +115,13 @@ def test_usage_errors_are_one_line_before_any_host(tmp_path: Path) -> None:
     assert not [s for s in SECRETS if s in unconfirmed.stderr + unknown.stderr + missing.stderr]
     helped = muzo_deploy("--help")
     assert helped.returncode == 0 and "example:" in helped.stdout and "--serial" in helped.stdout
+
+
+def test_the_last_three_releases_are_kept() -> None:
+    from muzo_ops.deploy.ops import HostState, releases_to_delete
+
+    state = HostState(current="r3", previous="r1", releases=["r4", "r3", "r2", "r1"], partial=["r0"])
+    # r5 is new: keep it, current and previous; the oldest others go, and the half-installed one.
+    assert releases_to_delete("r5", state) == ["r2", "r4", "r0"]
+    assert releases_to_delete("r4", HostState(current="r3", previous="r2", releases=["r4", "r3", "r2"])) == []
+    assert releases_to_delete("r2", HostState(current="r3", releases=["r3", "r2", "r1", "r0"])) == ["r0"]

@@ -175,14 +175,18 @@ def release_installed(release: Release) -> OpGen:
 @operation()
 def releases_pruned(release: Release, keep: int = KEEP_RELEASES) -> OpGen:
     """Delete the oldest releases beyond ``keep`` (never the new, current or previous one)."""
-    state = host_state()
-    names = list(dict.fromkeys([release.name, *state.releases]))
-    protected = {release.name, state.current, state.previous}
-    surplus = len(names) - keep
-    doomed = [n for n in reversed(names) if n not in protected][:max(0, surplus)]
-    doomed += [n for n in state.partial if n != release.name]
+    doomed = releases_to_delete(release.name, host_state(), keep)
     if doomed:
         yield "rm -rf " + " ".join(q(f"{RELEASES}/{n}") for n in doomed)
+
+
+def releases_to_delete(new: str, state: HostState, keep: int = KEEP_RELEASES) -> list[str]:
+    """The oldest complete releases beyond ``keep`` (never ``new``, current or previous), and partial ones."""
+    names = list(dict.fromkeys([new, *state.releases]))  # newest first
+    protected = {new, state.current, state.previous}
+    surplus = len(names) - keep
+    doomed = [n for n in reversed(names) if n not in protected][:max(0, surplus)]
+    return doomed + [n for n in state.partial if n != new]
 
 
 def _stage(kind: str, text: str, digest: str, mode: str) -> OpGen:
