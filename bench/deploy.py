@@ -15,6 +15,7 @@ the time of one.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -53,6 +54,7 @@ def main() -> int:
     build_rootfs()
     with tempfile.TemporaryDirectory(prefix="muzo-bench-deploy-") as tmp:
         work = Path(tmp)
+        os.environ["MUZO_DEPLOY_CACHE"] = str(work / "cache")
         source = work / "source"
         source.mkdir()
         for name in ("muzo_ops", "templates"):

@@ -97,9 +97,18 @@ def hosts(rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[li
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A frozen copy of the checkout to ship (other edits in the tree do not change the release)."""
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A frozen copy of the checkout to ship (other edits in the tree do not change the release).
+
+    Release bundles go to a cache inside it (MUZO_DEPLOY_CACHE), not to ~/.cache.
+    """
     work = tmp_path_factory.mktemp("deploy")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MUZO_DEPLOY_CACHE", str(work / "cache"))
+        yield _prepare(work)
+
+
+def _prepare(work: Path) -> Path:
     source = work / "source"
     source.mkdir()
     for name in ("muzo_ops", "templates"):
