@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from pathlib import Path
@@ -112,18 +113,22 @@ def _values_seconds(lines: int, environ: dict[str, str] | None) -> float:
     text = "".join(f"X{i}=v{i}\n" if i % 10 else f"X{i}=${{X{i - 1}}}-x\n" for i in range(1, lines + 1))
     parsed = envfile.parse_text(text)
     best = float("inf")
-    for _ in range(3):
-        started = time.perf_counter()
-        values = parsed.values(environ)
-        best = min(best, time.perf_counter() - started)
+    gc.disable()  # a collection landing in one run is noise, not the algorithm
+    try:
+        for _ in range(5):
+            started = time.perf_counter()
+            values = parsed.values(environ)
+            best = min(best, time.perf_counter() - started)
+    finally:
+        gc.enable()
     assert values["X10"] == "v9-x"
     return best
 
 
 @pytest.mark.parametrize("environ", [None, {"PATH": "/bin", "X5": "from-env"}])
 def test_resolving_values_is_linear_in_the_file(environ: dict[str, str] | None) -> None:
-    small, big = _values_seconds(5000, environ), _values_seconds(20000, environ)
-    assert big / small < 8, (small, big)  # 4x the lines: linear ~4x; a scope copy per line gave ~16x
+    small, big = _values_seconds(5000, environ), _values_seconds(40000, environ)
+    assert big / small < 24, (small, big)  # 8x the lines: linear ~8x; a scope copy per line gave ~64x
 
 
 def test_check_env_on_40k_lines_takes_seconds_not_minutes(tmp_path: Path) -> None:
@@ -144,3 +149,57 @@ def test_the_development_database_url_reaches_dev_db(tmp_path: Path, secantus: S
     result = probes.check_mongo(local, 5)
     assert result.ok, result.message
     assert "replica set secantus" in result.message and "transactions available" in result.message
+
+
+HOSTILE_FILES: dict[str, bytes] = {
+    "nul": b"A=1\x00\nB=2\n",
+    "latin1": "A=caf\xe9\n".encode("latin-1"),
+    "bom": "\ufeffNODE_ENV=production\n".encode(),
+    "cr": b"NODE_ENV=production\r\nLOG_LEVEL=info\r",
+    "quotes": b"A='unterminated\nB=\"x\" trailing\n",
+    "urls": b"DATABASE_URL=mongodb://[::1\nREDIS_URL=redis://:@/\nS3_ENDPOINT=http://[zz]/\n"
+            b"NEXTAUTH_URL=https://h:99999999999/\n",
+    "expansion": "".join(f"V{i}=${{V{i - 1}}}${{V{i - 1}}}\n" for i in range(1, 30)).encode(),
+    "controls": b"S3_BUCKET=\x1b]0;pwned\x07\nEMAIL_FROM=a\x1b[31m@b\nS3_REGION=\"two\\nlines\"\n",
+    "numbers": b"EMAIL_SERVER_PORT=99999999999999999999999\nWORKER_LOCK_SECONDS=1e999\n"
+               b"WORKER_POLL_SECONDS=nan\nWORKER_CONCURRENCY=-1\nWORKER_RETRY_CAP_SECONDS=\xc2\xb2\n",
+    "mongo": b"DATABASE_URL=mongodb://u:p@h:0/?serverSelectionTimeoutMS=99999999999999999999999999\n",
+    "mongo-options": b"DATABASE_URL=mongodb://127.0.0.1:1/?replicaSet=&directConnection=maybe&tls=true"
+                     b"&ssl=false&serverSelectionTimeoutMS=30000\n",
+    "mongo-userinfo": b"DATABASE_URL=mongodb://%zz:%@127.0.0.1:1/x?authSource=&serverSelectionTimeoutMS=30000\n",
+    "bare": b"just some text\n===\nexport\n",
+}
+
+
+def test_a_walk_of_hostile_env_input_never_says_unexpected(tmp_path: Path) -> None:
+    runs: list[tuple[str, ...]] = []
+    for name, data in HOSTILE_FILES.items():
+        path = tmp_path / f"{name}.env"
+        path.write_bytes(data)
+        runs.append(("check-env", "--env-file", str(path)))
+        runs.append(("check-env", "--env-file", str(path), "--format", "json", "--include-environ",
+                     "--strict", "--environment", "production", "--connect", "--timeout", "0.3"))
+        runs.append(("init-env", "--env-file", str(path), "--non-interactive", "--set", "S3_REGION=\x1b[2J"))
+        runs.append(("init-env", "--env-file", str(path), "--non-interactive"))
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    new = str(tmp_path / "new.env")
+    for target in ("folder", "loop1", "missing-folder/.env"):
+        runs.append(("check-env", "--env-file", str(tmp_path / target)))
+        runs.append(("init-env", "--env-file", str(tmp_path / target), "--non-interactive"))
+    runs += [("check-env", "--env-file", "/dev/zero"), ("init-env", "--env-file", "/dev/zero", "--non-interactive")]
+    for bad_set in ("S3_BUCKET=a\nb", "NOPE=1", "=x", "DATABASE_URL=mongodb://h:99999", "S3_BUCKET=it's $(id)",
+                    "EMAIL_SERVER_PORT=²⁵", "WORKER_LOCK_SECONDS=inf", "MUZO_WORKER_HANDLERS=GENERATION=.x:y"):
+        runs.append(("init-env", "--env-file", new, "--non-interactive", "--set", bad_set))
+    runs += [("init-env", "--env-file", new, "--non-interactive", "--set-stdin", "STRIPE_SECRET_KEY"),
+             ("init-env", "--env-file", new, "--non-interactive", "--lock-timeout", "inf")]
+    for args in runs:
+        proc = run_cli(*args, stdin="v\x00al\x1b[2J\n")
+        out = proc.stdout + proc.stderr
+        assert proc.returncode in (1, 2) or args[0] == "init-env" and proc.returncode == 0, (args, out[-400:])
+        assert_clean(out)
+        assert "\x1b" not in out and "\x00" not in out, args
+        if proc.returncode == 2:
+            assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), (args, proc.stderr)
+    assert not (tmp_path / "new.env").exists() or "\x1b" not in (tmp_path / "new.env").read_text()

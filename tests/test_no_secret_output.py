@@ -107,3 +107,14 @@ def test_control_characters_in_values_are_printed_escaped(tmp_path: Path) -> Non
     assert "bucket\\u001b[2K\\u001b[1Ahidden" in text.stdout or "bucket\\x1b[2K" in text.stdout
     shown = {v["name"]: v["value"] for v in json.loads(data.stdout)["variables"]}
     assert "\x1b" not in shown["S3_BUCKET"] and shown["S3_BUCKET"].startswith("bucket")
+
+
+def test_a_line_that_cannot_be_parsed_is_named_by_number_only(tmp_path: Path) -> None:
+    pasted = "Zq8vPastedSecretWithoutShape77 copied from the vault"
+    env = write_env(tmp_path / ".env", FULL, extra=f"{pasted}\n")
+    for args in (("check-env",), ("init-env", "--non-interactive")):
+        proc = run_cli(*args, "--env-file", str(env))
+        assert proc.returncode == 2
+        assert proc.stderr == (f"error: {env} line {len(FULL) + 1}: cannot parse this line (its text is not "
+                               "shown: it may be a pasted secret): expected NAME=VALUE, a # comment or a "
+                               "blank line\n")

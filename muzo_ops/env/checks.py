@@ -242,8 +242,14 @@ def handlers_error(value: str) -> str | None:
     return None
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def value_error(var: Variable, value: str) -> str | None:
     """Why ``value`` breaks ``var``'s format rule, or None. Never quotes a secret."""
+    if _CONTROL_RE.search(value):
+        return ("has a control character (a line break, escape or NUL; shown escaped): no muzo "
+                "variable takes one, remove it")
     kind = var.kind
     if kind in (Kind.URL, Kind.HTTPS_URL):
         try:

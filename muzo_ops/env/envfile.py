@@ -134,10 +134,12 @@ def _malformed_reason(text: str) -> str:
         if quote not in rest.replace("\\" + quote, ""):
             return f"unterminated quote in {name}: add the closing {quote} or escape it"
         return f"text after the closing quote in {name}: remove it or start it with ' #'"
-    match = re.match(r"\s*(?:export\s+)?([A-Za-z_][\w.]*)", first)
+    match = re.match(r"\s*(?:export\s+)?([A-Za-z_][\w.]*)\s*=", first)
     if match:
         return f"cannot parse the statement of {match.group(1)}: expected NAME=VALUE"
-    return "cannot parse this line: expected NAME=VALUE, a # comment or a blank line"
+    # No `NAME=`: the line may be a pasted secret, so its text is not repeated.
+    return ("cannot parse this line (its text is not shown: it may be a pasted secret): expected "
+            "NAME=VALUE, a # comment or a blank line")
 
 
 def parse_text(text: str, path: str = ".env") -> EnvFile:

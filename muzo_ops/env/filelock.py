@@ -66,6 +66,9 @@ def locked(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
             yield
             return
         folder = os.path.dirname(target)
+        if exc.errno == errno.ENOENT:
+            raise LockedError(f"{path}: the folder {folder} does not exist: create it, or fix "
+                              "--env-file") from exc
         raise LockedError(f"{path}: cannot create its lock file in {folder} ({exc.strerror}): "
                           "run as the env file's owner, on a writable folder") from exc
     _give_to_owner(fd, path)

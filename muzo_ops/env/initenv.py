@@ -51,8 +51,8 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep:
-            raise UsageError(f"--set {name}: expected KEY=VALUE")
+        if not sep or not name:
+            raise UsageError(f"--set {name or '=…'}: expected KEY=VALUE")
         var = known_variable(name)
         url_without_password = var.kind in (schema.Kind.MONGO_URL, schema.Kind.REDIS_URL) and not (
             secret_values({name: value}))
