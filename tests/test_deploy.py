@@ -9,7 +9,6 @@ this machine's 127.0.0.1, which the containers share.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -37,34 +36,9 @@ UNAVAILABLE = nspawn_unavailable()
 pytestmark = [pytest.mark.skipif(UNAVAILABLE is not None, reason=f"no systemd-nspawn hosts: {UNAVAILABLE}"),
               pytest.mark.timeout(420)]
 
-SHIM = """
-import sys
-from muzo_ops.cli.common import Parser
-from muzo_ops.cli import deploy
-from muzo_ops.cli.output import Output
-from muzo_ops.errors import MuzoOpsError
-parser = Parser(prog="muzo-ops")
-deploy.add_parser(parser.add_subparsers(dest="command", parser_class=Parser))
-args = parser.parse_args(sys.argv[1:])
-try:
-    sys.exit(args.func(args, Output()))
-except MuzoOpsError as exc:
-    print(f"error: {exc}", file=sys.stderr)
-    sys.exit(exc.exit_code)
-"""
-
-
-@functools.cache
-def _registered() -> bool:
-    """Whether ``muzo-ops deploy`` is registered in the CLI (else the command runs through a shim)."""
-    probe = subprocess.run([sys.executable, "-m", "muzo_ops", "deploy", "--help"], capture_output=True, text=True)
-    return probe.returncode == 0
-
-
 def muzo_deploy(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-    head = [sys.executable, "-m", "muzo_ops"] if _registered() else [sys.executable, "-c", SHIM]
-    return subprocess.run([*head, "deploy", *args], capture_output=True, text=True, env=env, timeout=timeout,
+    return subprocess.run([sys.executable, "-m", "muzo_ops", "deploy", *args], capture_output=True, text=True, env=env, timeout=timeout,
                           stdin=subprocess.DEVNULL)
 
 

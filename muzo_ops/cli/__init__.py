@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from muzo_ops.cli import deploy as deploy_commands
 from muzo_ops.cli import env as env_commands
 from muzo_ops.cli import queue as queue_commands
 from muzo_ops.cli import secrets as secrets_commands
@@ -37,6 +38,7 @@ def build_parser() -> Parser:
     env_commands.add_parsers(sub)
     secrets_commands.add_parsers(sub)
     queue_commands.add_parsers(sub)
+    deploy_commands.add_parser(sub)
     return parser
 
 
