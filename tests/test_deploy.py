@@ -36,10 +36,11 @@ UNAVAILABLE = nspawn_unavailable()
 pytestmark = [pytest.mark.skipif(UNAVAILABLE is not None, reason=f"no systemd-nspawn hosts: {UNAVAILABLE}"),
               pytest.mark.timeout(420)]
 
+
 def muzo_deploy(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-    return subprocess.run([sys.executable, "-m", "muzo_ops", "deploy", *args], capture_output=True, text=True, env=env, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run([sys.executable, "-m", "muzo_ops", "deploy", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def as_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
