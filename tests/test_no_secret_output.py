@@ -118,3 +118,24 @@ def test_a_line_that_cannot_be_parsed_is_named_by_number_only(tmp_path: Path) ->
         assert proc.stderr == (f"error: {env} line {len(FULL) + 1}: cannot parse this line (its text is not "
                                "shown: it may be a pasted secret): expected NAME=VALUE, a # comment or a "
                                "blank line\n")
+
+
+def test_secret_shapes_mask_secrets_and_leave_ordinary_text() -> None:
+    from muzo_ops.secrets.redact import Redactor, mask_shapes
+
+    secrets = ["sk_live_51HabcDEF0123456789", "rk_test_51HabcDEF0123456789", "whsec_abcdef0123456789",
+               "sk-proj-abcdefghijklmnopqrstuvwxyz012345", "AKIAIOSFODNN7EXAMPLE", "ASIAIOSFODNN7EXAMPLE",
+               "ghp_" + "a" * 36, "xoxb-1234567890-abcdefghij", "AIza" + "B" * 35, "GOCSPX-abcdefghij12",
+               "rpa_ABCDEFGHIJKLMNOPQRST", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.abcdefghijklmnop"]
+    for secret in secrets:
+        for text in (secret, f"value={secret}", f'"{secret}"', f"{secret}\n"):
+            assert secret not in mask_shapes(text), secret
+            assert secret not in Redactor()(text), secret
+    assert mask_shapes("mongodb://h/?authMechanismProperties=AWS_SESSION_TOKEN:FwoGZXIvYXdz") == (
+        "mongodb://h/?authMechanismProperties=AWS_SESSION_TOKEN:***")
+    assert mask_shapes("https://s3/x?X-Amz-Signature=abc123&a=1") == "https://s3/x?X-Amz-Signature=***&a=1"
+    ordinary = ["pk_live_51Hpublishable000000", "/srv/production/muzo", "NODE_ENV=production",
+                "muzo-prod-assets", "sk_live_", "task-scheduler-keeper", "generation,mockup",
+                "mongodb://127.0.0.1:27017/muzo?serverSelectionTimeoutMS=30000&appName=ops@muzo"]
+    for text in ordinary:
+        assert mask_shapes(text) == text

@@ -35,6 +35,15 @@ class Output:
         """A line on standard output."""
         self._write(self._stdout or sys.stdout, text)
 
+    def value(self, text: str) -> None:
+        """A value the user asked to see (``secrets generate``), on standard output as it is.
+
+        Not redacted: a fresh random value can, by chance, look like a
+        secret's shape, and masking part of it would hand out a broken secret.
+        """
+        stream = self._stdout or sys.stdout
+        stream.write(text + "\n")
+
     def err(self, text: str) -> None:
         """A line on standard error."""
         self._write(self._stderr or sys.stderr, text)

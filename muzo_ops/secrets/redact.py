@@ -17,19 +17,22 @@ MIN_SECRET_CHARS = 4  # shorter values would mask ordinary words
 
 # Text with a secret's shape, masked wherever it appears (in a variable not
 # meant for it, pasted on a line of its own, inside a URL option). Each
-# pattern's group "s" is the secret; text around it stays readable.
+# pattern's group "s" is the secret; text around it stays readable. Short
+# prefixes must start a token (not follow `-` or `_`), so a random base64url
+# value does not look like one by chance.
 SECRET_SHAPES: tuple[re.Pattern[str], ...] = tuple(re.compile(p) for p in (
     r"(?<![A-Za-z0-9])(?P<s>(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{6,})",  # Stripe secret / restricted
     r"(?<![A-Za-z0-9])(?P<s>whsec_[A-Za-z0-9]{10,})",  # Stripe webhook signing secret
-    r"(?<![A-Za-z0-9])(?P<s>sk-(?:proj-|svcacct-|admin-|ant-)?[A-Za-z0-9_-]{20,})",  # OpenAI, Anthropic
+    r"(?<![A-Za-z0-9_-])(?P<s>sk-(?:proj|svcacct|admin|ant-api03|ant-admin01)-[A-Za-z0-9_-]{20,})",  # OpenAI, Anthropic
+    r"(?<![A-Za-z0-9_-])(?P<s>sk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20})",  # OpenAI, older keys
     r"(?<![A-Za-z0-9])(?P<s>(?:AKIA|ASIA)[0-9A-Z]{16})(?![0-9A-Z])",  # AWS access key id
-    r"(?<![A-Za-z0-9])(?P<s>gh[pousr]_[A-Za-z0-9]{30,})",  # GitHub
-    r"(?<![A-Za-z0-9])(?P<s>github_pat_[A-Za-z0-9_]{30,})",
-    r"(?<![A-Za-z0-9])(?P<s>glpat-[A-Za-z0-9_-]{16,})",  # GitLab
-    r"(?<![A-Za-z0-9])(?P<s>xox[abposr]-[A-Za-z0-9-]{10,})",  # Slack
-    r"(?<![A-Za-z0-9])(?P<s>AIza[0-9A-Za-z_-]{35})",  # Google API key
+    r"(?<![A-Za-z0-9_-])(?P<s>gh[pousr]_[A-Za-z0-9]{30,})",  # GitHub
+    r"(?<![A-Za-z0-9_-])(?P<s>github_pat_[A-Za-z0-9_]{30,})",
+    r"(?<![A-Za-z0-9_-])(?P<s>glpat-[A-Za-z0-9_-]{16,})",  # GitLab
+    r"(?<![A-Za-z0-9_-])(?P<s>xox[abposr]-[A-Za-z0-9-]{10,})",  # Slack
+    r"(?<![A-Za-z0-9_-])(?P<s>AIza[0-9A-Za-z_-]{35})",  # Google API key
     r"(?<![A-Za-z0-9])(?P<s>GOCSPX-[A-Za-z0-9_-]{10,})",  # Google OAuth client secret
-    r"(?<![A-Za-z0-9])(?P<s>rpa_[A-Za-z0-9]{16,})",  # RunPod
+    r"(?<![A-Za-z0-9_-])(?P<s>rpa_[A-Za-z0-9]{16,})",  # RunPod
     r"(?<![A-Za-z0-9_-])(?P<s>eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})",  # JWT
     r"(?P<s>-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z))",
     # credentials inside URL options and key:value lists (MongoDB authMechanismProperties)
