@@ -297,8 +297,6 @@ def test_plain_values_muzo_ops_writes_read_back_in_dotenvx(tmp_path: Path) -> No
     assert {k: got.get(k) for k in wanted} == wanted
 
 
-@pytest.mark.xfail(strict=True, reason="muzo_ops.env.envfile.encode_value writes a value with `$(` unquoted "
-                   "or double-quoted, and dotenvx runs it as a command: it must single-quote it or refuse it")
 @pytest.mark.parametrize("value", ["$(touch PWNED)", "a$(touch PWNED)b"])
 def test_dotenvx_never_runs_a_plain_value_muzo_ops_wrote(tmp_path: Path, value: str) -> None:
     (tmp_path / ".env").write_text(format_line("RT", value))

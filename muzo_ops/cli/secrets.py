@@ -170,9 +170,7 @@ def cmd_secrets_decrypt(args: argparse.Namespace, out: Output) -> int:
     result = encryption.decrypt_file(args.env_file, to_stdout=args.stdout, keep=args.keep,
                                      lock_timeout_s=args.lock_timeout, on_values=out.redactor.add)
     if args.stdout:
-        import sys
-
-        sys.stdout.write(result.text or "")  # asked for: the plain file, unredacted, and nothing else
+        out.value((result.text or "").rstrip("\n"))  # asked for: the plain file, unredacted, and nothing else
         return EXIT_OK
     lines = [f"Decrypted {len(result.names)} values in {args.env_file} (mode 0600)"
              + (f"; backup {result.backup} (0600)." if result.backup else ".")]

@@ -352,23 +352,11 @@ def encrypted_line(name: str, public_hex: str, plaintext: str, newline: str = "\
 
 
 def plain_line(name: str, value: str) -> str:
-    """``envfile.format_line``, except that a value with ``$(`` is single-quoted or refused.
-
-    dotenvx runs ``$(…)`` in unquoted and double-quoted values as a shell
-    command; only single quotes keep it literal in all three loaders.
-    """
+    """``envfile.format_line``: it single-quotes a value with ``$(`` (dotenvx runs ``$(…)`` outside
+    single quotes) or refuses it when single quotes cannot carry it."""
     from muzo_ops.env.envfile import format_line
-    from muzo_ops.errors import UnrepresentableValueError
 
-    line = format_line(name, value)
-    if "$(" not in value or line.startswith(f"{name}='"):
-        return line
-    if "'" in value or "\\" in value or "\r" in value:
-        raise UnrepresentableValueError(
-            name, "the value has `$(`, which dotenvx runs as a command unless the value is single-quoted, "
-            "and a single quote, backslash or carriage return that single quotes cannot carry; choose "
-            "another value")
-    return f"{name}='{value}'\n"
+    return format_line(name, value)
 
 
 def reframe(entry: Entry, line: str) -> str:
