@@ -127,3 +127,20 @@ def test_history_finds_a_secret_deleted_since(repo: Path) -> None:
 def test_outside_a_git_work_tree_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(scan.ScanError, match="git work tree"):
         scan.scan(str(tmp_path), FULL)
+
+
+@pytest.mark.parametrize("line", [
+    'url = f"mongodb://muzo_app:{password}@db.internal/muzo"',
+    "MONGO=mongodb://root:%(pw)s@localhost/admin",
+    "MUZO_MONGO_ADMIN_URI='mongodb://admin:…@db.internal/admin?tls=true'",
+    "mongodb://db.internal:27017/muzo?tls=true&appName=ops@muzo",
+    "mongodb+srv://cluster0.ab1cd.mongodb.net/muzo?authSource=admin",
+])
+def test_templates_and_urls_without_a_password_are_not_findings(line: str) -> None:
+    assert scan.scan_text(line, "doc.md", []) == []
+
+
+def test_a_real_looking_url_password_is_found_and_masked() -> None:
+    (finding,) = scan.scan_text("mongodb://muzo_app:hunter2-secret@db.example.com/muzo", "doc.md", [])
+    assert (finding.what, finding.line, finding.masked) == ("mongodb-url-password", 1, "***")
+    assert "hunter2" not in repr(finding)

@@ -37,10 +37,13 @@ _PLACEHOLDER = re.compile(
     re.IGNORECASE | re.VERBOSE,
 )
 _CAPS_WORD = re.compile(r"[A-Z][A-Z0-9_]*\Z")  # PASSWORD, DB_PASS: a name, not a value
+# In code and docs a URL's password is often a template: f"{password}", %(pw)s, ${PW}, …
+_TEMPLATE = re.compile(r"\{[^{}]*\}|%\(?\w*\)?[sd]|\$\{?\w+\}?|…|\.\.\.")
 
 # (pattern name, regex, group holding the secret part)
 SHAPES: tuple[tuple[str, re.Pattern[str], int], ...] = (
-    ("mongodb-url-password", re.compile(r"mongodb(?:\+srv)?://[^:/@\s'\"]+:([^@\s'\"]+)@"), 1),
+    # user:password before the host; a password's / ? # [ ] are percent-encoded (connection-string spec)
+    ("mongodb-url-password", re.compile(r"mongodb(?:\+srv)?://[^:/?#@\s'\"\[\]]+:([^@/?#\s'\"\[\]]+)@"), 1),
     ("stripe-live-secret-key", re.compile(r"\b(sk_live_[0-9A-Za-z]{10,})"), 1),
     ("stripe-live-restricted-key", re.compile(r"\b(rk_live_[0-9A-Za-z]{10,})"), 1),
     ("stripe-webhook-secret", re.compile(r"\b(whsec_[0-9A-Za-z+/=]{10,})"), 1),
@@ -81,10 +84,14 @@ def mask(value: str) -> str:
 
 
 def is_placeholder(text: str, placeholders: Iterable[str] = (), names_too: bool = False) -> bool:
-    """Whether ``text`` stands for a value instead of being one (``names_too``: ``PASSWORD`` as well)."""
+    """Whether ``text`` stands for a value instead of being one.
+
+    ``names_too`` (URL passwords): a variable name (``PASSWORD``) or a
+    template (``{password}``, ``%(pw)s``, ``${PW}``, ``…``) as well.
+    """
     if text in set(placeholders) or _PLACEHOLDER.match(text):
         return True
-    return names_too and bool(_CAPS_WORD.match(text))
+    return names_too and bool(_CAPS_WORD.match(text) or _TEMPLATE.search(text))
 
 
 @dataclass(frozen=True)
