@@ -64,13 +64,12 @@ def cmd_secrets_rotate(args: argparse.Namespace, out: Output) -> int:
                              force=args.force, lock_timeout_s=args.lock_timeout, on_values=out.redactor.add)
     verb = "Would rotate" if result.dry_run else "Rotated"
     lines = []
-    for change in result.changes:
-        if change.action == "rotated":
-            new = "a fresh value" if result.dry_run else _fp(change.new)
-            lines.append(f"{verb} {change.name} in {args.env_file}: {_fp(change.old)} → {new}")
-        else:
-            lines.append(f"  {change.name} {'would take' if result.dry_run else 'now holds'} the old value "
-                         f"({_fp(change.new)}, was {_fp(change.old)}): sessions signed with it stay valid "
+    for change in (c for c in result.changes if c.action == "rotated"):
+        new = "a fresh value" if result.dry_run else _fp(change.new)
+        lines.append(f"{verb} {change.name} in {args.env_file}: {_fp(change.old)} → {new}")
+        for moved in (c for c in result.changes if c.action == f"moved from {change.name}"):
+            lines.append(f"  {moved.name} {'would take' if result.dry_run else 'now holds'} the old value "
+                         f"({_fp(moved.new)}, was {_fp(moved.old)}): sessions signed with it stay valid "
                          "while the auth config passes secret: [current, previous] (docs/SECRETS.md)")
     if not result.dry_run:
         lines.append(f"Backup: {result.backup} (0600){'; encrypted values stay encrypted' if result.encrypted else ''}."
