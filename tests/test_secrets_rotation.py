@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 from dotenv import dotenv_values
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from muzo_ops.env.envfile import format_line
 from muzo_ops.errors import EnvFileError, SchemaError
@@ -344,3 +346,29 @@ def test_rekey_killed_at_any_point_leaves_a_file_the_keys_open(tmp_path: Path) -
         assert read(env).keys() == {*FULL, "DOTENV_PUBLIC_KEY_PRODUCTION"}
         assert {k: v for k, v in dotenv_values(stream=io.StringIO(plain.text)).items() if k in FULL} == FULL
         assert (tmp_path / ".env.keys").stat().st_mode & 0o777 == 0o600
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(others=st.dictionaries(st.from_regex(r"[A-Z][A-Z0-9_]{0,8}", fullmatch=True).filter(
+           lambda n: not n.startswith("NEXTAUTH")),
+           st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\r$'\\\""), max_size=12),
+           max_size=6),
+       comment=st.sampled_from(["", "# top\n", "\n\n# auth\n"]), export=st.booleans())
+def test_rotation_changes_only_its_two_lines(tmp_path_factory: pytest.TempPathFactory, others: dict[str, str],
+                                            comment: str, export: bool) -> None:
+    folder = tmp_path_factory.mktemp("rot")
+    prefix = "export " if export else ""
+    lines = [format_line(k, v) for k, v in others.items()]
+    text = comment + "".join(lines[:3]) + f"{prefix}NEXTAUTH_SECRET={OLD_SECRET} # s\n" + "".join(lines[3:])
+    env = folder / ".env"
+    env.write_text(text)
+    env.chmod(0o600)
+    rotation.rotate(str(env), environ={})
+    after = env.read_text()
+    values = read(env)
+    assert {k: values[k] for k in others} == {k: dotenv_values(stream=io.StringIO(text))[k] or "" for k in others}
+    assert values["NEXTAUTH_SECRET_PREVIOUS"] == OLD_SECRET
+    kept = [line for line in text.splitlines(keepends=True) if "NEXTAUTH_SECRET" not in line]
+    assert [line for line in after.splitlines(keepends=True) if "NEXTAUTH_SECRET" not in line
+            and not line.startswith("# The secret before the last rotation")][:len(kept)] == kept
+    assert f"{prefix}NEXTAUTH_SECRET={values['NEXTAUTH_SECRET']} # s\n" in after
