@@ -287,3 +287,27 @@ def test_swap_users_never_leaves_a_running_app_with_a_dead_password(tmp_path: Pa
     assert_one_line_error(cli("secrets", "confirm", "--env-file", str(env), env=admin))
     for text in (proc.stdout + proc.stderr, again.stderr, done.stdout + done.stderr):
         assert_no_secret(text, [APP_PASSWORD, ADMIN_PASSWORD, new_url.split(":")[2].split("@")[0]])
+
+
+def test_an_interrupted_rotation_never_loses_the_pending_password(tmp_path: Path, mongo_auth: Secantus) -> None:
+    reset_app_password(mongo_auth, APP_PASSWORD)
+    env = write(tmp_path / ".env", {**FULL, "DATABASE_URL": app_url(mongo_auth, APP_PASSWORD)})
+    before = env.read_bytes()
+    pending = tmp_path / ".env.pending"
+    # killed after updateUser, before the env file was replaced: only the pending password works
+    set_password = "Pending-Only-Working-Pass-0042"
+    write(pending, {**FULL, "DATABASE_URL": app_url(mongo_auth, set_password)})
+    reset_app_password(mongo_auth, set_password)
+    admin = {"MUZO_MONGO_ADMIN_URI": admin_uri(mongo_auth)}
+    proc = cli("secrets", "rotate", "DATABASE_URL", "--env-file", str(env), "--yes", env=admin)
+    assert_one_line_error(proc)
+    assert f"mv {pending} {env}" in proc.stderr
+    assert env.read_bytes() == before and pending.exists()
+    assert authenticates(app_url(mongo_auth, set_password))
+    assert_no_secret(proc.stderr, [APP_PASSWORD, set_password, ADMIN_PASSWORD])
+    # killed before updateUser: the env file's password still works, the pending file is stale
+    reset_app_password(mongo_auth, APP_PASSWORD)
+    proc = cli("secrets", "rotate", "DATABASE_URL", "--env-file", str(env), "--yes", env=admin)
+    assert proc.returncode == 0, proc.stderr
+    assert "interrupted rotation" in proc.stderr and not pending.exists()
+    assert authenticates(read(env)["DATABASE_URL"])

@@ -229,6 +229,7 @@ def rotate(path: str, *, dry_run: bool = False, confirm: Callable[[str], bool] |
         result = MongoResult(path, user=target, dry_run=dry_run)
         fingerprint = audit.Fingerprinter(path)
         result.old = fingerprint(current.password)
+        _check_interrupted(path, current, environ, result, on_values, dry_run)
         if swap_users and os.path.exists(swap_state_path(path)):
             raise UsageError(f"{path}: a --swap-users rotation waits for `muzo-ops secrets confirm` "
                              f"({swap_state_path(path)}): confirm it once every app runs with the new file")
@@ -284,6 +285,40 @@ def rotate(path: str, *, dry_run: bool = False, confirm: Callable[[str], bool] |
         audit.append(path, "rotate", {NAME: (current.password, new_password)}, extra=extra, now=now,
                      fingerprinter=fingerprint)
         return result
+
+
+def _check_interrupted(path: str, current: _Current, environ: Mapping[str, str], result: MongoResult,
+                       on_values: Callable[[Iterable[str]], None] | None, dry_run: bool) -> None:
+    """A pending file left by an interrupted rotation may hold the only working password: never overwrite it.
+
+    When the env file's password still works, the pending one was never
+    set (or was set on another user): the file is stale and removed. When
+    only the pending one works, the rotation stops and says to move it in.
+    """
+    pending = f"{path}.pending"
+    if not os.path.exists(pending):
+        return
+    try:
+        held = _load(pending, environ)
+    except MuzoOpsError:
+        held = None
+    if held is not None and on_values is not None:
+        on_values([held.url, held.password])
+    if _authenticates(current.url):
+        if not dry_run:
+            os.unlink(pending)
+        result.warnings.append(f"removed {pending} left by an interrupted rotation (its password was never "
+                               "set; the env file's still works)")
+        return
+    if held is not None and _authenticates(held.url):
+        raise MongoRotationError(
+            f"an interrupted rotation left {pending}, and its password is the one that works now (the env "
+            f"file's no longer does): move it into place (mv {pending} {path}), restart the apps, then rotate "
+            "again if you want")
+    raise MongoRotationError(
+        f"neither {path} nor the pending file {pending} left by an interrupted rotation authenticates (or "
+        "MongoDB is unreachable): check the server, set a password with the admin tools and put the URL in "
+        f"with `muzo-ops init-env --set-stdin {NAME}`")
 
 
 def _set_idle_user(admin_uri: str, current: _Current, target: str, password: str, result: MongoResult) -> None:
