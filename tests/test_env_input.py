@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import time
 from pathlib import Path
 
@@ -182,10 +183,11 @@ def test_a_walk_of_hostile_env_input_never_says_unexpected(tmp_path: Path) -> No
         runs.append(("init-env", "--env-file", str(path), "--non-interactive", "--set", "S3_REGION=\x1b[2J"))
         runs.append(("init-env", "--env-file", str(path), "--non-interactive"))
     (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "fifo")  # no writer: must not hang
     (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
     (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
     new = str(tmp_path / "new.env")
-    for target in ("folder", "loop1", "missing-folder/.env"):
+    for target in ("folder", "loop1", "missing-folder/.env", "fifo"):
         runs.append(("check-env", "--env-file", str(tmp_path / target)))
         runs.append(("init-env", "--env-file", str(tmp_path / target), "--non-interactive"))
     runs += [("check-env", "--env-file", "/dev/zero"), ("init-env", "--env-file", "/dev/zero", "--non-interactive")]
@@ -197,7 +199,7 @@ def test_a_walk_of_hostile_env_input_never_says_unexpected(tmp_path: Path) -> No
     for args in runs:
         proc = run_cli(*args, stdin="v\x00al\x1b[2J\n")
         out = proc.stdout + proc.stderr
-        assert proc.returncode in (1, 2) or args[0] == "init-env" and proc.returncode == 0, (args, out[-400:])
+        assert proc.returncode in (1, 2) or (args[0] == "init-env" and proc.returncode == 0), (args, out[-400:])
         assert_clean(out)
         assert "\x1b" not in out and "\x00" not in out, args
         if proc.returncode == 2:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import os
 import re
@@ -164,8 +165,15 @@ def read(path: str, *, max_bytes: int = MAX_FILE_BYTES) -> EnvFile:
     Files over ``max_bytes`` (1 MiB) are refused before they are parsed.
     """
     try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
+        # O_NONBLOCK: a named pipe without a writer must not hang the open (it then reads empty).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if stat.S_ISDIR(info.st_mode):
+                raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+            size = info.st_size
             data = handle.read(max_bytes + 1)
         if max(size, len(data)) > max_bytes:
             raise EnvFileError(path, f"is {max(size, len(data))} bytes, over the {max_bytes // 1024} KiB an "
