@@ -77,6 +77,21 @@ def test_urls_pymongo_would_refuse_are_invalid_in_check_env(tmp_path: Path, url:
     assert any(message in p["message"] for p in json.loads(proc.stdout)["problems"])
 
 
+@pytest.mark.parametrize("name,value,message", [
+    ("REDIS_URL", "rediss://cache.internal:99999", "port"),
+    ("REDIS_URL", "rediss://default:pw@cache.internal:6379/cache", "database"),
+    ("REDIS_URL", "redis://:pw@/0", "host"),
+    ("NEXTAUTH_URL", "https://muzo.app:99999999999/", "port"),
+    ("S3_ENDPOINT", "https://:9000", "host"),
+    ("UPSTASH_REDIS_REST_URL", "https://eu1.upstash.io:0", "port"),
+])
+def test_urls_the_clients_would_refuse_are_invalid(name: str, value: str, message: str) -> None:
+    from muzo_ops.env import checks
+
+    problems = [p for p in checks.check({**FULL, name: value}).problems if p.variable == name]
+    assert [p.code for p in problems] == ["invalid"] and message in problems[0].message
+
+
 def test_connect_keeps_the_whole_report_when_the_driver_refuses_the_url(tmp_path: Path) -> None:
     port = free_port()
     refused = (f"mongodb://127.0.0.1:{port}/muzo?serverSelectionTimeoutMS=30000"

@@ -245,6 +245,20 @@ def handlers_error(value: str) -> str | None:
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 
 
+def _host_port_error(url: str) -> str | None:
+    """Why ``url`` has no usable host or port, or None (urlsplit already accepted it)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError when out of range or not a number)
+    except ValueError:
+        return "has a port that is not a number from 1 to 65535"
+    if not parts.hostname:
+        return "has no host name"
+    if parts.port == 0:
+        return "has a port that is not a number from 1 to 65535"
+    return None
+
+
 def value_error(var: Variable, value: str) -> str | None:
     """Why ``value`` breaks ``var``'s format rule, or None. Never quotes a secret."""
     if _CONTROL_RE.search(value):
@@ -259,6 +273,7 @@ def value_error(var: Variable, value: str) -> str | None:
         allowed = ("https",) if kind is Kind.HTTPS_URL else ("http", "https")
         if parts.scheme not in allowed or not parts.netloc:
             return f"must be an {' or '.join(allowed)} URL (e.g. {var.example})"
+        return _host_port_error(value)
     elif kind is Kind.MONGO_URL:
         try:
             mongourl.parse(value)
@@ -267,6 +282,12 @@ def value_error(var: Variable, value: str) -> str | None:
     elif kind is Kind.REDIS_URL:
         if not value.startswith(("redis://", "rediss://")):
             return "must start with redis:// or rediss://"
+        problem = _host_port_error(value)
+        if problem:
+            return problem
+        database = urlsplit(value).path.strip("/")
+        if database and not re.fullmatch(r"[0-9]{1,5}", database):
+            return "names a database that is not a number (redis://host:6379/0)"
     elif kind is Kind.BOOL:
         if value.strip().lower() not in schema.TRUE_WORDS | schema.FALSE_WORDS:
             return "must be a boolean: true/false, 1/0, yes/no or on/off"
