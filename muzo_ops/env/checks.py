@@ -103,9 +103,10 @@ _RULE_LIST: tuple[Rule, ...] = (
     Rule("missing", "error", "A required variable is unset or empty."),
     Rule("placeholder", "error", "A value still equals its .env.example placeholder or looks like "
          "one (your-…, …-your-…, replace-me, change-me, xxx, <…>)."),
-    Rule("invalid", "error", "A value breaks its variable's rule (URL scheme, boolean, port, number "
-         "range in ASCII digits, choice, e-mail, Stripe key prefix, TYPE=module:function handler "
-         "list, minimum length; a DATABASE_URL port outside 1-65535 or an SRV URL with a port)."),
+    Rule("invalid", "error", "A value breaks its variable's rule (URL scheme, host and port 1-65535, "
+         "boolean, port, number range in ASCII digits, choice, e-mail, Stripe key prefix, "
+         "TYPE=module:function handler list, minimum length; an SRV DATABASE_URL with a port or "
+         "several hosts; a Redis database that is not a number) or holds a control character."),
     Rule("deprecated", "warning", "A deprecated variable is set (GENERATION_WORKER_CONCURRENCY: use "
          "WORKER_CONCURRENCY, which wins when both are set)."),
     Rule("environ-empty-override", "error if required, else warning", "With --include-environ: a "
