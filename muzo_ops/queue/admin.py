@@ -18,9 +18,11 @@ from muzo_ops.queue.jobs import JobStatus, JobType
 from muzo_ops.queue.store import (
     AdminStore,
     due_pending_query,
+    known_types_query,
     new_job_document,
     running_past_lock_query,
     scheduled_pending_query,
+    undated_pending_query,
     unknown_type_pending_query,
     utcnow,
 )
@@ -175,8 +177,9 @@ def status(store: AdminStore, now: dt.datetime | None = None) -> QueueStatus:
     if oldest is not None:
         result.oldest_due_pending_s = round((now - oldest.replace(tzinfo=dt.UTC)).total_seconds(), 3)
     result.stuck_running = store.count(running_past_lock_query(now))
-    result.future_pending = store.count(scheduled_pending_query(now))
-    result.due_pending = store.count(due_pending_query(now))
+    result.future_pending = store.count({**scheduled_pending_query(now), **known_types_query()})
+    result.due_pending = (store.count({**due_pending_query(now), **known_types_query()})
+                          + store.count({**undated_pending_query(), **known_types_query()}))
     result.unknown_type_pending = store.count(unknown_type_pending_query())
     return result
 

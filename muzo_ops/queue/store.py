@@ -53,13 +53,20 @@ _INCREMENTED_ATTEMPTS: Doc = {"$cond": [
 
 
 def due_condition(now: dt.datetime) -> Doc:
-    """``availableAt`` is due: a date up to ``now``, or missing/null (the web app means "now").
+    """``availableAt`` is a date up to ``now`` (a range on the first index).
 
-    ``$not: {$gt: now}`` is one index range (MinKey to ``now``), so the
-    claim stays on the (type, status, availableAt) index; it also matches a
-    malformed non-date value, which the worker then fails with the reason.
+    A missing or null ``availableAt`` is due too (the web app means "now"):
+    ``UNDATED`` matches it, an equality on the same index. Each is its own
+    claim try: an ``$or`` of both, or ``$not: {$gt: now}``, leaves the index
+    on some servers (SecantusDB scans them).
     """
-    return {"$not": {"$gt": now}}
+    return {"$lte": now}
+
+
+UNDATED: Doc = {"availableAt": None}  # missing or null: due now
+# A present availableAt that is not a date (a string, a number…): never due by
+# date, so only this filter finds it, for the worker to fail it with the reason.
+MISDATED: Doc = {"availableAt": {"$exists": True, "$not": {"$type": ["date", "null"]}}}
 
 
 def _is_whole(value: Any) -> bool:
@@ -116,6 +123,16 @@ class JobStore:
         return {"type": job_type.value, "status": JobStatus.PENDING.value, "availableAt": due_condition(now)}
 
     @staticmethod
+    def undated_filter(job_type: JobType, now: dt.datetime) -> Doc:
+        """PENDING jobs of one type without availableAt (due now): equality on the first index."""
+        return {"type": job_type.value, "status": JobStatus.PENDING.value, **UNDATED}
+
+    @staticmethod
+    def misdated_filter(job_type: JobType, now: dt.datetime) -> Doc:
+        """PENDING jobs of one type whose availableAt is not a date (malformed: to be failed)."""
+        return {"type": job_type.value, "status": JobStatus.PENDING.value, **MISDATED}
+
+    @staticmethod
     def expired_filter(job_type: JobType, now: dt.datetime, worker_id: str = "") -> Doc:
         """RUNNING jobs whose worker stopped renewing the lock, with attempts left.
 
@@ -146,14 +163,17 @@ class JobStore:
         while the owners of expired locks may still be writing). Returns
         (the document before, the document as claimed) or None.
         """
-        kinds = ["expired", "due"] if expired_first else ["due", "expired"]
-        for kind in kinds:
-            if kind == "expired" and not takeover:
+        def expired(job_type: JobType, now: dt.datetime) -> Doc:
+            return self.expired_filter(job_type, now, worker_id)
+
+        # expired_first: the periodic round, which also looks for malformed availableAt values
+        kinds = ([expired, self.misdated_filter, self.due_filter, self.undated_filter] if expired_first
+                 else [self.due_filter, self.undated_filter, expired])
+        for make_filter in kinds:
+            if make_filter is expired and not takeover:
                 continue
             for job_type in types:
-                query = (self.expired_filter(job_type, utcnow(), worker_id) if kind == "expired"
-                         else self.due_filter(job_type, utcnow()))
-                claimed = await self._claim_one(query, worker_id, lock_s)
+                claimed = await self._claim_one(make_filter(job_type, utcnow()), worker_id, lock_s)
                 if claimed is not None:
                     return claimed
         return None
@@ -328,18 +348,25 @@ def status_pipeline() -> list[Doc]:
     return [{"$group": {"_id": {"type": "$type", "status": "$status"}, "n": {"$sum": 1}}}]
 
 
-def _known_types() -> Doc:
-    return {"$in": [t.value for t in JobType]}
+def known_types_query() -> Doc:
+    """Jobs of a type muzo knows (a worker can run them)."""
+    return {"type": {"$in": [t.value for t in JobType]}}
 
 
 def due_pending_query(now: dt.datetime) -> Doc:
-    """PENDING jobs of a known type due by ``now`` (a missing availableAt is due)."""
-    return {"status": JobStatus.PENDING.value, "type": _known_types(), "availableAt": due_condition(now)}
+    """PENDING jobs due by ``now`` by date (any type); add ``undated_pending_query()`` for the
+    jobs without availableAt, which are due too."""
+    return {"status": JobStatus.PENDING.value, "availableAt": due_condition(now)}
+
+
+def undated_pending_query() -> Doc:
+    """PENDING jobs without availableAt (missing or null): due now (any type)."""
+    return {"status": JobStatus.PENDING.value, **UNDATED}
 
 
 def scheduled_pending_query(now: dt.datetime) -> Doc:
-    """PENDING jobs of a known type not due yet (scheduled jobs and retries waiting)."""
-    return {"status": JobStatus.PENDING.value, "type": _known_types(), "availableAt": {"$gt": now}}
+    """PENDING jobs not due yet (scheduled jobs and retries waiting), any type."""
+    return {"status": JobStatus.PENDING.value, "availableAt": {"$gt": now}}
 
 
 def unknown_type_pending_query() -> Doc:
@@ -390,10 +417,10 @@ class AdminStore:
         A job without ``availableAt`` has been due since it was created.
         """
         dated = self.jobs.find_one(
-            {**due_pending_query(now), "availableAt": {"$lte": now}},
+            {**due_pending_query(now), **known_types_query(), "availableAt": {"$lte": now}},
             sort=[("availableAt", ASCENDING)], projection={"availableAt": 1})
         undated = self.jobs.find_one(
-            {**due_pending_query(now), "availableAt": None},
+            {**undated_pending_query(), **known_types_query()},
             sort=[("createdAt", ASCENDING)], projection={"createdAt": 1})
         found = [d for d in ((dated or {}).get("availableAt"), (undated or {}).get("createdAt"))
                  if isinstance(d, dt.datetime)]
@@ -418,4 +445,5 @@ class AdminStore:
 
 
 __all__ = ["AdminStore", "JobStore", "change_stream_pipeline", "due_condition", "error_document", "fence",
-           "new_job_document", "unknown_type_pending_query", "unlocked", "utcnow"]
+           "known_types_query", "new_job_document", "undated_pending_query", "unknown_type_pending_query",
+           "unlocked", "utcnow"]

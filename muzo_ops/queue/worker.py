@@ -474,13 +474,15 @@ class Worker:
                 types = self.settings.queues
                 self._rotation = (self._rotation + 1) % len(types)
                 takeover = self._takeover_allowed()
-                expired_first = takeover and time.monotonic() >= self._next_takeover
-                if expired_first:
-                    self._next_takeover = time.monotonic() + self.settings.takeover_interval_s
+                # The periodic round: expired locks and malformed availableAt first, so a busy
+                # queue still gets to them; repeated while it finds such jobs.
+                periodic = time.monotonic() >= self._next_takeover
                 claimed = await self._store.claim(self.settings.worker_id,
                                                   types[self._rotation:] + types[:self._rotation],
-                                                  self.settings.lock_s, expired_first=expired_first,
+                                                  self.settings.lock_s, expired_first=periodic,
                                                   takeover=takeover)
+                if periodic and (claimed is None or self._ordinary(claimed[0])):
+                    self._next_takeover = time.monotonic() + self.settings.takeover_interval_s
                 self._db_ok()
             except Exception as exc:
                 slots.release()
@@ -511,6 +513,13 @@ class Worker:
             self.running[key] = entry
             entry.task = asyncio.create_task(self._run_job(before, entry), name=f"job-{key}")
             entry.task.add_done_callback(self._finished_callback(key, slots))
+
+    @staticmethod
+    def _ordinary(before: Doc) -> bool:
+        """A PENDING job with a date (or no) availableAt: not a takeover, not malformed."""
+        available = before.get("availableAt")
+        return before.get("status") == JobStatus.PENDING.value and (
+            available is None or isinstance(available, dt.datetime))
 
     async def _idle_wait(self) -> None:
         """Nothing due: sleep until the earliest scheduled job of our queues, a change, or the poll."""
