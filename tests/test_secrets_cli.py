@@ -311,3 +311,36 @@ def test_an_interrupted_rotation_never_loses_the_pending_password(tmp_path: Path
     assert proc.returncode == 0, proc.stderr
     assert "interrupted rotation" in proc.stderr and not pending.exists()
     assert authenticates(read(env)["DATABASE_URL"])
+
+
+def test_killed_database_url_rotation_always_leaves_a_working_password_on_disk(
+        tmp_path: Path, mongo_auth: Secantus) -> None:
+    """SIGKILL at random moments of `rotate DATABASE_URL`: the env file's or the pending file's password works."""
+    import random
+    import signal
+    import time
+
+    from muzo_ops.secrets.mongo_password import _load
+
+    reset_app_password(mongo_auth, APP_PASSWORD)
+    env = write(tmp_path / ".env", {**FULL, "DATABASE_URL": app_url(mongo_auth, APP_PASSWORD)})
+    pending = tmp_path / ".env.pending"
+    full_env = {**os.environ, **NO_KEYS, "MUZO_MONGO_ADMIN_URI": admin_uri(mongo_auth)}
+    rng = random.Random(11)
+    outcomes = set()
+    for _attempt in range(30):
+        proc = subprocess.Popen([sys.executable, "-m", "muzo_ops", "secrets", "rotate", "DATABASE_URL",
+                                 "--env-file", str(env), "--yes"], env=full_env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, 0.45))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        env_works = authenticates(_load(str(env), {}).url)
+        pending_works = pending.exists() and authenticates(_load(str(pending), {}).url)
+        assert env_works or pending_works, "the working password is in no file"
+        assert env.stat().st_mode & 0o777 == 0o600
+        outcomes.add((env_works, pending.exists()))
+        if not env_works:  # what the error message tells the user to do
+            os.replace(pending, env)
+    print(f"\nkilled rotations: (env file works, pending file left) seen: {sorted(outcomes)}")
+    assert len(outcomes) >= 2  # the kills landed in different steps
