@@ -294,3 +294,30 @@ def test_a_real_worker_with_three_abandoned_threads_exits_1(tmp_path: Path, seca
     assert [line["abandonedThreads"] for line in lines
             if line.get("msg") == "Handler thread abandoned after its timeout"] == [1, 2, 3]
     assert lines[-1]["msg"] == "Worker stopped"
+
+
+def test_claim_filters_run_on_the_indexes(secantus: Secantus, db: tuple[str, Any]) -> None:
+    """The claims of due jobs (by date, and without availableAt) run on the first index.
+
+    (The periodic tries, expired locks and malformed dates, are rare; SecantusDB scans for them.)"""
+    from muzo_ops.queue.store import CLAIM_SORT, JobStore, utcnow
+
+    name, jobs = db
+    jobs.insert_many([prisma_job(payload=mockup_payload(i)) for i in range(20)])
+    for keys in (["type", "status", "availableAt"], ["status", "lockedUntil"]):
+        jobs.create_index([(k, 1) for k in keys])
+    t = utcnow()
+
+    def scans(plan: Any) -> list[str]:
+        if isinstance(plan, dict):
+            own = [str(plan.get("indexName", plan.get("keyPattern")))] if plan.get("stage") == "IXSCAN" else []
+            return own + [s for v in plan.values() for s in scans(v)]
+        if isinstance(plan, list):
+            return [s for v in plan for s in scans(v)]
+        return []
+
+    for make in (JobStore.due_filter, JobStore.undated_filter):
+        query = make(JobType.MOCKUP, t)
+        plan = jobs.database.command("explain", {"findAndModify": "Job", "query": query, "sort": dict(CLAIM_SORT),
+                                                 "update": [{"$set": {"x": 1}}]})
+        assert scans(plan), (make.__name__, plan)
