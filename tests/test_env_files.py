@@ -39,6 +39,10 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith((".tmp", ".bak")))
 
 
+# Mounts, chown and setpriv need root (the suite runs as root; elsewhere these skip).
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount, chown, setpriv)")
+
+
 @pytest.fixture
 def mounts() -> Iterator[list[str]]:
     """Mount points to unmount at the end of the test (lazily: a test may fail half-way)."""
@@ -138,6 +142,7 @@ def test_the_secrets_lock_is_the_env_lock() -> None:
 
 # ---------------------------------------------------------------- owner, mode, symlinks
 
+@needs_root
 def test_a_rewrite_keeps_owner_and_group_and_never_loosens_the_mode(tmp_path: Path) -> None:
     env = write_env(tmp_path / ".env", FULL)
     os.chown(env, 65534, 65534)
@@ -162,6 +167,7 @@ def test_a_rewrite_keeps_owner_and_group_and_never_loosens_the_mode(tmp_path: Pa
     assert (env.stat().st_uid, env.stat().st_gid, mode(env)) == (65534, 65534, 0o600)
 
 
+@needs_root
 def test_a_writer_that_cannot_keep_the_owner_refuses_with_one_line(tmp_path: Path) -> None:
     env = write_env(tmp_path / ".env", FULL)
     os.chown(env, 65534, 65534)
@@ -178,6 +184,7 @@ def test_a_writer_that_cannot_keep_the_owner_refuses_with_one_line(tmp_path: Pat
     assert leftovers(tmp_path) == []
 
 
+@needs_root
 def test_a_symlink_is_written_through_in_the_target_folder(tmp_path: Path, mounts: list[str]) -> None:
     shared, app = tmp_path / "shared", tmp_path / "app"
     shared.mkdir()
@@ -213,6 +220,7 @@ def test_empty_set_stdin_is_an_error_and_the_file_is_unchanged(tmp_path: Path) -
     assert leftovers(tmp_path) == []
 
 
+@needs_root
 def test_a_read_only_folder_is_one_line_naming_the_file_exit_2(tmp_path: Path, mounts: list[str]) -> None:
     folder = tmp_path / "ro"
     folder.mkdir()
@@ -251,6 +259,7 @@ def fill(folder: Path) -> None:
         os.close(fd)
 
 
+@needs_root
 def test_a_full_disk_is_one_line_and_leaves_no_backup_or_temp(tmp_path: Path, mounts: list[str]) -> None:
     folder = tmp_path / "small"
     folder.mkdir()
