@@ -11,8 +11,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import run_cli
 from pymongo import MongoClient
+
+from tests.helpers import run_cli
 from tests.servers import Secantus, free_port
 from tests.workers import mockup_payload, now, prisma_job
 

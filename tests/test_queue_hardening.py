@@ -128,7 +128,7 @@ def test_any_base_exception_from_a_handler_is_a_job_failure(
     import time
 
     time.sleep(0.7)
-    code, worker, _ = burst(secantus, db_name, handler, timeout=30)
+    code, _worker, _ = burst(secantus, db_name, handler, timeout=30)
     assert code == 0
     final = jobs.find_one({"_id": retried["_id"]})
     assert final["status"] == "FAILED" and final["attempts"] == 2 and final["lastError"]["name"] == name
@@ -175,7 +175,7 @@ def test_timeouts_cancel_coroutines_and_abandon_threads(secantus: Secantus, db: 
     doc = prisma_job(payload=mockup_payload(1, seconds=30), max_attempts=1)
     jobs.insert_one(doc)
     recorder = Recorder()
-    code, worker, log = burst(secantus, name, th.hang_async, observers=[recorder],
+    code, _worker, log = burst(secantus, name, th.hang_async, observers=[recorder],
                               job_timeouts={t: 0.5 for t in JobType})
     assert code == 0
     final = jobs.find_one({"_id": doc["_id"]})
@@ -191,7 +191,7 @@ def test_abandoned_threads_free_their_slot_then_stop_the_worker(secantus: Secant
     hanging = [prisma_job(payload=mockup_payload(i, seconds=2.5), max_attempts=2) for i in range(3)]
     jobs.insert_many(hanging)
     recorder = Recorder()
-    code, worker, log = burst(secantus, name, th.hang, observers=[recorder], concurrency=1,
+    code, _worker, log = burst(secantus, name, th.hang, observers=[recorder], concurrency=1,
                               job_timeouts={t: 0.3 for t in JobType}, retry_base_s=5, retry_cap_s=5)
     # concurrency 1: each hung job freed the slot for the next; the third abandoned thread stops the worker
     assert code == 1
@@ -302,7 +302,7 @@ def test_claim_filters_run_on_the_indexes(secantus: Secantus, db: tuple[str, Any
     (The periodic tries, expired locks and malformed dates, are rare; SecantusDB scans for them.)"""
     from muzo_ops.queue.store import CLAIM_SORT, JobStore, utcnow
 
-    name, jobs = db
+    _name, jobs = db
     jobs.insert_many([prisma_job(payload=mockup_payload(i)) for i in range(20)])
     for keys in (["type", "status", "availableAt"], ["status", "lockedUntil"]):
         jobs.create_index([(k, 1) for k in keys])

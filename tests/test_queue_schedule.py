@@ -34,7 +34,7 @@ def _started_ms(lines: list[dict[str, Any]], job_id: str, attempt: int = 1) -> i
 
 def test_a_scheduled_job_starts_within_a_second_of_due_under_a_30s_poll(
         tmp_path: Path, secantus: Secantus, db: tuple[str, Any]) -> None:
-    name, jobs = db
+    name, _jobs = db
     env = tmp_path / "enqueue.env"
     env.write_text(f"DATABASE_URL={secantus.url(name)}\n")
     worker = start_worker(tmp_path, secantus.url(name), "--poll-seconds", "30", name="sched")

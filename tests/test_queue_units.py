@@ -7,16 +7,16 @@ import json
 from typing import Any
 
 import pytest
-from tests.workers import generation_payload, mockup_payload
 
-from muzo_ops.queue import handlers, topology
 from muzo_ops.errors import ConfigError
-from muzo_ops.queue.jobs import JobType, PayloadError
 from muzo_ops.logs import Logger
-from muzo_ops.secrets.redact import Redactor
+from muzo_ops.queue import handlers, topology
+from muzo_ops.queue.jobs import JobType, PayloadError
 from muzo_ops.queue.payloads import validate
-from muzo_ops.sdnotify import Notifier
 from muzo_ops.queue.worker import WorkerSettings, backoff_delay
+from muzo_ops.sdnotify import Notifier
+from muzo_ops.secrets.redact import Redactor
+from tests.workers import generation_payload, mockup_payload
 
 FULFILLMENT: dict[str, Any] = {
     "provider": "printful",
