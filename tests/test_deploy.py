@@ -86,7 +86,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def _prepare(work: Path) -> Path:
     source = work / "source"
     source.mkdir()
-    for name in ("muzo_ops", "templates"):
+    for name in ("muzo_ops", "templates", "deploy"):  # every folder pyproject.toml puts in the wheel
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, source / name)

@@ -68,7 +68,7 @@ def test_unit_is_hardened_and_outlasts_the_drain() -> None:
 
 def _copy_source(dest: Path) -> Path:
     dest.mkdir()
-    for name in ("muzo_ops", "templates"):
+    for name in ("muzo_ops", "templates", "deploy"):  # every folder pyproject.toml puts in the wheel
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, dest / name)
