@@ -7,7 +7,19 @@ All in one run on one MongoDB server (a SecantusDB it starts, or --uri):
 Prints jobs/s, (b)/(a), (b)/(c), and enqueue-to-start latency p50/p95 for (b)
 and (c) (lockedAt − createdAt of jobs inserted one by one into an idle queue).
 
+Then the worker's own CPU per job (what caps it against a fast real MongoDB,
+where the server is no longer the bottleneck): the process's utime + stime
+from /proc/PID/stat over ``--cpu-jobs`` jobs, start-up excluded (read once
+the worker logged "Worker bootstrapped" and sat idle a moment, and again
+once the last job is DONE), for one worker process at LOG_LEVEL=info with
+change streams on (the default), with ``--no-change-streams``, and with
+``--metrics-port``; against a bare loop process on the same jobs
+(synchronous pymongo: find_one_and_update to claim, update_one to
+complete), measured the same way. Median of ``--cpu-runs`` runs each, the
+kinds interleaved. Prints worker/bare and metrics/no-metrics.
+
     python bench/worker.py --jobs 30 --rounds 4 --latency-jobs 40
+    python bench/worker.py --cpu-only --cpu-jobs 300 --cpu-runs 5
     python bench/worker.py --uri 'mongodb://127.0.0.1:27017/bench?replicaSet=rs0'
 """
 
@@ -15,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
+import os
 import random
 import statistics
 import subprocess
@@ -28,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from pymongo import MongoClient  # noqa: E402
-from servers import Secantus  # noqa: E402
+from servers import Secantus, free_port  # noqa: E402
 from workers import mockup_payload, prisma_job  # noqa: E402
 
 EXTRA: list[str] = []
@@ -160,6 +174,138 @@ def latency(kind: str, client: MongoClient[dict[str, Any]], uri: str, db: str, n
         stop(procs)
 
 
+# ---------------------------------------------------------------- CPU per job
+
+CPU_KINDS = ("bare", "worker", "no-change-streams", "metrics")
+CPU_WORKER_ARGS = {"worker": [], "no-change-streams": ["--no-change-streams"], "metrics": ["--metrics-port"]}
+
+
+def process_cpu(pid: int) -> float:
+    """utime + stime of process ``pid`` (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bare_loop_child(uri: str) -> int:
+    """``--bare-loop URI``: claim + complete every due MOCKUP job with synchronous pymongo, on "go".
+
+    Says "ready" once connected, waits for a line on stdin, runs until no job
+    is due, says "done N", then waits for stdin to close (so the parent reads
+    its CPU time while it still exists).
+    """
+    from pymongo import ReturnDocument
+
+    client: MongoClient[dict[str, Any]] = MongoClient(uri)
+    jobs = client.get_default_database()["Job"]
+    client.admin.command("ping")
+    print("ready", flush=True)
+    sys.stdin.readline()
+    done = 0
+    while True:
+        now = dt.datetime.now(dt.UTC)
+        doc = jobs.find_one_and_update(
+            {"type": "MOCKUP", "status": "PENDING", "availableAt": {"$lte": now}},
+            {"$set": {"status": "RUNNING", "lockedBy": "bare", "lockedAt": now,
+                      "lockedUntil": now + dt.timedelta(seconds=300), "updatedAt": now}, "$inc": {"attempts": 1}},
+            sort=[("availableAt", 1), ("createdAt", 1)], return_document=ReturnDocument.AFTER)
+        if doc is None:
+            break
+        jobs.update_one({"_id": doc["_id"], "lockedBy": "bare", "attempts": doc["attempts"], "status": "RUNNING"},
+                        {"$set": {"status": "DONE", "result": {"ok": True}, "lockedBy": None, "lockedAt": None,
+                                  "lockedUntil": None, "updatedAt": dt.datetime.now(dt.UTC)}})
+        done += 1
+    print(f"done {done}", flush=True)
+    sys.stdin.read()
+    client.close()
+    return 0
+
+
+def wait_done(jobs: Any, n: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 600
+    while jobs.count_documents({"status": "DONE"}) < n:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the worker stopped or stalled: see {log}")
+        time.sleep(0.1)
+
+
+def cpu_run(kind: str, client: MongoClient[dict[str, Any]], uri: str, n: int, folder: Path) -> float:
+    """CPU seconds per job of one process of ``kind`` over ``n`` jobs."""
+    db = f"bench_cpu_{kind.replace('-', '_')}"
+    jobs = fresh(client, db)
+    docs = [prisma_job("MOCKUP", mockup_payload(i)) for i in range(n)]
+    log = folder / f"cpu-{kind}-{random.getrandbits(20)}.log"
+    if kind == "bare":
+        proc = subprocess.Popen([sys.executable, __file__, "--bare-loop", with_db(uri, db)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            if proc.stdout.readline().strip() != b"ready":
+                raise SystemExit("the bare loop did not start")
+            jobs.insert_many(docs)
+            start = process_cpu(proc.pid)
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline().decode().split()
+            used = process_cpu(proc.pid) - start
+            if line != ["done", str(n)]:
+                raise SystemExit(f"the bare loop said {line}")
+            return used / n
+        finally:
+            proc.stdin.close()
+            proc.wait(30)
+    env_file = folder / f"cpu-{kind}.env"
+    env_file.write_text(f"DATABASE_URL={with_db(uri, db)}\nWORKER_QUEUES=mockup\n")
+    # The port is a base: the mockup queue's process binds base + 1.
+    extra = [a if a != "--metrics-port" else f"--metrics-port={free_port() - 1}" for a in CPU_WORKER_ARGS[kind]]
+    cmd = [sys.executable, "-m", "muzo_ops", "worker", "--env-file", str(env_file),
+           "--handler", "MOCKUP=muzo_ops.queue.handlers.demo:echo", *extra]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while b"Worker bootstrapped" not in log.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the worker did not start: see {log}")
+            time.sleep(0.05)
+        time.sleep(1.0)  # past start-up: the first claim, the sweep, the change stream opened
+        start = process_cpu(proc.pid)
+        jobs.insert_many(docs)
+        wait_done(jobs, n, proc, log)
+        used = process_cpu(proc.pid) - start
+        if kind == "metrics" and b"metrics" not in log.read_bytes().lower():
+            progress("note: no metrics line in the worker's log")
+        return used / n
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def cpu_per_job(client: MongoClient[dict[str, Any]], uri: str, n: int, runs: int,
+                folder: Path) -> dict[str, list[float]]:
+    """CPU seconds per job, ``runs`` runs of each kind, interleaved."""
+    results: dict[str, list[float]] = {kind: [] for kind in CPU_KINDS}
+    for r in range(runs):
+        for kind in CPU_KINDS:
+            progress(f"CPU per job, run {r + 1}/{runs}: {kind} over {n} jobs")
+            results[kind].append(cpu_run(kind, client, uri, n, folder))
+    return results
+
+
+def print_cpu(results: dict[str, list[float]], n: int) -> None:
+    med = {kind: statistics.median(values) for kind, values in results.items()}
+    runs = len(results["bare"])
+    print(f"CPU per job (utime+stime of the process, {n} jobs, median of {runs} runs; "
+          "one worker process, LOG_LEVEL=info, demo echo handler):")
+    labels = {"bare": "bare loop (sync pymongo)", "worker": "worker (change streams on)",
+              "no-change-streams": "worker --no-change-streams", "metrics": "worker --metrics-port"}
+    for kind in CPU_KINDS:
+        each = " ".join(f"{v * 1000:.2f}" for v in results[kind])
+        print(f"  {labels[kind]:<28} {med[kind] * 1000:6.2f} ms/job   (runs: {each})")
+    print(f"  worker / bare               {med['worker'] / med['bare']:6.2f}x   (aim: 2x or less)")
+    print(f"  no-change-streams / bare    {med['no-change-streams'] / med['bare']:6.2f}x")
+    print(f"  metrics / no-metrics        {med['metrics'] / med['worker']:6.2f}x   (aim: 1.05 or less)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=30, help="jobs per round: the collection's size")
@@ -167,7 +313,13 @@ def main() -> int:
     parser.add_argument("--latency-jobs", type=int, default=40)
     parser.add_argument("--uri", help="benchmark this MongoDB instead of a fresh SecantusDB")
     parser.add_argument("--worker-arg", action="append", default=[], help="extra argument for (b)'s workers")
+    parser.add_argument("--cpu-jobs", type=int, default=300, help="jobs per CPU-per-job run")
+    parser.add_argument("--cpu-runs", type=int, default=3, help="CPU-per-job runs of each kind")
+    parser.add_argument("--cpu-only", action="store_true", help="only the CPU per job (skip jobs/s and latency)")
+    parser.add_argument("--bare-loop", metavar="URI", help=argparse.SUPPRESS)  # the bare loop's own process
     args = parser.parse_args()
+    if args.bare_loop:
+        return bare_loop_child(args.bare_loop)
     EXTRA.extend(args.worker_arg)
     folder = Path(tempfile.mkdtemp(prefix="muzo-bench-"))
     server = None
@@ -180,6 +332,10 @@ def main() -> int:
     client: MongoClient[dict[str, Any]] = MongoClient(uri)
     n = args.jobs
     try:
+        cpu = cpu_per_job(client, uri, args.cpu_jobs, args.cpu_runs, folder)
+        if args.cpu_only:
+            print_cpu(cpu, args.cpu_jobs)
+            return 0
         progress(f"(a) bare claim+complete loop over {n} jobs")
         jobs = fresh(client, "bench_a")
         jobs.insert_many([prisma_job("MOCKUP", mockup_payload(i)) for i in range(n)])
@@ -209,6 +365,7 @@ def main() -> int:
     print(f"enqueue-to-start latency (b): p50 {lat_new[0]:7.1f} ms   p95 {lat_new[1]:7.1f} ms")
     print(f"enqueue-to-start latency (c): p50 {lat_old[0]:7.1f} ms   p95 {lat_old[1]:7.1f} ms")
     print("aim: (b) >= 0.8 x (a) and >= 2 x (c); latency p50 < 50 ms with change streams")
+    print_cpu(cpu, args.cpu_jobs)
     return 0
 
 
