@@ -83,6 +83,8 @@ def test_worker_metrics_readiness_and_health_through_an_outage(tmp_path: Path) -
         code, body = get(metrics_port, "/readyz")
         assert code == 503 and json.loads(body)["ready"] is False
         assert get(metrics_port, "/healthz")[0] == 200  # starting, not dead
+        wait_until(lambda: any(line.get("msg") == "MongoDB connection error in worker loop"
+                               for line in worker.lines()), 30, "a connection error while MongoDB is down")
 
         server.start()
         wait_until(lambda: get(metrics_port, "/readyz")[0] == 200, 60, "ready once connected")

@@ -7,6 +7,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from muzo_ops.cli import metrics as metrics_commands
 from muzo_ops.cli.common import (
     Parser,
     add_env_file,
@@ -244,6 +245,7 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     q.add_argument("--older-than", default="7d", metavar="AGE", help="e.g. 12h, 7d (default 7d)")
     q.add_argument("--type", metavar="TYPE")
     q.set_defaults(func=cmd_jobs_clear_failed)
+    metrics_commands.add_parser(jsub)
 
     p = sub.add_parser("dev-db", help="run a local MongoDB-compatible server (SecantusDB)", **help_kwargs(
         "Start SecantusDB (optional extra, GPL-2.0: pip install 'muzo-ops[devdb]') in the "

@@ -115,10 +115,15 @@ def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _build_local(source: Path, out: Path) -> Path:
-    """A wheel of the project folder ``source`` (no dependencies) in ``out``."""
+def _build_local(source: Path, out: Path, *, ours: bool = False) -> Path:
+    """A wheel of the project folder ``source`` (no dependencies) in ``out``.
+
+    muzo_ops itself (``ours``) builds with the hatchling already installed
+    when there is one; a handler package gets pip's isolated build
+    environment, since its backend may be anything.
+    """
     before = set(out.glob("*.whl"))
-    isolation = ["--no-build-isolation"] if _has_hatchling() else []
+    isolation = ["--no-build-isolation"] if ours and _has_hatchling() else []
     _pip(["wheel", "--no-deps", *isolation, "-w", str(out), str(source)], f"build a wheel of {source}")
     made = sorted(set(out.glob("*.whl")) - before)
     if len(made) != 1:
@@ -210,7 +215,7 @@ def build_release(handler_packages: Sequence[str] = (), lock_path: Path | None =
         work = Path(tmp)
         own = work / "own"
         own.mkdir()
-        own_wheels = [_build_local(root, own), *(_build_local(src, own) for src in sources)]
+        own_wheels = [_build_local(root, own, ours=True), *(_build_local(src, own) for src in sources)]
         for wheel in given:
             shutil.copy2(wheel, own / wheel.name)
             own_wheels.append(own / wheel.name)
