@@ -52,10 +52,16 @@ class HostPlan:
 
 
 def read_env_file(path: str) -> dict[str, str]:
-    """The values of the control machine's env file (python-dotenv's reading, no process environment)."""
-    from muzo_ops.env import envfile
+    """The values of the control machine's env file (python-dotenv's reading, no process environment),
+    dotenvx-encrypted values decrypted: hosts get plain values in their 0600 credential file."""
+    from muzo_ops.env import decrypt, envfile
 
-    return envfile.read(path).values({})
+    env = envfile.read(path)
+    values, encrypted = decrypt(env.values({}), path, env.text())
+    if encrypted:
+        raise DeployError(f"{path}: {', '.join(encrypted)} encrypted and no private key found: set "
+                          "DOTENV_PRIVATE_KEY… or put .env.keys beside the file before deploying")
+    return values
 
 
 def _queues(host: str, data: Mapping[str, Any]) -> tuple[str, ...]:

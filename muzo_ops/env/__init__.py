@@ -24,26 +24,45 @@ if TYPE_CHECKING:
     from muzo_ops.secrets.redact import Redactor
 
 Progress = Callable[[str], None]
+PREVIOUS_SECRETS = ("NEXTAUTH_SECRET_PREVIOUS",)  # rotation's grace-period variables
+
+
+def decrypt(values: Mapping[str, str], path: str, text: str | None = None) -> tuple[dict[str, str], list[str]]:
+    """``values`` with dotenvx-encrypted ones decrypted, and the names left encrypted.
+
+    The private key comes from the environment (``DOTENV_PRIVATE_KEY[_ENV]``)
+    or ``.env.keys`` beside ``path``; with none, encrypted values stay as
+    they are and are named. DecryptionError (exit 2, one line naming the
+    variable) for a wrong key or a tampered value. The crypto libraries are
+    imported only when a value is encrypted.
+    """
+    from muzo_ops.secrets import dotenvx
+
+    if not any(dotenvx.is_encrypted(v) for v in values.values()):
+        return dict(values), []
+    return dotenvx.decrypted_values(values, path, text, os.environ)
 
 
 def check_values(values: Mapping[str, str], app: App | None = None, *, raw: Mapping[str, str] | None = None,
                  bare_keys: tuple[str, ...] = (), duplicates: tuple[str, ...] = (), connect: bool = False,
                  timeout_s: float = CONNECT_TIMEOUT_S, progress: Progress | None = None,
                  bare_lines: tuple[int, ...] = (), production: bool | None = None,
-                 environ_empty: tuple[str, ...] = (), sources: Mapping[str, str] | None = None) -> Report:
+                 environ_empty: tuple[str, ...] = (), sources: Mapping[str, str] | None = None,
+                 encrypted: tuple[str, ...] = ()) -> Report:
     """Check env ``values`` against the schema and its rules; with ``connect``, reach the servers.
 
     ``raw`` (a file's values before expansion) enables the ``$name`` check;
     ``bare_lines`` (or the older ``bare_keys``) and ``duplicates`` come from a parsed file. ``progress``
     receives a line before each server is tried. ``production`` (None: from
     NODE_ENV) turns on the production rules; ``environ_empty`` and
-    ``sources`` come from layering the process environment over a file.
+    ``sources`` come from layering the process environment over a file;
+    ``encrypted`` names values no key could decrypt (counted as set, not checked).
     """
     from muzo_ops.env import checks
 
     report = checks.check(values, app, bare_keys=bare_keys, duplicates=duplicates, raw=raw,
                           bare_lines=bare_lines, production=production, environ_empty=environ_empty,
-                          sources=sources)
+                          sources=sources, encrypted=encrypted)
     if connect:
         report.connections = _probe(report, values, app, timeout_s, progress)
     return report
@@ -66,7 +85,7 @@ def check_file(path: str, app: App | None = None, include_environ: bool = False,
     env = envfile.read(path)
     raw = env.raw()
     environ = dict(os.environ) if include_environ else None
-    values = env.values(environ)
+    values, encrypted = decrypt(env.values(environ), path, env.text())
     if redactor is not None:
         redactor.add_values(raw)
         redactor.add_values(values)
@@ -80,11 +99,26 @@ def check_file(path: str, app: App | None = None, include_environ: bool = False,
                               if environ.get(name) == "" and from_file.get(name, "") != "")
     report = check_values(values, app, raw=raw, bare_lines=tuple(env.bare_lines()),
                           duplicates=tuple(env.duplicates()), connect=False, production=production,
-                          environ_empty=environ_empty, sources=sources)
+                          environ_empty=environ_empty, sources=sources, encrypted=tuple(encrypted))
+    _check_previous_secrets(report, path, values)
     checks.check_file_mode(report, path, os.stat(path).st_mode)
     if connect:
         report.connections = _probe(report, values, app, timeout_s, progress)
     return report
+
+
+def _check_previous_secrets(report: Report, path: str, values: Mapping[str, str]) -> None:
+    """A previous secret (rotation's grace period) equal to the current one, or kept too long."""
+    if not any(values.get(name) for name in PREVIOUS_SECRETS):
+        return
+    from muzo_ops.env.checks import Severity
+    from muzo_ops.secrets.rotation import previous_secret_problems
+
+    for level, variable, message in previous_secret_problems(path, values):
+        if level == "error":
+            report.add(variable, Severity.ERROR, "previous-secret-equal", f"{variable} {message}")
+        else:
+            report.add(variable, Severity.WARNING, "previous-secret-old", f"{variable} {message}")
 
 
 def _probe(report: Report, values: Mapping[str, str], app: App | None, timeout_s: float,
@@ -136,5 +170,12 @@ def worker_values(path: str, explicit: bool) -> dict[str, str]:
     from muzo_ops.env import envfile
 
     if os.path.exists(path) or explicit:
-        return envfile.read(path).values(dict(os.environ))
+        env = envfile.read(path)
+        values, encrypted = decrypt(env.values(dict(os.environ)), path, env.text())
+        if encrypted:
+            from muzo_ops.errors import ConfigError
+
+            raise ConfigError(f"{path}: {', '.join(encrypted)} encrypted and no private key found: set "
+                              "DOTENV_PRIVATE_KEY… in the environment or put .env.keys beside the file")
+        return values
     return dict(os.environ)

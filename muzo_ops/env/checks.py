@@ -107,6 +107,12 @@ _RULE_LIST: tuple[Rule, ...] = (
          "boolean, port, number range in ASCII digits, choice, e-mail, Stripe key prefix, "
          "TYPE=module:function handler list, minimum length; an SRV DATABASE_URL with a port or "
          "several hosts; a Redis database that is not a number) or holds a control character."),
+    Rule("encrypted-not-checkable", "warning", "A value is encrypted (dotenvx format) and no private "
+         "key was found in the environment (DOTENV_PRIVATE_KEY…) or in .env.keys beside the file."),
+    Rule("previous-secret-equal", "error", "NEXTAUTH_SECRET_PREVIOUS equals NEXTAUTH_SECRET (it must "
+         "hold the secret before the last rotation)."),
+    Rule("previous-secret-old", "warning", "NEXTAUTH_SECRET_PREVIOUS was replaced longer ago than the "
+         "30-day session lifetime (the audit log says when): retire it."),
     Rule("deprecated", "warning", "A deprecated variable is set (GENERATION_WORKER_CONCURRENCY: use "
          "WORKER_CONCURRENCY, which wins when both are set)."),
     Rule("environ-empty-override", "error if required, else warning", "With --include-environ: a "
@@ -343,6 +349,7 @@ def check(
     production: bool | None = None,
     environ_empty: tuple[str, ...] = (),
     sources: Mapping[str, str] | None = None,
+    encrypted: tuple[str, ...] = (),
 ) -> Report:
     """Check ``values`` against the schema and the cross-variable rules.
 
@@ -353,12 +360,22 @@ def check(
     older form, reported without the text. ``production`` (None: from
     NODE_ENV) turns on the production rules. ``environ_empty`` names the
     variables an empty process-environment value hides; ``sources`` says
-    where each value came from ("file" or "environment").
+    where each value came from ("file" or "environment"). ``encrypted``
+    names values still encrypted (dotenvx format, no private key found):
+    they count as set, and their content is not checked.
     """
     report = Report()
     in_scope = schema.for_app(app)
     empty_override = set(environ_empty)
+    sealed = set(encrypted)
+    if sealed:
+        values = {name: "" if name in sealed else value for name, value in values.items()}
     for var in in_scope:
+        if var.name in sealed:
+            report.add(var.name, Severity.WARNING, "encrypted-not-checkable",
+                       f"{var.name} is encrypted and no private key was found (DOTENV_PRIVATE_KEY… in "
+                       "the environment, or .env.keys beside the file): its value is not checked")
+            continue
         if var.name in empty_override:
             severity = Severity.ERROR if var.required else Severity.WARNING
             report.add(var.name, severity, "environ-empty-override",
@@ -405,9 +422,10 @@ def check(
         VariableStatus(
             name=var.name,
             required=var.required,
-            present=bool(values.get(var.name, "")),
+            present=bool(values.get(var.name, "")) or var.name in sealed,
             valid=bool(values.get(var.name, "")) and var.name not in errored,
-            value=mask(var, values[var.name]) if values.get(var.name, "") else None,
+            value="(encrypted)" if var.name in sealed else (
+                mask(var, values[var.name]) if values.get(var.name, "") else None),
             source=(sources or {}).get(var.name),
         )
         for var in in_scope
