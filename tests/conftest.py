@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -43,3 +48,57 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
     server.start()
     yield server
     server.stop()
+
+
+# ---------------------------------------------------------------- nothing outlives the suite
+
+SESSION_MARKER = "MUZO_OPS_TEST_SESSION"  # inherited by every process a test starts
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    os.environ[SESSION_MARKER] = uuid.uuid4().hex
+
+
+def _marked_processes(marker: str) -> list[tuple[int, str]]:
+    """Live processes (not this one) whose environment carries ``marker``: the suite started them."""
+    needle = f"{SESSION_MARKER}={marker}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as environ:
+                if needle not in environ.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                found.append((int(entry), cmdline.read().replace(b"\0", b" ").decode(errors="replace")[:160]))
+        except OSError:
+            continue
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when a process a test started is still running once every fixture stopped;
+    kill it so that nothing outlives the suite either way."""
+    marker = os.environ.get(SESSION_MARKER)
+    if not marker:
+        return
+    deadline = time.monotonic() + 5
+    left = _marked_processes(marker)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = _marked_processes(marker)
+    if not left:
+        return
+    for pid, _cmd in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = "\n".join(f"  {pid} {cmd}" for pid, cmd in left)
+    message = f"processes started by the tests were still running at the end (now killed):\n{lines}"
+    if reporter is not None:
+        reporter.write_line(message, red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
