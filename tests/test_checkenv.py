@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.helpers import assert_no_secret, run_cli
-from tests.envdata import FULL, MONGO_PASSWORD, SECRETS, write_env
 
 from muzo_ops.env import checks
 from muzo_ops.env.schema import App
+from tests.envdata import FULL, MONGO_PASSWORD, SECRETS, write_env
+from tests.helpers import assert_no_secret, run_cli
 
 
 def codes(values: dict[str, str], app: App | None = None) -> dict[str, tuple[str, str | None]]:

@@ -8,10 +8,10 @@ import stat
 from pathlib import Path
 
 import pytest
-from tests.helpers import assert_no_secret, run_cli
-from tests.envdata import FULL, SECRETS, write_env
 
 from muzo_ops.env import envfile
+from tests.envdata import FULL, SECRETS, write_env
+from tests.helpers import assert_no_secret, run_cli
 
 PERSON_MUST_SUPPLY = {
     "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "EMAIL_SERVER_USER", "EMAIL_SERVER_PASSWORD",

@@ -5,9 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tests.helpers import ROOT, run_cli
-
 from muzo_ops.env import render, schema
+from tests.helpers import ROOT, run_cli
 
 # The variables of the reference (muzo-system.md), copied here so the test
 # does not depend on ../shared.

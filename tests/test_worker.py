@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from pymongo import MongoClient
+
 from tests.servers import Secantus
 from tests.workers import generation_payload, mockup_payload, prisma_job, records, start_worker
 
@@ -418,10 +419,10 @@ def test_busy_queue_still_takes_over_expired_jobs(secantus: Secantus, dbname: st
     import datetime as dt
 
     from pymongo import AsyncMongoClient
-    from tests.workers import now
 
     from muzo_ops.queue.jobs import JobType
     from muzo_ops.queue.store import JobStore
+    from tests.workers import now
 
     expired = prisma_job("MOCKUP", status="RUNNING", attempts=1, lockedBy="dead",
                          lockedUntil=now() - dt.timedelta(seconds=5), availableAt=now() - dt.timedelta(hours=1))
