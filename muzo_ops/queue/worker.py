@@ -3,7 +3,9 @@
 One asyncio loop per process: a claim loop that keeps up to
 ``concurrency`` jobs running, a heartbeat per job, a change-stream watcher
 that wakes the claim loop when a job is inserted or put back (polling
-otherwise), a slow sweep that fails jobs whose worker died on their last
+otherwise; while the claim loop is busy, the watcher reads the stream only
+once per poll interval: the claim loop claims again by itself), a slow
+sweep that fails jobs whose worker died on their last
 attempt, and systemd notifications. When nothing is due the claim loop
 sleeps until the earliest scheduled job of its queues (or the poll
 interval, a fallback for missed events). MongoDB outages are reported and
@@ -81,6 +83,10 @@ Doc = dict[str, Any]
 # abandoned. This many abandoned threads still running make the worker
 # drain and exit 1, so its service manager starts a fresh process.
 MAX_ABANDONED_THREADS = 3
+# While the claim loop is busy the change stream is read at most this often
+# (and once per poll interval when that is shorter): well within the
+# server's idle cursor timeout (10 minutes).
+WATCH_PAUSE_MAX_S = 60.0
 # Start-up range checks: (setting, flag, variable). The variable's schema
 # minimum and maximum bound the value whether it came from the flag or the
 # env file (finite, a lock that still makes a BSON date, delays asyncio takes).
@@ -281,6 +287,7 @@ class Worker:
         self.stopping = asyncio.Event()
         self.force = False
         self.wake = asyncio.Event()
+        self._idle = asyncio.Event()  # set while the claim loop waits for ``wake`` (nothing due)
         self.last_tick = time.monotonic()
         self.exit_code = 0
         # Room for the running jobs plus the threads abandoned after a timeout.
@@ -533,8 +540,12 @@ class Worker:
             next_due = None
         if next_due is not None:
             timeout = min(timeout, max(0.0, (next_due - utcnow()).total_seconds()) + 0.005)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), timeout=timeout)
+        self._idle.set()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=timeout)
+        finally:
+            self._idle.clear()
 
     def _finished_callback(self, key: str, slots: asyncio.Semaphore) -> Callable[[asyncio.Task[None]], None]:
         def finished(_task: asyncio.Task[None]) -> None:
@@ -544,6 +555,7 @@ class Worker:
 
     async def _watch_loop(self) -> None:
         pipeline = change_stream_pipeline()
+        pause = min(self.settings.poll_s, WATCH_PAUSE_MAX_S)
         failures = 0
         while not self.stopping.is_set():
             try:
@@ -552,6 +564,12 @@ class Worker:
                     self.wake.set()
                     async for _change in stream:
                         self.wake.set()
+                        if not self._idle.is_set():
+                            # The claim loop is busy and claims again when it can: read on (a
+                            # round trip per event otherwise) once it waits for work, or after
+                            # the pause; the events of the meantime come in one batch.
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(self._idle.wait(), pause)
             except OperationFailure as exc:
                 if is_outage(exc):
                     failures += 1
@@ -695,19 +713,24 @@ class Worker:
         job = job_from_document(entry.doc)
         timeout = self.settings.timeout_for(job_type)
         deadline = time.monotonic() + timeout
+        # asyncio.timeout, not wait_for: no extra task per job; the handler runs in
+        # this job's task, whose cancelling() tells _guarded the worker's cancel apart.
         if inspect.iscoroutinefunction(handler):
             try:
-                return await asyncio.wait_for(_guarded(handler(job)), timeout)
+                async with asyncio.timeout(timeout):
+                    return await _guarded(handler(job))
             except TimeoutError:
                 return self._timed_out(entry, timeout, None)
         future = self.executor.submit(_call_plain, handler, job)
         try:
-            ok, value = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+            async with asyncio.timeout(timeout):
+                ok, value = await asyncio.wrap_future(future)
         except TimeoutError:
             return self._timed_out(entry, timeout, future)
         if ok and inspect.isawaitable(value):  # a plain function that returned a coroutine
             try:
-                return await asyncio.wait_for(_guarded(value), max(0.001, deadline - time.monotonic()))
+                async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
+                    return await _guarded(value)
             except TimeoutError:
                 return self._timed_out(entry, timeout, None)
         return ok, value
