@@ -110,11 +110,19 @@ def url_passwords(value: str) -> list[str]:
 
 
 class Redactor:
-    """Replaces every known secret value in text by ``***``."""
+    """Replaces every known secret value in text by ``***``.
+
+    Log records repeat the same short strings (field names, messages, logger
+    names): their redacted form is remembered until a secret is added.
+    """
+
+    CACHE_SIZE = 2048  # strings remembered at most; the cache starts over when full
+    CACHE_MAX_CHARS = 200  # longer strings (tracebacks, results) are not remembered
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: set[str] = set()
         self._ordered: list[str] = []
+        self._cache: dict[str, str] = {}
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
@@ -123,6 +131,7 @@ class Redactor:
         if fresh:
             self._secrets |= fresh
             self._ordered = sorted(self._secrets, key=len, reverse=True)
+            self._cache = {}
 
     def add_values(self, values: Mapping[str, str]) -> None:
         """Hide the secrets among env ``values`` (sensitive variables, URL passwords)."""
@@ -132,7 +141,17 @@ class Redactor:
         return value in self._secrets
 
     def __call__(self, text: str) -> str:
+        cache = self._cache
+        done = cache.get(text)
+        if done is not None:
+            return done
+        redacted = text
         for secret in self._ordered:
-            if secret in text:
-                text = text.replace(secret, MASK)
-        return mask_shapes(text)
+            if secret in redacted:
+                redacted = redacted.replace(secret, MASK)
+        redacted = mask_shapes(redacted)
+        if len(text) <= self.CACHE_MAX_CHARS:
+            if len(cache) >= self.CACHE_SIZE:
+                cache.clear()
+            cache[text] = redacted
+        return redacted
