@@ -265,6 +265,7 @@ class _Running:
     doc: Doc
     info: JobInfo
     task: asyncio.Task[None] | None = None
+    heartbeat: asyncio.Task[None] | None = None  # started by a timer once the job runs that long
     lost: bool = False
     started: float = field(default_factory=time.monotonic)
 
@@ -666,7 +667,7 @@ class Worker:
             self.events.job_malformed(info, problems)
             await self._after_failure(entry, MalformedJobError("malformed Job document: " + "; ".join(problems)))
             return
-        heartbeat = asyncio.create_task(self._heartbeat(entry))
+        heartbeat = asyncio.get_running_loop().call_later(self.settings.heartbeat_s, self._start_heartbeat, entry)
         error: BaseException | None = None
         result: Any = None
         try:
@@ -678,11 +679,11 @@ class Worker:
             else:
                 error = value
         except asyncio.CancelledError:
-            heartbeat.cancel()
+            self._stop_heartbeat(entry, heartbeat)
             raise
         except Exception as exc:
             error = exc
-        heartbeat.cancel()
+        self._stop_heartbeat(entry, heartbeat)
         if error is not None:
             await self._after_failure(entry, error)
             return
@@ -758,9 +759,20 @@ class Worker:
         except Exception as exc:
             raise FatalJobError(f"handler returned a value that cannot be stored: {type(exc).__name__}") from exc
 
+    # A job's heartbeat starts as a timer, not a task: most jobs end before the first beat.
+
+    def _start_heartbeat(self, entry: _Running) -> None:
+        entry.heartbeat = asyncio.create_task(self._heartbeat(entry), name=f"heartbeat-{entry.info.id}")
+
+    @staticmethod
+    def _stop_heartbeat(entry: _Running, timer: asyncio.TimerHandle) -> None:
+        timer.cancel()
+        if entry.heartbeat is not None:
+            entry.heartbeat.cancel()
+
     async def _heartbeat(self, entry: _Running) -> None:
+        """Renew the lock now, then every ``heartbeat_s``, until cancelled or the lock is lost."""
         while True:
-            await asyncio.sleep(self.settings.heartbeat_s)
             try:
                 until = await self._store.heartbeat(entry.doc, self.settings.lock_s)
                 self._db_ok()
@@ -769,13 +781,14 @@ class Worker:
             except Exception as exc:
                 if is_outage(exc):
                     self._connection_problem(exc, "heartbeat")
-                    continue
-                self.events.heartbeat_error(entry.info, exc)
-                continue
-            if until is None:
-                entry.lost = True
-                self.events.job_lock_lost(entry.info)
-                return
+                else:
+                    self.events.heartbeat_error(entry.info, exc)
+            else:
+                if until is None:
+                    entry.lost = True
+                    self.events.job_lock_lost(entry.info)
+                    return
+            await asyncio.sleep(self.settings.heartbeat_s)
 
     def _lost(self, entry: _Running, error: BaseException | None) -> None:
         """The one place a lost lock ends a run: nothing was written for it."""
