@@ -21,6 +21,8 @@ from typing import Any, TextIO
 from muzo_ops.secrets.redact import Redactor
 
 LEVELS: dict[str, int] = {"trace": 10, "debug": 20, "info": 30, "warn": 40, "error": 50, "fatal": 60}
+# One encoder for every line (json.dumps with options builds a new one per call).
+_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False, separators=(",", ":"))
 
 
 class Logger:
@@ -56,8 +58,7 @@ class Logger:
                 "message": str(err),
                 "stack": "".join(traceback.format_exception(err)).rstrip(),
             }
-        line = json.dumps(_redacted(record, self.redactor), default=str, ensure_ascii=False,
-                          separators=(",", ":"))
+        line = _ENCODER.encode(_redacted(record, self.redactor))
         with self._lock:
             try:
                 self.stream.write(line + "\n")
