@@ -78,3 +78,39 @@ def test_previous_secret_equal_to_the_current_one_is_an_error(tmp_path: Path) ->
     codes = {(p["variable"], p["code"]) for p in json.loads(proc.stdout)["problems"]}
     assert ("NEXTAUTH_SECRET_PREVIOUS", "previous-secret-equal") in codes
     assert_no_secret(proc.stdout + proc.stderr, SECRETS)
+
+
+def test_init_env_keeps_an_encrypted_file_encrypted(tmp_path: Path) -> None:
+    path = encrypted_env(tmp_path)
+    keys = tmp_path / ".env.keys"
+    shutil.move(str(keys), str(tmp_path.parent / f"{tmp_path.name}-away.keys"))  # writers need no private key
+    new_key = "sk_live_" + "N3wStr1peKey" * 3
+    proc = run_cli("init-env", "--env-file", str(path), "--non-interactive", "--set-stdin", "STRIPE_SECRET_KEY",
+                   stdin=new_key + "\n", env=CLEAN)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("init-env", "--env-file", str(path), "--non-interactive", "--force", env=CLEAN)
+    assert proc.returncode == 0, proc.stderr
+    text = path.read_text()
+    assert new_key not in text
+    assert_no_secret(text, SECRETS)
+    shutil.move(str(tmp_path.parent / f"{tmp_path.name}-away.keys"), str(keys))
+    values = env.worker_values(str(path), explicit=True)
+    assert values["NEXTAUTH_SECRET"] != FULL["NEXTAUTH_SECRET"] and len(values["NEXTAUTH_SECRET"]) == 43
+    for line in text.splitlines():
+        name = line.partition("=")[0]
+        if name in ("NEXTAUTH_SECRET", "DATABASE_URL", "STRIPE_SECRET_KEY"):
+            assert line.startswith(f"{name}='encrypted:") or line.startswith(f'{name}="encrypted:') or \
+                line.startswith(f"{name}=encrypted:"), line
+
+
+def test_deprecated_concurrency_name_is_a_warning(tmp_path: Path) -> None:
+    values = {**FULL}
+    values.pop("WORKER_CONCURRENCY")
+    path = write_env(tmp_path / ".env", {**values, "GENERATION_WORKER_CONCURRENCY": "2"})
+    proc = run_cli("check-env", "--env-file", str(path), "--format", "json")
+    assert proc.returncode == 0
+    problems = json.loads(proc.stdout)["problems"]
+    assert [(p["variable"], p["code"], p["severity"]) for p in problems] == [
+        ("GENERATION_WORKER_CONCURRENCY", "deprecated", "warning")]
+    assert "WORKER_CONCURRENCY" in problems[0]["message"]
+    assert run_cli("check-env", "--env-file", str(path), "--strict").returncode == 1

@@ -24,6 +24,13 @@ from tests.envdata import FULL, SECRETS, write_env
 from tests.helpers import assert_no_secret, run_cli
 
 
+def rotate(path: str) -> str | None:
+    """``secrets rotate NEXTAUTH_SECRET --force`` as a library call; the backup's path."""
+    from muzo_ops.secrets import rotation
+
+    return rotation.rotate(path, ["NEXTAUTH_SECRET"], force=True, keep=100).backup
+
+
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -89,9 +96,9 @@ def test_rotate_and_init_env_together_keep_both_changes(tmp_path: Path) -> None:
     env = write_env(tmp_path / ".env", FULL)
     rotator = textwrap.dedent("""
         import sys
-        from muzo_ops.env import initenv
+        from muzo_ops.secrets import rotation
         for _ in range(15):
-            initenv.rotate(sys.argv[1], "NEXTAUTH_SECRET", lock_timeout_s=60)
+            rotation.rotate(sys.argv[1], ["NEXTAUTH_SECRET"], force=True, keep=100, lock_timeout_s=60)
     """)
     procs = [subprocess.Popen([sys.executable, "-c", rotator, str(env)]),
              subprocess.Popen([sys.executable, "-c", WRITER, str(env), "S3_BUCKET", "15"])]
@@ -158,7 +165,7 @@ def test_a_rewrite_keeps_owner_and_group_and_never_loosens_the_mode(tmp_path: Pa
     assert (backup.stat().st_uid, mode(backup)) == (65534, 0o600)
     # a tighter mode stays as tight
     env.chmod(0o400)
-    initenv.rotate(str(env), "NEXTAUTH_SECRET")
+    rotate(str(env))
     assert (env.stat().st_uid, env.stat().st_gid, mode(env)) == (65534, 65534, 0o400)
     # "nothing to change" narrows the mode without changing the owner
     env.chmod(0o644)
@@ -202,7 +209,7 @@ def test_a_symlink_is_written_through_in_the_target_folder(tmp_path: Path, mount
     mounts.append(str(app))
     subprocess.run(["mount", "-o", "remount,bind,ro", str(app)], check=True)
     old = envfile.read(str(real)).values()["NEXTAUTH_SECRET"]
-    assert initenv.rotate(str(link), "NEXTAUTH_SECRET") == str(shared / "muzo.env.2.bak")
+    assert rotate(str(link)) == str(shared / "muzo.env.2.bak")
     assert link.is_symlink() and envfile.read(str(real)).values()["NEXTAUTH_SECRET"] != old
 
 
@@ -279,7 +286,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_backup_or_temp(tmp_path: Path, mo
     assert env.read_bytes() == before
     assert leftovers(folder) == []
     with pytest.raises(Exception, match="disk is full"):
-        initenv.rotate(str(env), "NEXTAUTH_SECRET")
+        rotate(str(env))
     assert env.read_bytes() == before and leftovers(folder) == []
     (folder / "filler").unlink()
     assert run_cli("init-env", "--env-file", str(env), "--non-interactive", "--set",
@@ -321,7 +328,7 @@ def test_rotate_keeps_export_indent_and_trailing_comment(tmp_path: Path) -> None
     env.write_text("A=1\n\n  export NEXTAUTH_SECRET='old-secret-value-that-is-long-enough-0001'  # signs sessions\n"
                    "export B=2 # b\n")
     env.chmod(0o600)
-    initenv.rotate(str(env), "NEXTAUTH_SECRET")
+    rotate(str(env))
     lines = env.read_text().splitlines()
     assert lines[0] == "A=1" and lines[1] == "" and lines[3] == "export B=2 # b"
     assert lines[2].startswith("  export NEXTAUTH_SECRET=") and lines[2].endswith("  # signs sessions")

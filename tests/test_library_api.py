@@ -141,3 +141,18 @@ def test_burst_worker_retries_then_fails_in_process(secantus: Secantus) -> None:
     assert doc is not None and doc["status"] == JobStatus.FAILED.value and doc["attempts"] == 2
     assert doc["lastError"]["message"] == "provider down"
     client.close()
+
+
+def test_logger_redacts_before_encoding_secrets_with_quotes_and_backslashes() -> None:
+    secret = 'pa"ss\\wo\rd-with-"quotes"'
+    stream = io.StringIO()
+    log = Logger("muzo-worker", "info", stream, Redactor([secret]))
+    try:
+        raise ValueError(f"connect failed for {secret}")
+    except ValueError as exc:
+        log.log("error", "boom", err=exc, detail={"nested": [secret]}, **{f"key-{secret}": 1})
+    text = stream.getvalue()
+    encoded = json.dumps(secret)[1:-1]  # how the secret looks inside a JSON string
+    assert secret not in text and encoded not in text and "wo\\\\rd" not in text
+    record = json.loads(text)
+    assert record["detail"] == {"nested": ["***"]} and "***" in record["err"]["message"]

@@ -19,7 +19,7 @@ from muzo_ops.env.filelock import DEFAULT_TIMEOUT_S, locked
 from muzo_ops.env.schema import Environment, Variable
 from muzo_ops.errors import SchemaError, UsageError
 from muzo_ops.secrets import generate as secretgen
-from muzo_ops.secrets.redact import Redactor, secret_values
+from muzo_ops.secrets.redact import secret_values
 
 Prompt = Callable[[Variable], str]
 
@@ -168,7 +168,7 @@ def _init_locked(path: str, environment: Environment | None, supplied: dict[str,
         additions = [_addition(schema.BY_NAME[n], final[n]) for n in result.added]
         if additions:
             additions.insert(0, "# ===== Added by muzo-ops init-env =====\n")
-        text = envfile.with_changes(existing, changes, additions)
+        text = keep_encrypted(envfile.with_changes(existing, changes, additions), path)
         if text == existing.text():
             text = ""
     if text:
@@ -180,6 +180,22 @@ def _init_locked(path: str, environment: Environment | None, supplied: dict[str,
     if write_example:
         result.example = _write_example(path)
     return result
+
+
+def keep_encrypted(text: str, path: str) -> str:
+    """``text`` with its sensitive values encrypted when the file is a dotenvx-encrypted one.
+
+    A file with a ``DOTENV_PUBLIC_KEY…`` header stays encrypted through every
+    write: a value a writer changed or added is encrypted for that public key
+    (no private key is needed). Other files are returned as they are.
+    """
+    from muzo_ops.secrets import dotenvx
+
+    if dotenvx.PUBLIC_KEY_NAME not in text or dotenvx.file_public_key(text) is None:
+        return text
+    from muzo_ops.secrets.encryption import is_sensitive
+
+    return dotenvx.encrypt_text(text, path, is_sensitive).text
 
 
 def _is_development_value(var: Variable, value: str) -> bool:
@@ -232,33 +248,3 @@ def _write_example(env_path: str) -> str | None:
         pass
     envfile.write_atomic(target, text, mode=0o644)
     return target
-
-
-def rotate(path: str, name: str, redactor: Redactor | None = None,
-           lock_timeout_s: float = DEFAULT_TIMEOUT_S) -> str | None:
-    """Replace generated secret ``name`` in ``path`` with a fresh one.
-
-    Holds the env file's lock; the old file is backed up (0600) and the new
-    one written atomically, owner, mode, ``export`` prefix and comment kept;
-    returns the backup's path. The value is never returned; the old and new
-    values are added to ``redactor``.
-    """
-    generator = secretgen.generator_for(name)
-    with locked(path, lock_timeout_s):
-        envfile.remove_stale_temps(path)
-        return _rotate_locked(path, name, generator, redactor)
-
-
-def _rotate_locked(path: str, name: str, generator: schema.Generator,
-                   redactor: Redactor | None) -> str | None:
-    existing = envfile.read(path)
-    if redactor is not None:
-        redactor.add_values(existing.raw())
-    fresh = secretgen.generate(generator)
-    if name in existing.raw():
-        text = envfile.with_changes(existing, {name: fresh})
-    else:
-        text = envfile.with_changes(existing, {}, [_addition(schema.BY_NAME[name], fresh)])
-    if redactor is not None:
-        redactor.add([fresh])
-    return envfile.replace_file(path, text, keep_backup=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import getpass
 import hashlib
 import hmac
@@ -36,12 +37,17 @@ class AuditError(MuzoOpsError):
     """The audit log or its key cannot be read or written."""
 
 
+def _folder(env_path: str) -> str:
+    """The env file's real folder: a symlinked env file is audited beside its target."""
+    return os.path.dirname(os.path.realpath(env_path))
+
+
 def log_path(env_path: str) -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(env_path)), LOG_NAME)
+    return os.path.join(_folder(env_path), LOG_NAME)
 
 
 def key_path(env_path: str) -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(env_path)), KEY_NAME)
+    return os.path.join(_folder(env_path), KEY_NAME)
 
 
 def _load_or_create_key(path: str) -> bytes:
@@ -62,10 +68,13 @@ def _load_or_create_key(path: str) -> bytes:
             os.fchmod(fd, SECRET_FILE_MODE)
             os.write(fd, os.urandom(_KEY_BYTES).hex().encode("ascii") + b"\n")
             os.fsync(fd)
-            os.close(fd)
             with contextlib.suppress(FileExistsError):
                 os.link(tmp, path)
+        except OSError as exc:
+            why = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror
+            raise AuditError(f"{path}: cannot create the fingerprint key: {why}") from exc
         finally:
+            os.close(fd)
             os.unlink(tmp)
     try:
         with open(path, encoding="ascii") as handle:
