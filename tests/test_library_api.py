@@ -156,3 +156,14 @@ def test_logger_redacts_before_encoding_secrets_with_quotes_and_backslashes() ->
     assert secret not in text and encoded not in text and "wo\\\\rd" not in text
     record = json.loads(text)
     assert record["detail"] == {"nested": ["***"]} and "***" in record["err"]["message"]
+
+
+def test_metrics_endpoint_from_the_env_file_or_the_flag() -> None:
+    from muzo_ops import metrics
+
+    assert metrics.endpoint({}) is None
+    assert metrics.endpoint({"WORKER_METRICS_PORT": "9464"}) == ("127.0.0.1", 9464)
+    assert metrics.endpoint({"WORKER_METRICS_PORT": "9464", "WORKER_METRICS_HOST": "0.0.0.0"}, 9500) == (
+        "0.0.0.0", 9500)
+    with pytest.raises(ConfigError, match="WORKER_METRICS_PORT must be a port number"):
+        metrics.endpoint({"WORKER_METRICS_PORT": "99999"})

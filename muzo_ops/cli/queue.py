@@ -34,23 +34,6 @@ def _values(args: argparse.Namespace, out: Output) -> dict[str, str]:
     return values
 
 
-def _metrics_port(args: argparse.Namespace, values: dict[str, str]) -> tuple[str, int] | None:
-    """(host, base port) for /metrics, from --metrics-port or WORKER_METRICS_PORT; None: off."""
-    from muzo_ops.env import checks, schema
-    from muzo_ops.errors import ConfigError
-
-    base: int | None = args.metrics_port
-    if base is None and values.get("WORKER_METRICS_PORT", ""):
-        problem = checks.value_error(schema.get("WORKER_METRICS_PORT"), values["WORKER_METRICS_PORT"])
-        if problem:
-            raise ConfigError(f"WORKER_METRICS_PORT {problem}")
-        base = int(values["WORKER_METRICS_PORT"])
-    if base is None:
-        return None
-    host = values.get("WORKER_METRICS_HOST", "") or "127.0.0.1"
-    return host, base
-
-
 def cmd_worker(args: argparse.Namespace, out: Output) -> int:
     from muzo_ops.queue import worker
     from muzo_ops.queue.events import Observer
@@ -62,12 +45,13 @@ def cmd_worker(args: argparse.Namespace, out: Output) -> int:
         retry_cap_s=args.retry_cap, change_streams=False if args.no_change_streams else None,
         burst=args.burst)
     observers: list[Observer] = []
-    metrics = _metrics_port(args, values)
     server = None
-    if metrics is not None:
-        from muzo_ops import metrics as metrics_module
+    if args.metrics_port is not None or values.get("WORKER_METRICS_PORT"):
+        from muzo_ops import metrics
 
-        server = metrics_module.attach(observers, metrics[0], metrics[1], queues=settings.queues)
+        where = metrics.endpoint(values, args.metrics_port)
+        if where is not None:
+            server = metrics.attach(observers, where[0], where[1], queues=settings.queues)
     try:
         code, threads_alive = worker.run_process(settings, args.handler or [], values, out.redactor,
                                                  observers=observers)

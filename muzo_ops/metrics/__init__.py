@@ -9,13 +9,33 @@ prometheus_client but not pymongo; ``muzo_ops.metrics.exporter`` (the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from muzo_ops.metrics.health import DEFAULT_OUTAGE_GRACE_S, DEFAULT_STALE_AFTER_S, HealthState
 from muzo_ops.metrics.observer import PrometheusObserver
 from muzo_ops.metrics.server import DEFAULT_HOST, MetricsServer, port_for
 from muzo_ops.queue.events import Observer
 from muzo_ops.queue.jobs import JobType
+
+
+def endpoint(values: Mapping[str, str], port: int | None = None) -> tuple[str, int] | None:
+    """(host, base port) for ``/metrics``: ``port`` (``--metrics-port``), else WORKER_METRICS_PORT,
+    bound to WORKER_METRICS_HOST (default 127.0.0.1); None when neither is set (metrics off).
+
+    ConfigError (one line) for an invalid WORKER_METRICS_PORT.
+    """
+    from muzo_ops.env import checks, schema
+    from muzo_ops.errors import ConfigError
+
+    text = values.get("WORKER_METRICS_PORT", "")
+    if port is None and text:
+        problem = checks.value_error(schema.get("WORKER_METRICS_PORT"), text)
+        if problem:
+            raise ConfigError(f"WORKER_METRICS_PORT {problem}")
+        port = int(text)
+    if port is None:
+        return None
+    return values.get("WORKER_METRICS_HOST", "") or DEFAULT_HOST, port
 
 
 def attach(worker_observers: list[Observer], host: str = DEFAULT_HOST, port: int = 0, *,
@@ -37,4 +57,4 @@ def attach(worker_observers: list[Observer], host: str = DEFAULT_HOST, port: int
     return server
 
 
-__all__ = ["HealthState", "MetricsServer", "PrometheusObserver", "attach", "port_for"]
+__all__ = ["HealthState", "MetricsServer", "PrometheusObserver", "attach", "endpoint", "port_for"]

@@ -26,7 +26,13 @@ from pymongo import ASCENDING
 
 from muzo_ops.metrics.server import DEFAULT_HOST, MetricsServer
 from muzo_ops.queue.jobs import JobStatus, JobType
-from muzo_ops.queue.store import due_pending_query, failed_query, scheduled_pending_query, utcnow
+from muzo_ops.queue.store import (
+    due_pending_query,
+    failed_query,
+    scheduled_pending_query,
+    type_status_query,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from pymongo.collection import Collection
@@ -52,8 +58,8 @@ def status_query(job_type: JobType, status: str, now: dt.datetime) -> Doc:
         query = scheduled_pending_query(now)
     elif status == JobStatus.FAILED.value:
         return failed_query(job_type)
-    else:  # RUNNING, DONE: the store has no builder for these plain pairs
-        query = {"status": status}
+    else:  # RUNNING, DONE
+        return type_status_query(job_type, JobStatus(status))
     return {"type": job_type.value, **query}
 
 

@@ -374,6 +374,11 @@ def unknown_type_pending_query() -> Doc:
     return {"status": JobStatus.PENDING.value, "type": {"$nin": [t.value for t in JobType]}}
 
 
+def type_status_query(job_type: JobType, status: JobStatus) -> Doc:
+    """Jobs of one type in one status: equality, equality (the first index's prefix)."""
+    return {"type": job_type.value, "status": status.value}
+
+
 def running_past_lock_query(now: dt.datetime) -> Doc:
     """RUNNING jobs whose lock expired (their worker died or stalled)."""
     return {"status": JobStatus.RUNNING.value, "lockedUntil": {"$lt": now}}
@@ -444,6 +449,18 @@ class AdminStore:
         return int(self.jobs.delete_many(failed_query(job_type, updated_before)).deleted_count)
 
 
-__all__ = ["AdminStore", "JobStore", "change_stream_pipeline", "due_condition", "error_document", "fence",
-           "known_types_query", "new_job_document", "undated_pending_query", "unknown_type_pending_query",
-           "unlocked", "utcnow"]
+__all__ = [
+    "AdminStore",
+    "JobStore",
+    "change_stream_pipeline",
+    "due_condition",
+    "error_document",
+    "fence",
+    "known_types_query",
+    "new_job_document",
+    "type_status_query",
+    "undated_pending_query",
+    "unknown_type_pending_query",
+    "unlocked",
+    "utcnow",
+]
