@@ -1,9 +1,10 @@
-"""Every value muzo_ops writes reads back the same in python-dotenv and in Next.js."""
+"""Every value muzo_ops writes reads back the same in python-dotenv, in Next.js and in dotenvx."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -33,9 +34,18 @@ def next_env_read(folder: Path, prefix: str) -> dict[str, str]:
     return result
 
 
+def dotenvx_read(folder: Path, prefix: str) -> dict[str, str]:
+    """The values dotenvx's own loader (`dotenvx get`, which expands $VAR and runs $(…)) reads."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOTENV_", prefix))}
+    proc = subprocess.run([str(NODE_DIR / "node_modules" / ".bin" / "dotenvx"), "get", "-f", ".env", "--strict"],
+                          cwd=folder, capture_output=True, text=True, check=True, timeout=60, env=env)
+    return {k: v for k, v in json.loads(proc.stdout).items() if k.startswith(prefix)}
+
+
 @pytest.fixture(scope="module")
 def node_loader() -> None:
-    if not (NODE_DIR / "node_modules" / "@next" / "env").is_dir():
+    if not (NODE_DIR / "node_modules" / "@next" / "env").is_dir() or \
+            not (NODE_DIR / "node_modules" / ".bin" / "dotenvx").exists():
         subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=NODE_DIR,
                        check=True, capture_output=True, timeout=300)
 
@@ -56,7 +66,7 @@ def encodable(values: list[str]) -> dict[str, str]:
 @example(values=["a#b", "it's", 'say "hi"', "$", "a$", "a=b=c", " pad ", "back\\slash",
                  "\\$", "line1\nline2", "cr\rlf", "日本 🙂", "${}", "`tick`", "#start", "x #y",
                  "$(touch PWNED)", "a$(b)c", "say \"$(x)\""])
-def test_both_loaders_read_back_what_was_written(tmp_path_factory: pytest.TempPathFactory,
+def test_every_loader_reads_back_what_was_written(tmp_path_factory: pytest.TempPathFactory,
                                                  node_loader: None, values: list[str]) -> None:
     wanted = encodable(values)
     text = "".join(format_line(k, v) for k, v in wanted.items())
@@ -65,6 +75,8 @@ def test_both_loaders_read_back_what_was_written(tmp_path_factory: pytest.TempPa
     assert dict(dotenv_values(stream=io.StringIO(text))) == wanted
     got = next_env_read(folder, "RT_")
     assert got == wanted
+    assert dotenvx_read(folder, "RT_") == wanted
+    assert not (folder / "PWNED").exists() and not (Path.cwd() / "PWNED").exists()
 
 
 @given(VALUES)
