@@ -123,7 +123,7 @@ def test_secrets_are_refused_on_the_command_line_and_taken_from_stdin(tmp_path: 
     [
         (["--set", "S3_REGOIN=x"], "S3_REGOIN is not a muzo variable: did you mean S3_REGION?"),
         (["--set", "EMAIL_SERVER_PORT=smtp"], "EMAIL_SERVER_PORT must be a port number"),
-        (["--set", "S3_REGION"], "expected KEY=VALUE"),
+        (["--set", "S3_REGION"], "is not KEY=VALUE"),
         (["--environment", "staging"], "invalid choice"),
     ],
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from muzo_ops.cli.common import Parser, add_env_file, help_kwargs, positive, positive_int
+from muzo_ops.cli.common import Parser, add_env_file, help_kwargs, port, positive, positive_int
 from muzo_ops.cli.output import Output
 from muzo_ops.constants import DEFAULT_ENV_FILE
 
@@ -29,7 +29,7 @@ def add_parser(jobs_subparsers: argparse._SubParsersAction[Parser]) -> None:
         "none within --cache-seconds of the last one; counts stop at --cap.",
         "muzo-ops jobs metrics --port 9470"))
     add_env_file(q)
-    q.add_argument("--port", type=positive_int, required=True, metavar="N", help="port to serve on")
+    q.add_argument("--port", type=port, required=True, metavar="N", help="port to serve on")
     q.add_argument("--host", default="127.0.0.1", metavar="H",
                    help="address to bind (default: 127.0.0.1, this host only)")
     q.add_argument("--cache-seconds", type=positive, default=5.0, metavar="S",

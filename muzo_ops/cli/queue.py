@@ -237,7 +237,8 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         "SIGTERM, SIGINT or SIGHUP stop the server with it.",
         "muzo-ops dev-db --port 27017 --data .muzo-dev-db --write-env"))
     p.add_argument("--port", type=port, default=27017, help="TCP port, 1 to 65535 (default 27017)")
-    p.add_argument("--data", default=".muzo-dev-db", metavar="DIR")
+    p.add_argument("--data", default=".muzo-dev-db", metavar="DIR",
+                   help="folder for the server's data, created if missing (default: .muzo-dev-db)")
     p.add_argument("--write-env", action="store_true",
                    help="write DATABASE_URL into the env file (created with development defaults "
                    "when missing; the old one kept as a backup)")

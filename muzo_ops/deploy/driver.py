@@ -95,8 +95,30 @@ def load_target(inventory: str, limit: Sequence[str] = ()) -> Target:
 
 def _inventory(path: str, state: Any) -> Any:
     """pyinfra's own inventory loading (the CLI's), which runs the file in a state's context."""
-    with ctx_state.use(state):
-        return make_inventory(path)
+    try:
+        with ctx_state.use(state):
+            return make_inventory(path)
+    except Exception as exc:  # the file's own error: named by type and line, never by its text
+        inner: BaseException = getattr(exc, "exception", None) or exc.__cause__ or exc
+        line = _line_in(path, inner)
+        where = f"{path} line {line}" if line else path
+        raise DeployError(f"inventory {where}: {type(inner).__name__} while loading it (its message is "
+                          f"not shown: it may hold a secret); fix the file (python {path} shows it)") from exc
+
+
+def _line_in(path: str, exc: BaseException) -> int | None:
+    """The line of ``path`` where ``exc`` was raised (or, for a SyntaxError, found)."""
+    import os
+    import traceback
+
+    if isinstance(exc, SyntaxError) and exc.lineno:
+        return exc.lineno
+    real = os.path.realpath(path)
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if os.path.realpath(frame.filename) == real:
+            line = frame.lineno
+    return line
 
 
 def _quiet_pyinfra(verbose: bool) -> None:

@@ -185,11 +185,15 @@ def _printable(value: str) -> str:
 
 
 def _redact_url_password(value: str) -> str:
+    from muzo_ops.secrets.redact import url_passwords
+
     try:
         parts = urlsplit(value)
     except ValueError:
         return MASK
     if parts.password is None:
+        for secret in sorted(url_passwords(value), key=len, reverse=True):
+            value = value.replace(secret, MASK)
         return value
     netloc = parts.netloc.rpartition("@")
     user = netloc[0].partition(":")[0]

@@ -19,7 +19,7 @@ from muzo_ops.env.filelock import DEFAULT_TIMEOUT_S, locked
 from muzo_ops.env.schema import Environment, Variable
 from muzo_ops.errors import SchemaError, UsageError
 from muzo_ops.secrets import generate as secretgen
-from muzo_ops.secrets.redact import secret_values
+from muzo_ops.secrets.redact import secret_values, shaped_secrets
 
 Prompt = Callable[[Variable], str]
 
@@ -51,9 +51,15 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise UsageError(f"--set {name or '=…'}: expected KEY=VALUE")
+        if not sep or not name:  # the text is not echoed: it may be a pasted secret
+            raise UsageError(f"--set argument {pairs.index(pair) + 1} is not KEY=VALUE (its text is not "
+                             "shown: it may be a secret): write --set NAME=value, and secrets with "
+                             "--set-stdin NAME")
         var = known_variable(name)
+        if shaped_secrets(value):
+            raise UsageError(f"--set {name}: the value looks like a secret key, which does not belong in "
+                             f"{name} nor on a command line (ps and shell history show it): check the "
+                             "variable, and pass secrets with --set-stdin NAME")
         url_without_password = var.kind in (schema.Kind.MONGO_URL, schema.Kind.REDIS_URL) and not (
             secret_values({name: value}))
         if var.sensitive and not url_without_password:

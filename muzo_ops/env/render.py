@@ -79,8 +79,18 @@ def render_committed(name: str) -> str:
     return render(RENDERED_FILES[name])
 
 
+def _check_root(root: str) -> None:
+    """UsageError unless ``root`` is an existing folder (a typo must not create a new tree)."""
+    if not os.path.isdir(root):
+        from muzo_ops.errors import UsageError
+
+        raise UsageError(f"--root {root}: no such folder; give the repository root (the folder with "
+                         "pyproject.toml and docs/)")
+
+
 def drifted(root: str) -> list[str]:
     """The committed files under ``root`` that differ from the schema's rendering."""
+    _check_root(root)
     out: list[str] = []
     for name in RENDERED_FILES:
         path = os.path.join(root, name)
@@ -98,6 +108,7 @@ def write_all(root: str) -> list[str]:
     """Write every committed rendered file under ``root``; the names written."""
     from muzo_ops.env.envfile import write_atomic
 
+    _check_root(root)
     written = []
     for name in RENDERED_FILES:
         path = os.path.join(root, name)

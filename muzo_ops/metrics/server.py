@@ -126,7 +126,7 @@ class MetricsServer:
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
             raise ConfigError(f"cannot serve metrics on {self.host}:{self.requested_port}: {reason} "
-                              "(choose another WORKER_METRICS_PORT / --metrics-port)") from exc
+                              "(check the host and choose a free port)") from exc
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.25},
                                         name="muzo-metrics", daemon=True)

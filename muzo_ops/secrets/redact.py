@@ -35,6 +35,8 @@ SECRET_SHAPES: tuple[re.Pattern[str], ...] = tuple(re.compile(p) for p in (
     r"(?<![A-Za-z0-9_-])(?P<s>rpa_[A-Za-z0-9]{16,})",  # RunPod
     r"(?<![A-Za-z0-9_-])(?P<s>eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})",  # JWT
     r"(?P<s>-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z))",
+    # the password of a URL's user:password@ part (any scheme)
+    r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:\"']*:(?P<s>[^\s@/\"']+)@",
     # credentials inside URL options and key:value lists (MongoDB authMechanismProperties)
     r"(?i:AWS_SESSION_TOKEN|AWS_SECRET_ACCESS_KEY|SESSION_TOKEN)(?::|%3A)(?P<s>[^,&\s\"']+)",
     r"[?&;](?i:password|passwd|pwd|secret|token|api_?key|access_?token|auth_?token|sig|signature|"
@@ -85,10 +87,27 @@ def secret_values(values: Mapping[str, str]) -> list[str]:
     return [s for s in found if len(s) >= MIN_SECRET_CHARS]
 
 
+def _userinfo_password(value: str) -> str | None:
+    """The text between the first ``:`` and the last ``@`` of a URL-like value's last path-free
+    segment, even in a malformed URL (``rediss//:pw@host``, ``:pw@host``); None when absent."""
+    head = value.rpartition("@")[0]
+    userinfo = head.rsplit("/", 1)[-1]
+    if ":" not in userinfo:
+        return None
+    return userinfo.split(":", 1)[1] or None
+
+
 def url_passwords(value: str) -> list[str]:
-    """The password of a URL, as written and decoded (empty when there is none)."""
-    if "://" not in value or "@" not in value:
+    """The password of a URL, as written and decoded (empty when there is none).
+
+    A malformed URL (a mistyped scheme, no scheme) still gives up what sits
+    where a password would: a typo must not reveal it.
+    """
+    if "@" not in value:
         return []
+    if "://" not in value:
+        loose = _userinfo_password(value)
+        return [loose, unquote(loose)] if loose else []
     try:
         if value.startswith("mongodb"):
             from muzo_ops.env import mongourl
