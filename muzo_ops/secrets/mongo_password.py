@@ -395,7 +395,7 @@ def confirm_swap(path: str, *, lock_timeout_s: float = DEFAULT_TIMEOUT_S, enviro
 def _update_user(admin_uri: str, auth_db: str, user: str, password: str, result: MongoResult,
                  old_url: str) -> None:
     from pymongo import MongoClient
-    from pymongo.errors import OperationFailure, PyMongoError
+    from pymongo.errors import OperationFailure, PyMongoError, ServerSelectionTimeoutError
 
     pending = result.pending or ""
     client: MongoClient[dict[str, Any]] = MongoClient(admin_uri, serverSelectionTimeoutMS=TIMEOUT_MS,
@@ -410,6 +410,13 @@ def _update_user(admin_uri: str, auth_db: str, user: str, password: str, result:
         raise MongoRotationError(
             f"updateUser of {user} on database {auth_db} was refused ({reason or exc.code}); the old password "
             "still works and the env file is unchanged: check the admin user has the userAdmin role there") from None
+    except ServerSelectionTimeoutError as exc:  # no server was selected: the command was never sent
+        if pending:
+            os.unlink(pending)
+        result.pending = None
+        raise MongoRotationError(
+            f"cannot reach MongoDB with the admin connection ({type(exc).__name__}): nothing was changed, the "
+            "old password still applies and the env file is unchanged: check the host and try again") from None
     except PyMongoError as exc:
         # the server may or may not have applied it: find out which password works
         result.new_works = None
@@ -422,9 +429,9 @@ def _update_user(admin_uri: str, auth_db: str, user: str, password: str, result:
                 f"cannot reach MongoDB with the admin connection ({type(exc).__name__}); the old password still "
                 "works and the env file is unchanged: check the host and try again") from None
         raise MongoRotationError(
-            f"the admin connection failed during updateUser ({type(exc).__name__}) and the old password no "
-            f"longer authenticates: the new one may be set; it is kept in {pending} (0600): check it with "
-            "check-env --connect --env-file on that file, then move it into place") from None
+            f"MongoDB stopped answering during updateUser ({type(exc).__name__}) and the old password could "
+            f"not be confirmed: the new one may be set; it is kept in {pending} (0600): once MongoDB answers, "
+            "check it with check-env --connect --env-file on that file, then move it into place") from None
     finally:
         client.close()
 
