@@ -416,7 +416,7 @@ def _update_user(admin_uri: str, auth_db: str, user: str, password: str, result:
         result.pending = None
         raise MongoRotationError(
             f"cannot reach MongoDB with the admin connection ({type(exc).__name__}): nothing was changed, the "
-            "old password still applies and the env file is unchanged: check the host and try again") from None
+            "old password still works and the env file is unchanged: check the host and try again") from None
     except PyMongoError as exc:
         # the server may or may not have applied it: find out which password works
         result.new_works = None
