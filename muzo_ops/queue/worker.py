@@ -83,9 +83,10 @@ Doc = dict[str, Any]
 # abandoned. This many abandoned threads still running make the worker
 # drain and exit 1, so its service manager starts a fresh process.
 MAX_ABANDONED_THREADS = 3
-# While the claim loop is busy the change stream is read at most this often
-# (and once per poll interval when that is shorter): well within the
-# server's idle cursor timeout (10 minutes).
+# While the claim loop is busy the change stream waits for it up to the poll
+# interval (at most this) per event, and the events it already fetched are
+# read through at least this often, so it asks the server again: well within
+# the server's idle cursor timeout (10 minutes).
 WATCH_PAUSE_MAX_S = 60.0
 # Start-up range checks: (setting, flag, variable). The variable's schema
 # minimum and maximum bound the value whether it came from the flag or the
@@ -557,20 +558,36 @@ class Worker:
     async def _watch_loop(self) -> None:
         pipeline = change_stream_pipeline()
         pause = min(self.settings.poll_s, WATCH_PAUSE_MAX_S)
+        # While the claim loop is busy (it claims again by itself), each event waits until the
+        # claim loop waits for work, or ``pause`` at most: a round trip per event otherwise.
+        # Once per WATCH_PAUSE_MAX_S of such waits the events already fetched are read at once,
+        # so the stream still goes to the server: ``draining`` stays true until the stream next
+        # yields to the loop (its next round trip).
+        loop = asyncio.get_running_loop()
+        draining = False
+
+        def drained() -> None:
+            nonlocal draining
+            draining = False
+
         failures = 0
         while not self.stopping.is_set():
             try:
                 async with await self._store.jobs.watch(pipeline, max_await_time_ms=500) as stream:
                     failures = 0
                     self.wake.set()
+                    next_drain = loop.time() + WATCH_PAUSE_MAX_S
                     async for _change in stream:
                         self.wake.set()
-                        if not self._idle.is_set():
-                            # The claim loop is busy and claims again when it can: read on (a
-                            # round trip per event otherwise) once it waits for work, or after
-                            # the pause; the events of the meantime come in one batch.
-                            with contextlib.suppress(TimeoutError):
-                                await asyncio.wait_for(self._idle.wait(), pause)
+                        if draining or self._idle.is_set():
+                            continue
+                        try:
+                            await asyncio.wait_for(self._idle.wait(), pause)
+                        except TimeoutError:
+                            if loop.time() >= next_drain:
+                                next_drain = loop.time() + WATCH_PAUSE_MAX_S
+                                draining = True
+                                loop.call_soon(drained)
             except OperationFailure as exc:
                 if is_outage(exc):
                     failures += 1
