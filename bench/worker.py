@@ -293,8 +293,10 @@ def cpu_per_job(client: MongoClient[dict[str, Any]], uri: str, n: int, runs: int
 
 
 def print_cpu(results: dict[str, list[float]], n: int) -> None:
+    if not results:
+        return
     med = {kind: statistics.median(values) for kind, values in results.items()}
-    runs = len(results["bare"])
+    runs = len(next(iter(results.values())))
     print(f"CPU per job (utime+stime of the process, {n} jobs, median of {runs} runs; "
           "one worker process, LOG_LEVEL=info, demo echo handler):")
     labels = {"bare": "bare loop (sync pymongo)", "worker": "worker (change streams on)",
@@ -321,7 +323,7 @@ def main() -> int:
     parser.add_argument("--cpu-runs", type=int, default=3, help="CPU-per-job runs of each kind")
     parser.add_argument("--cpu-only", action="store_true", help="only the CPU per job (skip jobs/s and latency)")
     parser.add_argument("--cpu-kinds", default=",".join(CPU_KINDS),
-                        help=f"which CPU-per-job kinds to run (default: {','.join(CPU_KINDS)})")
+                        help=f"which CPU-per-job kinds to run (default: {','.join(CPU_KINDS)}; '': none)")
     parser.add_argument("--bare-loop", metavar="URI", help=argparse.SUPPRESS)  # the bare loop's own process
     args = parser.parse_args()
     if args.bare_loop:
