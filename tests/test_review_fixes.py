@@ -73,3 +73,16 @@ def test_ports_and_roots_out_of_range_are_usage_errors(tmp_path: Path) -> None:
         proc = run_cli("render", *extra, "--root", str(missing))
         assert proc.returncode == 2 and "no such folder" in proc.stderr
     assert not missing.exists()
+
+
+def test_a_burst_run_gives_up_on_an_unreachable_database(tmp_path: Path) -> None:
+    from tests.servers import free_port
+
+    env = tmp_path / "w.env"
+    env.write_text(f"DATABASE_URL=mongodb://127.0.0.1:{free_port()}/muzo?serverSelectionTimeoutMS=1000\n")
+    proc = run_cli("worker", "--env-file", str(env), "--burst", "--handler",
+                   "GENERATION=muzo_ops.queue.handlers.demo:echo", timeout=30)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == ("error: MongoDB unreachable (connection refused): check DATABASE_URL and that the "
+                           "server runs (muzo-ops check-env --connect)\n")
+    assert "MongoDB connection error in worker loop" in proc.stdout

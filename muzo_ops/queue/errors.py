@@ -63,7 +63,7 @@ def reason(exc: BaseException) -> str:
     """A short cause for an outage, from the driver's text, never quoting it."""
     text = str(exc)
     for pattern, why in (
-        (r"Connection refused|ECONNREFUSED", "connection refused"),
+        (r"Connection refused|ECONNREFUSED|Connect call failed|Errno 111", "connection refused"),
         (r"timed out|Timeout", "timed out"),
         (r"Name or service not known|nodename nor servname|getaddrinfo", "host name not found"),
         (r"SSL|TLS|certificate", "TLS handshake failed"),

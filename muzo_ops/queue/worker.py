@@ -420,8 +420,17 @@ class Worker:
         db = client.get_default_database(default="muzo")
         self._store_ = JobStore(db)
         decided = topology.from_setting_or_url(self.settings.transactions, self.settings.url)
-        hello: Doc = await self._retrying("hello", lambda: client.admin.command("hello"),
-                                          until_stop=True) or {}
+        hello: Doc
+        if self.settings.burst:  # a one-off run (cron, tests) gives up on an outage: the error says why
+            try:
+                hello = await client.admin.command("hello")
+            except Exception as exc:
+                if is_outage(exc):
+                    self._connection_problem(exc, "hello")
+                raise
+            self._db_ok()
+        else:
+            hello = await self._retrying("hello", lambda: client.admin.command("hello"), until_stop=True) or {}
         mode = decided or topology.from_hello(hello)
         self.transactions = mode.enabled
         self.change_streams_active = self.settings.change_streams and bool(
@@ -500,6 +509,10 @@ class Worker:
                     delay = backoff_delay(2, ERROR_BACKOFF_BASE_S, self.settings.error_backoff_cap_s)
                 else:
                     delay = self._connection_problem(exc, "claim")
+                    if self.settings.burst:  # a one-off run stops on an outage, with exit code 1
+                        self.exit_code = 1
+                        self.request_stop()
+                        return
                 if await self._sleep(delay, db_back=True):
                     return
                 continue
