@@ -86,3 +86,15 @@ def test_a_burst_run_gives_up_on_an_unreachable_database(tmp_path: Path) -> None
     assert proc.stderr == ("error: MongoDB unreachable (connection refused): check DATABASE_URL and that the "
                            "server runs (muzo-ops check-env --connect)\n")
     assert "MongoDB connection error in worker loop" in proc.stdout
+
+
+def test_a_retry_base_longer_than_the_cap_and_a_missing_log_file_are_usage_errors(tmp_path: Path) -> None:
+    from muzo_ops.errors import ConfigError
+    from muzo_ops.queue.worker import WorkerSettings
+
+    with pytest.raises(ConfigError, match="retry base"):
+        WorkerSettings.from_values({"DATABASE_URL": "mongodb://h/muzo"}, retry_base_s=10, retry_cap_s=1)
+    with pytest.raises(ConfigError, match="retry base"):
+        WorkerSettings.from_values({"DATABASE_URL": "mongodb://h/muzo", "WORKER_RETRY_BASE_SECONDS": "400"})
+    proc = run_cli("secrets", "log", "--env-file", str(tmp_path / "nope"))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "no such env file" in proc.stderr

@@ -140,7 +140,7 @@ def cmd_secrets_rollback(args: argparse.Namespace, out: Output) -> int:
 def cmd_secrets_log(args: argparse.Namespace, out: Output) -> int:
     from muzo_ops.secrets import audit
 
-    records = audit.read(args.env_file)
+    records = audit.read_for(args.env_file)
     if args.format == "json":
         out.json([r.to_json() for r in records])
     else:

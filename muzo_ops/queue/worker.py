@@ -207,6 +207,11 @@ class WorkerSettings:
         timeouts = {t: number(name, None, float(schema.get(name).default or "300"))
                     for t, name in TIMEOUT_VARIABLES.items()}
         streams_text = checked("WORKER_CHANGE_STREAMS")
+        base = number("WORKER_RETRY_BASE_SECONDS", retry_base_s, DEFAULT_RETRY_BASE_S)
+        cap = number("WORKER_RETRY_CAP_SECONDS", retry_cap_s, DEFAULT_RETRY_CAP_S)
+        if base > cap:
+            raise ConfigError(f"the retry base ({base:g} s) is longer than the retry cap ({cap:g} s): raise "
+                              "WORKER_RETRY_CAP_SECONDS / --retry-cap or lower the base")
         return cls(
             url=url, queues=types, concurrency=concurrency,
             transactions=checked("QUEUE_TRANSACTIONS"),
@@ -214,8 +219,8 @@ class WorkerSettings:
             lock_s=number("WORKER_LOCK_SECONDS", lock_s, DEFAULT_LOCK_DURATION_S),
             poll_s=number("WORKER_POLL_SECONDS", poll_s, DEFAULT_POLL_INTERVAL_S),
             drain_timeout_s=number("WORKER_DRAIN_TIMEOUT_SECONDS", drain_timeout_s, DEFAULT_DRAIN_TIMEOUT_S),
-            retry_base_s=number("WORKER_RETRY_BASE_SECONDS", retry_base_s, DEFAULT_RETRY_BASE_S),
-            retry_cap_s=number("WORKER_RETRY_CAP_SECONDS", retry_cap_s, DEFAULT_RETRY_CAP_S),
+            retry_base_s=base,
+            retry_cap_s=cap,
             change_streams=change_streams if change_streams is not None else (
                 schema.parse_bool(streams_text) if streams_text is not None else True),
             burst=burst,

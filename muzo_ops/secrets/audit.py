@@ -193,6 +193,15 @@ def append(env_path: str, command: str, changes: Mapping[str, tuple[str | None, 
     return record
 
 
+def read_for(env_path: str) -> list[Record]:
+    """``secrets log``: the records of an env file that exists; UsageError (exit 2) names a missing one."""
+    if not os.path.exists(env_path):
+        from muzo_ops.errors import UsageError
+
+        raise UsageError(f"{env_path}: no such env file; give the file whose changes to show (--env-file PATH)")
+    return read(env_path)
+
+
 def read(env_path: str, only_this_file: bool = True) -> list[Record]:
     """Every record of the log beside ``env_path`` (of that env file only, by default).
 
