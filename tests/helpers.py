@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,3 +26,13 @@ def run_cli(*args: str, cwd: Path | None = None, stdin: str | None = None,
 def assert_no_secret(text: str, secrets: list[str]) -> None:
     for secret in secrets:
         assert secret not in text, "a secret value appeared in the output"
+
+
+def copy_checkout(dest: Path) -> Path:
+    """A frozen copy of what the wheel is built from (other edits in the tree do not change a release)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("muzo_ops", "templates", "deploy"):  # every folder pyproject.toml puts in the wheel
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, dest / name)
+    return dest

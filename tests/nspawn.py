@@ -12,6 +12,7 @@ SIGTERM to its PID. The Debian mirror comes from this machine's apt sources.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -23,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -244,6 +246,21 @@ class NspawnHost:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+@contextlib.contextmanager
+def booted_hosts(prefix: str, work: Path, count: int = 2) -> Iterator[list[NspawnHost]]:
+    """``count`` booted hosts named ``<prefix><pid>-<n>``, all stopped on the way out."""
+    booted: list[NspawnHost] = []
+    try:
+        for index in range(1, count + 1):
+            host = NspawnHost(f"{prefix}{os.getpid() % 10000}-{index}", work)
+            booted.append(host)
+            host.boot()
+        yield booted
+    finally:
+        for host in booted:
+            host.stop()
 
 
 def main(argv: list[str]) -> int:

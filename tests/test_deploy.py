@@ -26,7 +26,8 @@ from pymongo import MongoClient
 
 from muzo_ops.deploy.plan import plan_host, read_env_file
 from tests.envdata import FULL, SECRETS, write_env
-from tests.nspawn import NspawnHost, build_rootfs, nspawn_unavailable
+from tests.helpers import copy_checkout
+from tests.nspawn import NspawnHost, booted_hosts, build_rootfs, nspawn_unavailable
 from tests.servers import Secantus
 from tests.workers import generation_payload, prisma_job
 
@@ -58,17 +59,8 @@ def rootfs() -> Path:
 
 @pytest.fixture(scope="module")
 def hosts(rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NspawnHost]]:
-    work = tmp_path_factory.mktemp("nspawn")
-    booted: list[NspawnHost] = []
-    try:
-        for index in (1, 2):
-            host = NspawnHost(f"muzo-d{os.getpid() % 10000}-{index}", work)
-            booted.append(host)
-            host.boot()
+    with booted_hosts("muzo-d", tmp_path_factory.mktemp("nspawn")) as booted:
         yield booted
-    finally:
-        for host in booted:
-            host.stop()
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +78,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def _prepare(work: Path) -> Path:
     source = work / "source"
     source.mkdir()
-    for name in ("muzo_ops", "templates", "deploy"):  # every folder pyproject.toml puts in the wheel
-        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, source / name)
+    copy_checkout(source)
     broken = work / "broken" / "muzo_broken"
     broken.mkdir(parents=True)
     (broken / "__init__.py").write_text('raise RuntimeError("this release cannot start")\n')

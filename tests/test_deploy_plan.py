@@ -11,6 +11,7 @@ from muzo_ops.deploy.plan import plan_host
 from muzo_ops.deploy.release import DeployError, build_release
 from muzo_ops.env.envfile import parse_text
 from tests.envdata import FULL, SECRETS, write_env
+from tests.helpers import copy_checkout
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,12 +68,7 @@ def test_unit_is_hardened_and_outlasts_the_drain() -> None:
 
 
 def _copy_source(dest: Path) -> Path:
-    dest.mkdir()
-    for name in ("muzo_ops", "templates", "deploy"):  # every folder pyproject.toml puts in the wheel
-        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, dest / name)
-    return dest
+    return copy_checkout(dest)
 
 
 @pytest.mark.timeout(600)

@@ -10,8 +10,6 @@ which secret generation.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -24,8 +22,8 @@ import pytest
 from muzo_ops.deploy.plan import plan_host, read_env_file
 from muzo_ops.secrets import audit
 from tests.envdata import FULL, SECRETS, write_env
-from tests.helpers import assert_no_secret, run_cli
-from tests.nspawn import NspawnHost, build_rootfs, nspawn_unavailable
+from tests.helpers import assert_no_secret, copy_checkout, run_cli
+from tests.nspawn import NspawnHost, booted_hosts, build_rootfs, nspawn_unavailable
 from tests.servers import Secantus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,30 +56,15 @@ def mongo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secantus]:
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NspawnHost]]:
     build_rootfs()
-    work = tmp_path_factory.mktemp("nspawn-secrets")
-    booted: list[NspawnHost] = []
-    try:
-        for index in (1, 2):
-            host = NspawnHost(f"muzo-s{os.getpid() % 10000}-{index}", work)
-            booted.append(host)
-            host.boot()
+    with booted_hosts("muzo-s", tmp_path_factory.mktemp("nspawn-secrets")) as booted:
         yield booted
-    finally:
-        for host in booted:
-            host.stop()
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A frozen copy of the checkout to ship, an inventory lock, and the env file's folder."""
     folder = tmp_path_factory.mktemp("secrets-deploy")
-    source = folder / "source"
-    source.mkdir()
-    for name in ("muzo_ops", "templates", "deploy"):  # every folder pyproject.toml puts in the wheel
-        if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, source / name)
+    copy_checkout(folder / "source")
     return folder
 
 
