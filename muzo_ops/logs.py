@@ -18,7 +18,7 @@ import time
 import traceback
 from typing import Any, TextIO
 
-from muzo_ops.secrets.redact import Redactor
+from muzo_ops.redact.redactor import Redactor
 
 LEVELS: dict[str, int] = {"trace": 10, "debug": 20, "info": 30, "warn": 40, "error": 50, "fatal": 60}
 # One encoder for every line (json.dumps with options builds a new one per call).

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from muzo_ops.env import envfile, filelock, initenv
+from muzo_ops.env import envfile
+from muzo_ops.files import lock as filelock
 from tests.envdata import FULL, SECRETS, write_env
 from tests.helpers import assert_no_secret, run_cli
 
@@ -142,7 +143,7 @@ def test_a_second_writer_waits_a_bounded_time_then_fails_with_one_line(tmp_path:
 
 
 def test_the_secrets_lock_is_the_env_lock() -> None:
-    from muzo_ops.secrets import filelock as secrets_lock
+    from muzo_ops.files import lock as secrets_lock
 
     assert secrets_lock.locked is filelock.locked and secrets_lock.LockedError is filelock.LockedError
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from muzo_ops import env as env_lib
-from muzo_ops.env import envfile, mongourl, probes, schema
+from muzo_ops.env import envfile, probes, schema
+from muzo_ops.mongo import url as mongourl
 from tests.envdata import FULL, write_env
 from tests.helpers import run_cli
 from tests.servers import Secantus, free_port

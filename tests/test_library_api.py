@@ -18,7 +18,7 @@ from muzo_ops.errors import ConfigError
 from muzo_ops.logs import Logger
 from muzo_ops.queue.jobs import JobStatus, JobType
 from muzo_ops.queue.worker import Worker, WorkerSettings
-from muzo_ops.secrets.redact import Redactor
+from muzo_ops.redact.redactor import Redactor
 from tests.envdata import FULL, SECRETS, write_env
 from tests.servers import Secantus
 from tests.workers import mockup_payload, now, prisma_job

@@ -121,7 +121,7 @@ def test_a_line_that_cannot_be_parsed_is_named_by_number_only(tmp_path: Path) ->
 
 
 def test_secret_shapes_mask_secrets_and_leave_ordinary_text() -> None:
-    from muzo_ops.secrets.redact import Redactor, mask_shapes
+    from muzo_ops.redact.redactor import Redactor, mask_shapes
 
     secrets = ["sk_live_51HabcDEF0123456789", "rk_test_51HabcDEF0123456789", "whsec_abcdef0123456789",
                "sk-proj-abcdefghijklmnopqrstuvwxyz012345", "AKIAIOSFODNN7EXAMPLE", "ASIAIOSFODNN7EXAMPLE",

@@ -20,7 +20,7 @@ from muzo_ops.queue.events import JobInfo, Observer, Outcome, WorkerInfo
 from muzo_ops.queue.handlers import Handler
 from muzo_ops.queue.jobs import JobType
 from muzo_ops.queue.worker import Worker, WorkerSettings
-from muzo_ops.secrets.redact import Redactor
+from muzo_ops.redact.redactor import Redactor
 from tests import handlers_for_tests as th
 from tests.helpers import run_cli
 from tests.servers import Secantus

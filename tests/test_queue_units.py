@@ -10,12 +10,13 @@ import pytest
 
 from muzo_ops.errors import ConfigError
 from muzo_ops.logs import Logger
-from muzo_ops.queue import handlers, topology
+from muzo_ops.mongo import topology
+from muzo_ops.queue import handlers
 from muzo_ops.queue.jobs import JobType, PayloadError
 from muzo_ops.queue.payloads import validate
 from muzo_ops.queue.worker import WorkerSettings, backoff_delay
+from muzo_ops.redact.redactor import Redactor
 from muzo_ops.sdnotify import Notifier
-from muzo_ops.secrets.redact import Redactor
 from tests.workers import generation_payload, mockup_payload
 
 FULFILLMENT: dict[str, Any] = {

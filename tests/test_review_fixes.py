@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from muzo_ops.logs import Logger
-from muzo_ops.secrets.redact import Redactor
+from muzo_ops.redact.redactor import Redactor
 from tests.envdata import FULL, REDIS_PASSWORD, SECRETS, write_env
 from tests.helpers import assert_no_secret, run_cli
 

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from dotenv import dotenv_values
 
+from muzo_ops.env import dotenvx
 from muzo_ops.env.envfile import format_line
-from muzo_ops.secrets import audit, dotenvx, filelock
+from muzo_ops.files import lock as filelock
+from muzo_ops.secrets import audit
 from tests.envdata import FULL, SECRETS
 from tests.helpers import assert_no_secret, run_cli
 from tests.servers import Secantus

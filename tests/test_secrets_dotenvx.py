@@ -16,9 +16,9 @@ from dotenv import dotenv_values
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from muzo_ops.env import dotenvx
+from muzo_ops.env.dotenvx import DecryptionError, KeyPair
 from muzo_ops.env.envfile import format_line
-from muzo_ops.secrets import dotenvx
-from muzo_ops.secrets.dotenvx import DecryptionError, KeyPair
 
 NODE_DIR = Path(__file__).parent / "node"
 DOTENVX = NODE_DIR / "node_modules" / ".bin" / "dotenvx"

@@ -20,9 +20,11 @@ from dotenv import dotenv_values
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from muzo_ops.env import dotenvx
 from muzo_ops.env.envfile import format_line
 from muzo_ops.errors import EnvFileError, SchemaError
-from muzo_ops.secrets import audit, dotenvx, encryption, filelock, rotation
+from muzo_ops.files import lock as filelock
+from muzo_ops.secrets import audit, encryption, rotation
 from muzo_ops.secrets.rotation import RotationRefused
 from tests.envdata import FULL
 

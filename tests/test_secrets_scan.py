@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
-from muzo_ops.secrets import dotenvx, scan
+from muzo_ops.env import dotenvx, scan
 from tests.envdata import FULL, MONGO_PASSWORD, SECRETS
 
 # How the old repository had it: a full Atlas connection string pasted into a deployment doc.

@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             _traceback(out)
         if type(exc).__module__.startswith(("pymongo", "bson")):
-            from muzo_ops.queue.errors import error_line
+            from muzo_ops.mongo.errors import error_line
 
             out.err(f"error: {error_line(exc)}")
             return EXIT_PROBLEMS

@@ -71,7 +71,7 @@ def cmd_deploy(args: argparse.Namespace, out: Output) -> int:
                          "pip install 'muzo-ops[deploy]'") from None
     from pathlib import Path
 
-    from muzo_ops.secrets.redact import secret_values
+    from muzo_ops.redact.redactor import secret_values
 
     out.redactor.add(secret_values(read_env_file(args.env_file)))
     if not args.yes and not args.dry and not sys.stdin.isatty():

@@ -6,7 +6,7 @@ import re
 import sys
 from typing import TextIO
 
-from muzo_ops.secrets.redact import Redactor
+from muzo_ops.redact.redactor import Redactor
 
 # Control characters but line feed and tab (C0, DEL, C1): an escape sequence
 # in a value could rewrite the terminal line that reports it.

@@ -19,7 +19,7 @@ _DEFAULT_LOCK_S = 10.0
 
 
 def cmd_secrets_generate(args: argparse.Namespace, out: Output) -> int:
-    from muzo_ops.secrets import generate
+    from muzo_ops.env import generate
 
     out.out(generate.generate(generate.generator_for(args.name)))
     return EXIT_OK

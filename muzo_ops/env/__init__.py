@@ -21,7 +21,7 @@ from muzo_ops.constants import CONNECT_TIMEOUT_S
 if TYPE_CHECKING:
     from muzo_ops.env.checks import Report
     from muzo_ops.env.schema import App
-    from muzo_ops.secrets.redact import Redactor
+    from muzo_ops.redact.redactor import Redactor
 
 Progress = Callable[[str], None]
 PREVIOUS_SECRETS = ("NEXTAUTH_SECRET_PREVIOUS",)  # rotation's grace-period variables
@@ -36,7 +36,7 @@ def decrypt(values: Mapping[str, str], path: str, text: str | None = None) -> tu
     variable) for a wrong key or a tampered value. The crypto libraries are
     imported only when a value is encrypted.
     """
-    from muzo_ops.secrets import dotenvx
+    from muzo_ops.env import dotenvx
 
     if not any(dotenvx.is_encrypted(v) for v in values.values()):
         return dict(values), []

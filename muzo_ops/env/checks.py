@@ -20,8 +20,9 @@ from muzo_ops.constants import (
     MIN_SERVER_SELECTION_TIMEOUT_MS,
     RECOMMENDED_SERVER_SELECTION_TIMEOUT_MS,
 )
-from muzo_ops.env import mongourl, schema
+from muzo_ops.env import schema
 from muzo_ops.env.schema import App, Kind, Variable
+from muzo_ops.mongo import url as mongourl
 
 
 class Severity(enum.StrEnum):
@@ -161,7 +162,7 @@ RULES: dict[str, Rule] = {r.code: r for r in _RULE_LIST}
 
 def mask(var: Variable | None, value: str) -> str:
     """``value`` as it may be shown: secrets, URL passwords and secret shapes hidden."""
-    from muzo_ops.secrets.redact import mask_shapes, shaped_secrets
+    from muzo_ops.redact.redactor import mask_shapes, shaped_secrets
 
     if var is None:
         return MASK
@@ -185,7 +186,7 @@ def _printable(value: str) -> str:
 
 
 def _redact_url_password(value: str) -> str:
-    from muzo_ops.secrets.redact import url_passwords
+    from muzo_ops.redact.redactor import url_passwords
 
     try:
         parts = urlsplit(value)

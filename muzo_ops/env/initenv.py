@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 from muzo_ops.constants import EXAMPLE_ENV_FILE, SECRET_FILE_MODE
 from muzo_ops.env import checks, envfile, schema
-from muzo_ops.env.filelock import DEFAULT_TIMEOUT_S, locked
+from muzo_ops.env import generate as secretgen
 from muzo_ops.env.schema import Environment, Variable
 from muzo_ops.errors import SchemaError, UsageError
-from muzo_ops.secrets import generate as secretgen
-from muzo_ops.secrets.redact import secret_values, shaped_secrets
+from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
+from muzo_ops.redact.redactor import secret_values, shaped_secrets
 
 Prompt = Callable[[Variable], str]
 
@@ -195,7 +195,7 @@ def keep_encrypted(text: str, path: str) -> str:
     write: a value a writer changed or added is encrypted for that public key
     (no private key is needed). Other files are returned as they are.
     """
-    from muzo_ops.secrets import dotenvx
+    from muzo_ops.env import dotenvx
 
     if dotenvx.PUBLIC_KEY_NAME not in text or dotenvx.file_public_key(text) is None:
         return text

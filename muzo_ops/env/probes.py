@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from muzo_ops.constants import CONNECT_TIMEOUT_S
-from muzo_ops.env import mongourl
-from muzo_ops.queue import errors
+from muzo_ops.mongo import errors
+from muzo_ops.mongo import url as mongourl
 
 if TYPE_CHECKING:
     from pymongo import MongoClient
@@ -32,7 +32,7 @@ class ConnectionResult:
 
 def _driver_text(exc: BaseException, url: str) -> str:
     """The first line of the driver's message, any secret of ``url`` masked."""
-    from muzo_ops.secrets.redact import Redactor, secret_values
+    from muzo_ops.redact.redactor import Redactor, secret_values
 
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
     return Redactor(secret_values({"DATABASE_URL": url}))(text)[:200]

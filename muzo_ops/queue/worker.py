@@ -51,12 +51,13 @@ from muzo_ops.constants import (
     TAKEOVER_INTERVAL_S,
     WORKER_LOGGER_NAME,
 )
-from muzo_ops.env import checks, database_url, mongourl, schema
+from muzo_ops.env import checks, database_url, schema
 from muzo_ops.errors import ConfigError
 from muzo_ops.logs import Logger
+from muzo_ops.mongo import topology
+from muzo_ops.mongo import url as mongourl
+from muzo_ops.mongo.errors import AUTHENTICATION_FAILED, is_outage
 from muzo_ops.queue import handlers as handlers_module
-from muzo_ops.queue import topology
-from muzo_ops.queue.errors import AUTHENTICATION_FAILED, is_outage
 from muzo_ops.queue.events import JobInfo, Observer, Observers, Outcome, WorkerInfo
 from muzo_ops.queue.handlers import Handler
 from muzo_ops.queue.jobs import (
@@ -73,8 +74,8 @@ from muzo_ops.queue.jobs import (
 from muzo_ops.queue.logobserver import LogObserver
 from muzo_ops.queue.payloads import validate
 from muzo_ops.queue.store import JobStore, change_stream_pipeline, error_document, utcnow
+from muzo_ops.redact.redactor import Redactor
 from muzo_ops.sdnotify import Notifier
-from muzo_ops.secrets.redact import Redactor
 
 T = TypeVar("T")
 Doc = dict[str, Any]

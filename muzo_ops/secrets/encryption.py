@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from muzo_ops.env import dotenvx
 from muzo_ops.errors import UsageError
-from muzo_ops.secrets import audit, dotenvx
-from muzo_ops.secrets.filelock import DEFAULT_TIMEOUT_S, locked
+from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
+from muzo_ops.secrets import audit
 from muzo_ops.secrets.rotation import (
     DEFAULT_KEEP,
     decode_text,

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
 
+from muzo_ops.env import dotenvx
 from muzo_ops.errors import MuzoOpsError, UsageError
-from muzo_ops.secrets import audit, dotenvx
-from muzo_ops.secrets.filelock import DEFAULT_TIMEOUT_S, locked
+from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
+from muzo_ops.secrets import audit
 from muzo_ops.secrets.rotation import (
     DEFAULT_KEEP,
     LineWriter,
@@ -162,8 +163,8 @@ class _Current:
 
 
 def _load(path: str, environ: Mapping[str, str]) -> _Current:
-    from muzo_ops.env import mongourl
     from muzo_ops.env.envfile import parse_text
+    from muzo_ops.mongo import url as mongourl
 
     data = read_bytes(path)
     text = decode_text(path, data)
@@ -243,7 +244,7 @@ def rotate(path: str, *, dry_run: bool = False, confirm: Callable[[str], bool] |
             raise UsageError("not confirmed: nothing changed (use --yes in scripts)")
         admin_uri = _admin_uri(environ, prompt)
         if on_values is not None:
-            from muzo_ops.secrets.redact import url_passwords
+            from muzo_ops.redact.redactor import url_passwords
 
             on_values([admin_uri, *url_passwords(admin_uri)])
         new_password = pysecrets.token_urlsafe(PASSWORD_BYTES)
@@ -378,7 +379,7 @@ def confirm_swap(path: str, *, lock_timeout_s: float = DEFAULT_TIMEOUT_S, enviro
                              f"remove {state_file} or rotate again")
         admin_uri = _admin_uri(environ, prompt)
         if on_values is not None:
-            from muzo_ops.secrets.redact import url_passwords
+            from muzo_ops.redact.redactor import url_passwords
 
             on_values([admin_uri, *url_passwords(admin_uri), current.url, current.password])
         _update_user(admin_uri, auth_db, previous, pysecrets.token_urlsafe(PASSWORD_BYTES),

@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from muzo_ops.constants import BACKUP_SUFFIX
+from muzo_ops.env import dotenvx
 from muzo_ops.errors import MuzoOpsError, UsageError
-from muzo_ops.secrets import audit, dotenvx
-from muzo_ops.secrets.filelock import DEFAULT_TIMEOUT_S, locked
+from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
+from muzo_ops.secrets import audit
 
 # next-auth's default session maxAge (30 days): a previous secret is needed this long.
 SESSION_LIFETIME = dt.timedelta(days=30)
@@ -227,7 +228,7 @@ def _plain(value: str | None, path: str, text: str, environ: Mapping[str, str] |
 
 
 def default_names() -> list[str]:
-    from muzo_ops.secrets import generate
+    from muzo_ops.env import generate
 
     return [v.name for v in generate.generated_variables()]
 
@@ -249,7 +250,7 @@ def rotate(path: str, names: list[str] | None = None, *, dry_run: bool = False, 
     previous secret is still inside the session lifetime (``force`` drops
     it anyway).
     """
-    from muzo_ops.secrets import generate
+    from muzo_ops.env import generate
 
     now = now or dt.datetime.now(dt.UTC)
     wanted = list(dict.fromkeys(names or default_names()))

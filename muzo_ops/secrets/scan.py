@@ -106,7 +106,7 @@ class Needle:
 def needles(values: Mapping[str, str]) -> list[Needle]:
     """Every form of every sensitive value to look for (as is, percent-encoded, base64)."""
     from muzo_ops.env import schema
-    from muzo_ops.secrets.redact import secret_values, url_passwords
+    from muzo_ops.redact.redactor import secret_values, url_passwords
 
     out: dict[str, Needle] = {}
     sensitive = set(secret_values(values))
@@ -277,9 +277,8 @@ def scan_with_env_file(root: str, env_file: str, env_file_given: bool, history: 
     """
     import os
 
-    from muzo_ops.env import envfile
-    from muzo_ops.secrets import dotenvx
-    from muzo_ops.secrets.redact import secret_values
+    from muzo_ops.env import dotenvx, envfile
+    from muzo_ops.redact.redactor import secret_values
 
     note = None
     values: dict[str, str] = {}

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from muzo_ops.env import mongourl
 from muzo_ops.env.schema import parse_bool
+from muzo_ops.mongo import url as mongourl
 
 
 class Source(enum.StrEnum):

@@ -110,7 +110,7 @@ def url_passwords(value: str) -> list[str]:
         return [loose, unquote(loose)] if loose else []
     try:
         if value.startswith("mongodb"):
-            from muzo_ops.env import mongourl
+            from muzo_ops.mongo import url as mongourl
 
             mongo = mongourl.parse(value)
             found: list[str] = []

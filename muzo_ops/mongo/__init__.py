@@ -1,0 +1,1 @@
+"""MongoDB: URLs read as the driver reads them, error classification, topology detection."""

@@ -1,0 +1,1 @@
+"""Sensitivity and redaction: what is secret, and how every output hides it."""
