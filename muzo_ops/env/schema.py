@@ -343,6 +343,30 @@ VARIABLES: tuple[Variable, ...] = (
         "Address the metrics port binds (unset: the loopback address, this host only).", Kind.STRING, "",
         default="127.0.0.1",
     ),
+    Variable(
+        "MUZO_HANDLER_SIGNING_SECRET", Group.WORKER, False, BOTH,
+        "Key of the Muzo-Signature HMAC-SHA256 header the worker puts on every HTTP handler call; the "
+        "web app's route verifies it. 32 random bytes, base64url.",
+        Kind.SECRET, "replace-me-with-muzo-ops-secrets-generate", sensitive=True,
+        generator=Generator.TOKEN_URLSAFE_32, min_length=32,
+    ),
+    Variable(
+        "MUZO_HANDLER_SIGNING_SECRET_PREVIOUS", Group.WORKER, False, WEB,
+        "The handler signing key before the last rotation: the web app's verifier accepts it too for "
+        "the grace period, so no in-flight call is refused.",
+        Kind.SECRET, "", sensitive=True, min_length=32,
+    ),
+    Variable(
+        "DASHBOARD_USER", Group.WORKER, False, WORKER,
+        "User name for the job dashboard's HTTP basic auth (muzo-ops dashboard).",
+        Kind.STRING, "ops", default="ops",
+    ),
+    Variable(
+        "DASHBOARD_PASSWORD", Group.WORKER, False, WORKER,
+        "Password for the job dashboard's HTTP basic auth; unset: the dashboard binds 127.0.0.1 only.",
+        Kind.SECRET, "replace-me-with-muzo-ops-secrets-generate", sensitive=True,
+        generator=Generator.TOKEN_URLSAFE_32, min_length=16,
+    ),
 )
 
 BY_NAME: dict[str, Variable] = {v.name: v for v in VARIABLES}
