@@ -9,7 +9,8 @@ from urllib.parse import quote
 
 import pytest
 
-from muzo_ops.env import dotenvx, scan
+from muzo_ops.env import dotenvx
+from muzo_ops.secrets import scan
 from tests.envdata import FULL, MONGO_PASSWORD, SECRETS
 
 # How the old repository had it: a full Atlas connection string pasted into a deployment doc.
