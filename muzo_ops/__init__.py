@@ -9,8 +9,22 @@ The handler API is exported here: a handler takes a ``Job`` and returns a
 JSON-able result or raises (``FatalJobError`` fails the job at once).
 """
 
-from muzo_ops.queue.jobs import FatalJobError, Job
+from __future__ import annotations
 
-__version__ = "0.1.0"
+from typing import TYPE_CHECKING, Any
+
+from muzo_ops.constants import VERSION as __version__
+
+if TYPE_CHECKING:
+    from muzo_ops.queue.jobs import FatalJobError, Job
 
 __all__ = ["FatalJobError", "Job", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """``Job`` and ``FatalJobError`` load the queue's contract only when asked for (start-up stays light)."""
+    if name in ("Job", "FatalJobError"):
+        from muzo_ops.queue import jobs
+
+        return getattr(jobs, name)
+    raise AttributeError(f"module 'muzo_ops' has no attribute {name!r}")

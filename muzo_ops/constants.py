@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# The distribution's version (muzo_ops.__version__, muzo-ops --version, the worker's info metric).
+VERSION = "0.1.0"
+
 # Exit codes of every command.
 EXIT_OK = 0  # nothing wrong
 EXIT_PROBLEMS = 1  # the check or job found problems

@@ -37,7 +37,6 @@ import bson
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
-from muzo_ops import __version__
 from muzo_ops.constants import (
     DEFAULT_DRAIN_TIMEOUT_S,
     DEFAULT_HEARTBEAT_FRACTION,
@@ -49,6 +48,7 @@ from muzo_ops.constants import (
     ERROR_BACKOFF_CAP_S,
     STALE_SWEEP_INTERVAL_S,
     TAKEOVER_INTERVAL_S,
+    VERSION,
     WORKER_LOGGER_NAME,
 )
 from muzo_ops.env import checks, database_url, schema
@@ -461,7 +461,7 @@ class Worker:
         await self._sweep()
         self.notifier.notify("READY=1")
         self.events.worker_ready(WorkerInfo(
-            worker_id=self.settings.worker_id, version=__version__, queues=self.settings.queues,
+            worker_id=self.settings.worker_id, version=VERSION, queues=self.settings.queues,
             concurrency=self.settings.concurrency, transactions=self.transactions,
             change_streams=self.change_streams_active,
             handlers=tuple((t, _handler_name(self.handlers[t])) for t in self.settings.queues)))
