@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, quote, unquote
 
 from muzo_ops.env.schema import FALSE_WORDS, TRUE_WORDS
 
@@ -78,8 +78,7 @@ def _ports_ok(hosts: str) -> bool:
     return True
 
 
-def parse(url: str) -> MongoUrl:
-    """Split ``url``; ValueError (without the URL in it) when it is not one."""
+def _match(url: str) -> re.Match[str]:
     match = _STRICT_URL_RE.match(url)
     if match and ("@" in (match.group("path") or "") or not _ports_ok(match.group("hosts"))):
         match = None  # the user information has a `/` or `?`: read up to the last `@`
@@ -88,6 +87,27 @@ def parse(url: str) -> MongoUrl:
         if not url.startswith(("mongodb://", "mongodb+srv://")):
             raise ValueError("must start with mongodb:// or mongodb+srv://")
         raise ValueError("is not a MongoDB connection string (mongodb://[user:pass@]host[:port]/db)")
+    return match
+
+
+def with_credentials(url: str, user_raw: str, password: str) -> str:
+    """``url`` with its user information replaced by ``user_raw`` (as written) and ``password``
+    (percent-encoded here); hosts, database and options are kept byte for byte, whatever they hold.
+
+    >>> with_credentials("mongodb://u:old@h:27017/muzo?appName=ops@muzo", "u", "n/w")
+    'mongodb://u:n%2Fw@h:27017/muzo?appName=ops@muzo'
+    """
+    match = _match(url)
+    userinfo = f"{user_raw}:{quote(password, safe='')}@"
+    if match.group("userinfo") is None:
+        start = match.start("hosts")
+        return url[:start] + userinfo + url[start:]
+    return url[:match.start("userinfo")] + userinfo + url[match.end("userinfo") + 1:]
+
+
+def parse(url: str) -> MongoUrl:
+    """Split ``url``; ValueError (without the URL in it) when it is not one."""
+    match = _match(url)
     query = match.group("query") or ""
     options = {k.lower(): v for k, v in parse_qsl(query, keep_blank_values=True)}
     raw_options = {}
