@@ -114,7 +114,7 @@ def test_rotate_and_init_env_together_keep_both_changes(tmp_path: Path) -> None:
 
 def test_backup_from_many_processes_never_picks_a_taken_name(tmp_path: Path) -> None:
     env = write_env(tmp_path / ".env", FULL)
-    code = "import sys\nfrom muzo_ops.env import envfile\nfor _ in range(25): envfile.backup(sys.argv[1])\n"
+    code = "import sys\nfrom muzo_ops.files import backups\nfor _ in range(25): backups.make(sys.argv[1], lock_timeout_s=60)\n"
     procs = [subprocess.Popen([sys.executable, "-c", code, str(env)], stderr=subprocess.PIPE, text=True)
              for _ in range(3)]
     for proc in procs:
@@ -336,6 +336,6 @@ def test_rotate_keeps_export_indent_and_trailing_comment(tmp_path: Path) -> None
     value = envfile.read(str(env)).values()["NEXTAUTH_SECRET"]
     assert len(value) == 43 and value in lines[2]
     parsed = envfile.parse_text('export K="a b" # c\nL=plain # d\nM="x\ny" # e\n')
-    changed = envfile.with_changes(parsed, {"K": "new", "L": "two words", "M": "z"})
+    changed = envfile.with_lines(parsed, envfile.value_lines({"K": "new", "L": "two words", "M": "z"}))
     assert changed == "export K=new # c\nL=two words # d\nM=z # e\n"
     assert envfile.parse_text(changed).values() == {"K": "new", "L": "two words", "M": "z"}

@@ -156,7 +156,7 @@ def admin_uri(server: Secantus, password: str = ADMIN_PASSWORD) -> str:
 
 
 def authenticates(url: str) -> bool:
-    from muzo_ops.secrets.mongo_password import _authenticates
+    from muzo_ops.secrets.mongo_password import authenticates as _authenticates
 
     return _authenticates(url)
 
@@ -303,11 +303,18 @@ def test_an_interrupted_rotation_never_loses_the_pending_password(tmp_path: Path
     admin = {"MUZO_MONGO_ADMIN_URI": admin_uri(mongo_auth)}
     proc = cli("secrets", "rotate", "DATABASE_URL", "--env-file", str(env), "--yes", env=admin)
     assert_one_line_error(proc)
-    assert f"mv {pending} {env}" in proc.stderr
+    assert f"secrets confirm --env-file {env}" in proc.stderr
     assert env.read_bytes() == before and pending.exists()
     assert authenticates(app_url(mongo_auth, set_password))
     assert_no_secret(proc.stderr, [APP_PASSWORD, set_password, ADMIN_PASSWORD])
+    # what the message says to do: confirm finds the live password and moves the pending file in
+    confirmed = cli("secrets", "confirm", "--env-file", str(env))
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert read(env)["DATABASE_URL"] == app_url(mongo_auth, set_password) and not pending.exists()
+    assert_no_secret(confirmed.stdout + confirmed.stderr, [APP_PASSWORD, set_password, ADMIN_PASSWORD])
     # killed before updateUser: the env file's password still works, the pending file is stale
+    env.write_bytes(before)
+    write(pending, {**FULL, "DATABASE_URL": app_url(mongo_auth, set_password)})
     reset_app_password(mongo_auth, APP_PASSWORD)
     proc = cli("secrets", "rotate", "DATABASE_URL", "--env-file", str(env), "--yes", env=admin)
     assert proc.returncode == 0, proc.stderr

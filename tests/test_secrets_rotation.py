@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import itertools
@@ -12,7 +13,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,7 @@ from hypothesis import strategies as st
 from muzo_ops.env import dotenvx
 from muzo_ops.env.envfile import format_line
 from muzo_ops.errors import EnvFileError, SchemaError
+from muzo_ops.files import backups
 from muzo_ops.files import lock as filelock
 from muzo_ops.secrets import audit, encryption, rotation
 from muzo_ops.secrets.rotation import RotationRefused
@@ -48,10 +52,30 @@ def all_text(folder: Path, skip_env: bool = True) -> str:
                    if p.is_file() and not (skip_env and p.name.startswith(".env")))
 
 
+@contextlib.contextmanager
+def held_elsewhere(path: Path) -> Iterator[None]:
+    """The lock of ``path`` held by another thread (this thread's own lock is re-entrant)."""
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with filelock.locked(str(path)):
+            taken.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    taken.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
 def test_rotate_keeps_the_old_secret_as_previous(tmp_path: Path) -> None:
     env = write(tmp_path / ".env", FULL)
     seen: list[str] = []
-    result = rotation.rotate(str(env), on_values=seen.extend)
+    result = rotation.rotate(str(env), ["NEXTAUTH_SECRET"], on_values=seen.extend)
     values = read(env)
     assert values["NEXTAUTH_SECRET_PREVIOUS"] == OLD_SECRET
     assert values["NEXTAUTH_SECRET"] != OLD_SECRET and len(values["NEXTAUTH_SECRET"]) == 43
@@ -79,7 +103,7 @@ def test_a_second_rotation_inside_the_session_lifetime_is_refused(tmp_path: Path
     before = env.read_bytes()
     with pytest.raises(RotationRefused, match="NEXTAUTH_SECRET_PREVIOUS still holds the secret replaced 3 days ago"):
         rotation.rotate(str(env), now=t0 + dt.timedelta(days=3))
-    assert env.read_bytes() == before and len(rotation.backups(str(env))) == 1
+    assert env.read_bytes() == before and len(backups.numbered(str(env))) == 1
     # after the lifetime it goes through, and --force goes through at once
     rotation.rotate(str(env), now=t0 + dt.timedelta(days=31))
     rotation.rotate(str(env), now=t0 + dt.timedelta(days=32), force=True)
@@ -102,8 +126,8 @@ def test_unknown_or_ungenerated_names_are_refused(tmp_path: Path) -> None:
 def test_dry_run_changes_nothing(tmp_path: Path) -> None:
     env = write(tmp_path / ".env", FULL)
     before = env.read_bytes()
-    result = rotation.rotate(str(env), dry_run=True)
-    assert env.read_bytes() == before and rotation.backups(str(env)) == [] and audit.read(str(env)) == []
+    result = rotation.rotate(str(env), ["NEXTAUTH_SECRET"], dry_run=True)
+    assert env.read_bytes() == before and backups.numbered(str(env)) == [] and audit.read(str(env)) == []
     assert [(c.name, c.action) for c in result.changes] == [
         ("NEXTAUTH_SECRET_PREVIOUS", "moved from NEXTAUTH_SECRET"), ("NEXTAUTH_SECRET", "rotated")]
     assert result.changes[1].old == audit.fingerprint(str(env), OLD_SECRET) and result.changes[1].new is None
@@ -147,7 +171,7 @@ def test_only_the_last_keep_backups_stay(tmp_path: Path) -> None:
     env = write(tmp_path / ".env", FULL)
     for _ in range(7):
         rotation.rotate(str(env), force=True, keep=3)
-    assert [n for n, _p in rotation.backups(str(env))] == [5, 6, 7]
+    assert [n for n, _p in backups.numbered(str(env))] == [5, 6, 7]
     with pytest.raises(Exception, match="at least 1"):
         rotation.rotate(str(env), force=True, keep=0)
 
@@ -155,7 +179,7 @@ def test_only_the_last_keep_backups_stay(tmp_path: Path) -> None:
 def test_a_locked_file_fails_with_one_line_and_stays_unchanged(tmp_path: Path) -> None:
     env = write(tmp_path / ".env", FULL)
     before = env.read_bytes()
-    with filelock.locked(str(env)):
+    with held_elsewhere(env):
         started = time.monotonic()
         with pytest.raises(filelock.LockedError) as info:
             rotation.rotate(str(env), lock_timeout_s=0.3)
@@ -171,7 +195,7 @@ DRIVER = textwrap.dedent("""
     path, count = sys.argv[1], int(sys.argv[2])
     print("ready", flush=True)
     for _ in range(count):
-        rotation.rotate(path, force=True, keep=int(sys.argv[3]), lock_timeout_s=60)
+        rotation.rotate(path, ["NEXTAUTH_SECRET"], force=True, keep=int(sys.argv[3]), lock_timeout_s=60)
 """)
 
 
@@ -182,7 +206,7 @@ def test_concurrent_rotations_never_lose_an_update(tmp_path: Path) -> None:
     for proc in procs:
         _out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
-    chain = [read(p) for _n, p in rotation.backups(str(env))] + [read(env)]
+    chain = [read(p) for _n, p in backups.numbered(str(env))] + [read(env)]
     assert len(chain) == 21  # the original and 20 rotations, each backed up
     for before, after in itertools.pairwise(chain):
         assert after["NEXTAUTH_SECRET_PREVIOUS"] == before["NEXTAUTH_SECRET"]
@@ -207,14 +231,14 @@ def test_killed_at_any_point_the_file_is_complete_old_or_new(tmp_path: Path) -> 
         proc.wait(30)
         assert env.stat().st_mode & 0o777 == 0o600
         current = read(env)
-        newest = read(rotation.backups(str(env))[-1][1]) if rotation.backups(str(env)) else FULL
+        newest = read(backups.numbered(str(env))[-1][1]) if backups.numbered(str(env)) else FULL
         complete_old = current == newest
         complete_new = (current["NEXTAUTH_SECRET_PREVIOUS"] == newest["NEXTAUTH_SECRET"]
                         and len(current["NEXTAUTH_SECRET"]) == 43
                         and {k: v for k, v in current.items() if not k.startswith("NEXTAUTH_SECRET")}
                         == {k: v for k, v in FULL.items() if k != "NEXTAUTH_SECRET"})
         assert complete_old or complete_new, f"torn file after signal {attempt}"
-        for _n, backup in rotation.backups(str(env)):
+        for _n, backup in backups.numbered(str(env)):
             assert Path(backup).stat().st_mode & 0o777 == 0o600
             assert read(Path(backup))["NEXTAUTH_SECRET"]
         for leftover in tmp_path.glob(".*.tmp"):
@@ -264,7 +288,7 @@ def test_encrypt_rotate_rollback_decrypt_an_encrypted_file(tmp_path: Path) -> No
 
     # rotation needs only the public key: hide the private one
     (tmp_path / ".env.keys").rename(tmp_path / "keys.saved")
-    result = rotation.rotate(str(env), environ={})
+    result = rotation.rotate(str(env), ["NEXTAUTH_SECRET"], environ={})
     assert result.encrypted and any("fingerprint is not recorded" in w for w in result.warnings)
     raw = read(env)
     assert dotenvx.is_encrypted(raw["NEXTAUTH_SECRET"]) and dotenvx.is_encrypted(raw["NEXTAUTH_SECRET_PREVIOUS"])
@@ -298,7 +322,7 @@ def test_a_wrong_key_writes_nothing(tmp_path: Path) -> None:
         with pytest.raises(dotenvx.DecryptionError, match="wrong private key"):
             action()
         assert env.read_bytes() == before
-    assert len(rotation.backups(str(env))) == 1  # only the one encrypt made
+    assert len(backups.numbered(str(env))) == 1  # only the one encrypt made
 
 
 def test_rotate_keeps_export_indent_comments_and_other_lines(tmp_path: Path) -> None:

@@ -8,6 +8,11 @@ writers that reach one file through different links still exclude each
 other. The lock file is left in place (it holds nothing but a pid):
 removing it while another process waits would let two writers hold "the"
 lock on different inodes.
+
+The lock is re-entrant within a thread: every writer in ``files`` takes
+the lock of what it writes, and a command that already holds it for a
+whole read-modify-write keeps holding it (a second ``flock`` on a new
+descriptor would wait for itself).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +29,8 @@ from muzo_ops.errors import MuzoOpsError
 
 DEFAULT_TIMEOUT_S = 10.0
 _POLL_S = 0.05
+# (thread, lock file) -> how many ``locked`` blocks of that thread hold it
+_HELD: dict[tuple[int, str], int] = {}
 
 
 class LockedError(MuzoOpsError):
@@ -57,6 +65,16 @@ def locked(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
     change the file): the block runs as is.
     """
     target = lock_path(path)
+    mine = (threading.get_ident(), target)
+    if mine in _HELD:
+        _HELD[mine] += 1
+        try:
+            yield
+        finally:
+            _HELD[mine] -= 1
+            if not _HELD[mine]:
+                del _HELD[mine]
+        return
     try:
         fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
@@ -91,6 +109,15 @@ def locked(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
             os.write(fd, f"{os.getpid()}\n".encode())
         except OSError:
             pass  # the pid is only a hint for people (a full disk must not stop a lock)
-        yield
+        _HELD[mine] = 1
+        try:
+            yield
+        finally:
+            del _HELD[mine]
     finally:
         os.close(fd)  # releases the lock
+
+
+def held(path: str) -> bool:
+    """Whether this thread holds the lock of ``path``."""
+    return (threading.get_ident(), lock_path(path)) in _HELD
