@@ -114,7 +114,8 @@ def test_rotate_and_init_env_together_keep_both_changes(tmp_path: Path) -> None:
 
 def test_backup_from_many_processes_never_picks_a_taken_name(tmp_path: Path) -> None:
     env = write_env(tmp_path / ".env", FULL)
-    code = "import sys\nfrom muzo_ops.files import backups\nfor _ in range(25): backups.make(sys.argv[1], lock_timeout_s=60)\n"
+    code = ("import sys\nfrom muzo_ops.files import backups\n"
+            "for _ in range(25): backups.make(sys.argv[1], lock_timeout_s=60)\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(env)], stderr=subprocess.PIPE, text=True)
              for _ in range(3)]
     for proc in procs:
