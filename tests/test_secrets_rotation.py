@@ -398,3 +398,70 @@ def test_rotation_changes_only_its_two_lines(tmp_path_factory: pytest.TempPathFa
     assert [line for line in after.splitlines(keepends=True) if "NEXTAUTH_SECRET" not in line
             and not line.startswith("# The secret before the last rotation")][:len(kept)] == kept
     assert f"{prefix}NEXTAUTH_SECRET={values['NEXTAUTH_SECRET']} # s\n" in after
+
+
+# ----- the handler signing secret: grace period from the schema ----------------------------------------
+
+
+def test_the_handler_signing_secret_rotates_with_a_grace_period_like_nextauth(tmp_path: Path) -> None:
+    old = "h" * 43
+    env = write(tmp_path / ".env", {**FULL, "MUZO_HANDLER_SIGNING_SECRET": old})
+    t0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    result = rotation.rotate(str(env), ["MUZO_HANDLER_SIGNING_SECRET"], now=t0)
+    values = read(env)
+    assert values["MUZO_HANDLER_SIGNING_SECRET_PREVIOUS"] == old
+    assert values["MUZO_HANDLER_SIGNING_SECRET"] != old and len(values["MUZO_HANDLER_SIGNING_SECRET"]) == 43
+    assert [(c.name, c.action) for c in result.changes] == [
+        ("MUZO_HANDLER_SIGNING_SECRET_PREVIOUS", "moved from MUZO_HANDLER_SIGNING_SECRET"),
+        ("MUZO_HANDLER_SIGNING_SECRET", "rotated")]
+    with pytest.raises(RotationRefused, match="MUZO_HANDLER_SIGNING_SECRET_PREVIOUS still holds"):
+        rotation.rotate(str(env), ["MUZO_HANDLER_SIGNING_SECRET"], now=t0 + dt.timedelta(days=2))
+    (level, name, _message), = rotation.previous_secret_problems(str(env), read(env), now=t0 + dt.timedelta(days=40))
+    assert (level, name) == ("warning", "MUZO_HANDLER_SIGNING_SECRET_PREVIOUS")
+    rotation.retire(str(env), "MUZO_HANDLER_SIGNING_SECRET_PREVIOUS", now=t0 + dt.timedelta(days=3))
+    assert read(env)["MUZO_HANDLER_SIGNING_SECRET_PREVIOUS"] == ""
+    rolled = rotation.rollback(str(env))
+    assert rolled.undid is not None and rolled.undid["command"] == "retire"
+    assert read(env)["MUZO_HANDLER_SIGNING_SECRET_PREVIOUS"] == old
+    assert [r.command for r in audit.read(str(env))] == ["rotate", "retire", "rollback"]
+    assert audit.read(str(env))[0].variables == ["MUZO_HANDLER_SIGNING_SECRET_PREVIOUS",
+                                                 "MUZO_HANDLER_SIGNING_SECRET"]
+    assert old not in all_text(tmp_path)
+
+
+def test_every_secret_with_a_previous_variable_in_the_schema_gets_a_grace_period() -> None:
+    from muzo_ops.env import schema
+
+    assert rotation.previous_of() == {v.name: v.name + "_PREVIOUS" for v in schema.VARIABLES
+                                      if v.name + "_PREVIOUS" in schema.BY_NAME}
+    assert rotation.previous_of()["MUZO_HANDLER_SIGNING_SECRET"] == "MUZO_HANDLER_SIGNING_SECRET_PREVIOUS"
+
+
+# ----- issue 15, items 18 and 19: one audit trail per real file; rekey can be rolled back ---------------
+
+
+def test_a_symlink_and_its_target_share_one_audit_trail(tmp_path: Path) -> None:
+    real = write(tmp_path / "muzo.env", FULL)
+    link = tmp_path / ".env"
+    link.symlink_to(real.name)
+    rotation.rotate(str(link), ["NEXTAUTH_SECRET"])
+    assert [r.command for r in audit.read(str(real))] == ["rotate"]
+    rolled = rotation.rollback(str(real))  # through the other path
+    assert rolled.undid is not None and rolled.undid["command"] == "rotate"
+    assert read(real) == FULL and link.is_symlink()
+    assert [r.command for r in audit.read(str(link))] == ["rotate", "rollback"]
+
+
+def test_rekey_then_rollback_then_decrypt(tmp_path: Path) -> None:
+    env = write(tmp_path / ".env.production", FULL)
+    encryption.encrypt_file(str(env), environ={})
+    encrypted = env.read_bytes()
+    encryption.rekey_file(str(env), environ={})
+    rolled = rotation.rollback(str(env), environ={})
+    assert rolled.undid is not None and rolled.undid["command"] == "rekey"
+    assert env.read_bytes() == encrypted
+    encryption.decrypt_file(str(env), environ={})  # with the key rollback put back
+    assert {k: v for k, v in read(env).items() if not k.startswith("DOTENV_")} == FULL
+    # the old key was kept by rekey in a numbered 0600 backup of the keys file
+    assert sorted(p.name for p in tmp_path.glob(".env.keys*.bak")) == [".env.keys.1.bak", ".env.keys.2.bak"]
+    assert {p.stat().st_mode & 0o777 for p in tmp_path.glob(".env.keys*")} == {0o600}
