@@ -340,3 +340,76 @@ def test_rotate_keeps_export_indent_and_trailing_comment(tmp_path: Path) -> None
     changed = envfile.with_lines(parsed, envfile.value_lines({"K": "new", "L": "two words", "M": "z"}))
     assert changed == "export K=new # c\nL=two words # d\nM=z # e\n"
     assert envfile.parse_text(changed).values() == {"K": "new", "L": "two words", "M": "z"}
+
+
+# ---------------------------------------------------------------- the writer, killed at each step
+
+WRITE_DRIVER = textwrap.dedent("""
+    import sys
+    from muzo_ops.files import atomic
+    atomic.write(sys.argv[1], sys.argv[2], keep_backup=True)
+""")
+TRACED = "openat,fsync,rename,renameat,renameat2,link,linkat"
+
+
+def _steps(env: Path) -> dict[str, tuple[str, int]]:
+    """Each step boundary of one ``atomic.write`` as (syscall, n): strace kills on the n-th call's entry."""
+    trace = env.parent / "trace.txt"
+    subprocess.run(["strace", "-qq", "-o", str(trace), "-e", f"trace={TRACED}", sys.executable, "-c",
+                    WRITE_DRIVER, str(env), env.read_text()], check=True, timeout=60)
+    counts: dict[str, int] = {}
+    calls: list[tuple[str, int, str]] = []
+    for line in trace.read_text().splitlines():
+        name = line.split("(", 1)[0].strip()
+        if name in TRACED.split(","):
+            counts[name] = counts.get(name, 0) + 1
+            calls.append((name, counts[name], line))
+    renamed = next(i for i, (name, _n, _l) in enumerate(calls) if name.startswith("rename"))
+    link = next((name, n) for name, n, _l in calls if name in ("link", "linkat"))
+    folder_open = next((name, n) for name, n, line in calls[renamed + 1:] if "O_DIRECTORY" in line)
+    folder_fsync = next((name, n) for name, n, _l in calls[renamed + 1:] if name == "fsync")
+    return {"temporary files complete, before the backup link": link,
+            "backup linked, before the rename": calls[renamed][:2],
+            "after the rename": folder_open,
+            "after the rename, before the folder fsync": folder_fsync}
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_the_writer_killed_at_each_step_leaves_old_or_new_and_a_rerun_completes(tmp_path: Path) -> None:
+    """Invariant of files.atomic.write: the file is the whole old or the whole new content, a backup is
+    the whole old content, and a rerun after the kill completes and leaves no temporary file."""
+    env = write_env(tmp_path / ".env", FULL)
+    old = env.read_bytes()
+    subprocess.run([sys.executable, "-c", WRITE_DRIVER, str(env), old.decode()], check=True)  # warm caches
+    for backup in tmp_path.glob(".env.*.bak"):
+        backup.unlink()
+    steps = _steps(env)
+    for backup in tmp_path.glob(".env.*.bak"):
+        backup.unlink()
+    new = old.decode().replace(FULL["S3_BUCKET"], "after-the-kill")
+    seen = set()
+    for step, (syscall, nth) in steps.items():
+        proc = subprocess.run(["strace", "-qq", "-o", "/dev/null", "-e", f"trace={syscall}",
+                               "-e", f"inject={syscall}:signal=KILL:when={nth}",
+                               sys.executable, "-c", WRITE_DRIVER, str(env), new],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0, f"{step}: not killed"
+        now = env.read_bytes()
+        assert now in (old, new.encode()), step
+        seen.add(now == old)
+        assert mode(env) == 0o600
+        for backup in tmp_path.glob(".env.*.bak"):
+            assert backup.read_bytes() == old and mode(backup) == 0o600, step
+        for leftover in tmp_path.glob("..env.*.tmp"):
+            assert mode(leftover) == 0o600, step
+        # the rerun (the next writer, under the lock) completes and cleans up
+        rerun = run_cli("init-env", "--env-file", str(env), "--non-interactive", "--set", "S3_BUCKET=rerun")
+        assert rerun.returncode == 0, rerun.stderr
+        assert envfile.read(str(env)).values()["S3_BUCKET"] == "rerun"
+        newest = max(tmp_path.glob(".env.*.bak"), key=lambda p: int(p.name.split(".")[2]))
+        assert newest.read_bytes() == now, step  # the newest backup is the file before the rerun
+        assert not list(tmp_path.glob("*.tmp")), step
+        env.write_bytes(old)
+        for backup in tmp_path.glob(".env.*.bak"):
+            backup.unlink()
+    assert seen == {True, False}  # kills landed before and after the rename
