@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from muzo_ops.env import dotenvx
+from muzo_ops.env import dotenvx, schema
 from muzo_ops.env.envfile import parse_text, with_lines
 from muzo_ops.errors import EnvFileError, MuzoOpsError, UsageError
 from muzo_ops.files import reading, temp
@@ -55,8 +55,6 @@ PREVIOUS_SUFFIX = "_PREVIOUS"
 def previous_of() -> dict[str, str]:
     """Each secret with a grace period and the variable holding its previous value: every schema
     variable ``X`` for which the schema also has ``X_PREVIOUS``."""
-    from muzo_ops.env import schema
-
     return {v.name: v.name + PREVIOUS_SUFFIX for v in schema.VARIABLES
             if v.name + PREVIOUS_SUFFIX in schema.BY_NAME}
 
@@ -146,12 +144,15 @@ def rotate(path: str, names: list[str] | None = None, *, dry_run: bool = False, 
     now = now or dt.datetime.now(dt.UTC)
     wanted = list(dict.fromkeys(names or default_names()))
     generators = {name: generate.generator_for(name) for name in wanted}  # SchemaError for the rest
+    optional_unless_present = set() if names else {n for n in wanted if not schema.get(n).required}
     if keep < 1:
         raise UsageError("--keep must be at least 1: the last backup is what rollback restores")
     with locked(path, lock_timeout_s):
         text = read_env_text(path)
         parsed = parse_text(text, path)
         raw = parsed.raw()
+        # with no names: every generated secret the file holds, and the required ones it lacks
+        wanted = [n for n in wanted if n not in optional_unless_present or raw.get(n)]
         writer = dotenvx.LineWriter(text)
         fingerprint = audit.Fingerprinter(path)
         result = Result("rotate", path, dry_run=dry_run, encrypted=writer.encrypted)
