@@ -504,3 +504,5 @@ def test_files_root_makes_beside_another_users_env_file_belong_to_that_user(tmp_
     for name in (".env.production", ".env.keys", audit.LOG_NAME, audit.KEY_NAME):
         info = (tmp_path / name).stat()
         assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (65534, 65534, 0o600), name
+    for lock in tmp_path.glob("*.lock"):  # the owner can lock every file again
+        assert (lock.stat().st_uid, lock.stat().st_gid) == (65534, 65534), lock.name

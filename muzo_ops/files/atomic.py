@@ -63,7 +63,7 @@ def write(path: str, content: str | bytes, mode: int = SECRET_FILE_MODE, *, keep
     data = content.encode("utf-8") if isinstance(content, str) else content
     target = os.path.realpath(path)
     folder = os.path.dirname(target)
-    with locked(lock_of or path, lock_timeout_s):
+    with locked(lock_of or path, lock_timeout_s, owner_of=owner_of):
         try:
             current = _stat_or_none(target)
             owner = current if current is not None else (_stat_or_none(owner_of) if owner_of else None)
@@ -106,7 +106,7 @@ def update(path: str, change: Callable[[str], str], mode: int = SECRET_FILE_MODE
     Two writers of one file (two ``secrets encrypt`` sharing ``.env.keys``)
     each see the other's change.
     """
-    with locked(path, lock_timeout_s):
+    with locked(path, lock_timeout_s, owner_of=owner_of):
         temp.remove_stale(path)
         old = reading.read_text_or_none(path)
         new = change(old or "")
@@ -152,7 +152,7 @@ def append_line(path: str, line: str, *, owner_of: str | None = None,
     next append sets apart on its own line). Holds the file's lock. A file
     this call creates gets the owner of ``owner_of``.
     """
-    with locked(path, lock_timeout_s):
+    with locked(path, lock_timeout_s, owner_of=owner_of):
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW,
                          SECRET_FILE_MODE)

@@ -42,20 +42,28 @@ def lock_path(path: str) -> str:
     return os.path.realpath(path) + ".lock"
 
 
-def _give_to_owner(fd: int, path: str) -> None:
-    """A lock file root creates for another user's env file belongs to that user (or they
-    could never lock their own file again)."""
-    try:
-        owner = os.stat(path)
-        mine = os.fstat(fd)
-        if (mine.st_uid, mine.st_gid) != (owner.st_uid, owner.st_gid):
-            os.fchown(fd, owner.st_uid, owner.st_gid)
-    except OSError:
-        pass  # no env file yet, or no CAP_CHOWN: the lock still works for this user
+def _give_to_owner(fd: int, path: str, owner_of: str | None) -> None:
+    """A lock file root creates for another user's file belongs to that user (or they could never
+    lock their own file again): the owner of ``path``, or of ``owner_of`` while ``path`` does not
+    exist yet (``.env.keys`` or the audit log beside another user's env file)."""
+    for reference in (path, owner_of):
+        if reference is None:
+            continue
+        try:
+            owner = os.stat(reference)
+        except OSError:
+            continue  # not there (yet)
+        try:
+            mine = os.fstat(fd)
+            if (mine.st_uid, mine.st_gid) != (owner.st_uid, owner.st_gid):
+                os.fchown(fd, owner.st_uid, owner.st_gid)
+        except OSError:
+            pass  # no CAP_CHOWN: the lock still works for this user
+        return
 
 
 @contextmanager
-def locked(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
+def locked(path: str, timeout_s: float = DEFAULT_TIMEOUT_S, owner_of: str | None = None) -> Iterator[None]:
     """Hold the exclusive lock of ``path`` for the ``with`` block.
 
     Waits at most ``timeout_s`` seconds (0: try once), then raises
@@ -89,7 +97,7 @@ def locked(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
                               "--env-file") from exc
         raise LockedError(f"{path}: cannot create its lock file in {folder} ({exc.strerror}): "
                           "run as the env file's owner, on a writable folder") from exc
-    _give_to_owner(fd, path)
+    _give_to_owner(fd, path, owner_of)
     deadline = time.monotonic() + max(timeout_s, 0.0)
     try:
         while True:
