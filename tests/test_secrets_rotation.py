@@ -465,3 +465,24 @@ def test_rekey_then_rollback_then_decrypt(tmp_path: Path) -> None:
     # the old key was kept by rekey in a numbered 0600 backup of the keys file
     assert sorted(p.name for p in tmp_path.glob(".env.keys*.bak")) == [".env.keys.1.bak", ".env.keys.2.bak"]
     assert {p.stat().st_mode & 0o777 for p in tmp_path.glob(".env.keys*")} == {0o600}
+
+
+def test_rollback_refuses_a_backup_no_key_at_hand_opens(tmp_path: Path) -> None:
+    env = write(tmp_path / ".env.production", FULL)
+    encryption.encrypt_file(str(env), environ={})
+    encryption.decrypt_file(str(env), environ={})
+    (tmp_path / ".env.keys").unlink()  # the key of the encrypted backup is gone
+    before = env.read_bytes()
+    with pytest.raises(RotationRefused, match="no longer at hand"):
+        rotation.rollback(str(env), environ={})
+    assert env.read_bytes() == before
+    # the undone rekey whose kept key is gone is refused as well
+    env = write(tmp_path / ".env.staging", FULL)
+    encryption.encrypt_file(str(env), environ={})
+    encryption.rekey_file(str(env), environ={})
+    for kept in tmp_path.glob(".env.keys.*.bak"):
+        kept.unlink()
+    before = env.read_bytes()
+    with pytest.raises(RotationRefused, match="nothing changed"):
+        rotation.rollback(str(env), environ={})
+    assert env.read_bytes() == before

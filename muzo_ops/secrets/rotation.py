@@ -300,6 +300,7 @@ def rollback(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float = DEF
         if keys_backup is not None:  # the restored file opens with the key rekey replaced
             private_name, old_keys = keys_backup
             restored_env[private_name] = ",".join(old_keys)
+        _refuse_unopenable(path, chosen, text, restored_text, restored_env)
         for name in sorted(set(current_raw) | set(restored_raw)):
             before, after = current_raw.get(name, ""), restored_raw.get(name, "")
             if before == after:
@@ -363,6 +364,32 @@ def _restore_private_key(path: str, private_name: str, old_keys: list[str]) -> s
     both = list(dict.fromkeys([*old_keys, *(k.strip() for k in current.split(",") if k.strip())]))
     dotenvx.set_private_key(keys_file, private_name, ",".join(both), os.path.basename(path), owner_of=path)
     return os.path.basename(kept) if kept else None
+
+
+def _refuse_unopenable(path: str, chosen: str, text: str, restored_text: str,
+                       restored_env: Mapping[str, str]) -> None:
+    """RotationRefused when the backup is encrypted for another key than the file and no key at
+    hand (environment, ``.env.keys``, the copy a rekey kept) opens it: the apps could not read it."""
+    def encrypted_for(content: str) -> str | None:
+        found = dotenvx.file_public_key(content)
+        if found is None or not any(dotenvx.is_encrypted(v) for _k, v in dotenvx.bindings(content)):
+            return None
+        return found[1]
+
+    restored_key = encrypted_for(restored_text)
+    if restored_key is None or restored_key == encrypted_for(text):
+        return  # nothing encrypted, or encrypted for the key the apps use now
+    private_name, keys = dotenvx.private_keys_for(path, restored_text, restored_env)
+    for key in keys:
+        try:
+            if dotenvx.public_key_of(key, private_name) == restored_key:
+                return
+        except dotenvx.DotenvxError:
+            continue
+    raise RotationRefused(f"{path}: {os.path.basename(chosen)} is encrypted for a key that is no longer at hand "
+                          f"(not in the environment, {dotenvx.KEYS_FILE} or a keys backup a rekey kept): the apps "
+                          f"could not decrypt it. Put its {private_name} in {dotenvx.KEYS_FILE} first; nothing "
+                          "changed")
 
 
 def _refuse_dead_database_password(path: str, chosen: str, restored_raw: str, current_url: str | None,
