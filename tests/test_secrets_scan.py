@@ -145,3 +145,138 @@ def test_a_real_looking_url_password_is_found_and_masked() -> None:
     (finding,) = scan.scan_text("mongodb://muzo_app:hunter2-secret@db.example.com/muzo", "doc.md", [])
     assert (finding.what, finding.line, finding.masked) == ("mongodb-url-password", 1, "***")
     assert "hunter2" not in repr(finding)
+
+
+# --- issue 15 item 20: the scan as a CI gate -------------------------------------------------
+
+LEAK = f"DATABASE_URL=mongodb://muzo_app:{MONGO_PASSWORD}@db.internal/muzo\n"
+
+
+def commit_all(repo: Path, message: str) -> str:
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    return git(repo, "rev-parse", "HEAD").strip()
+
+
+def history_only(repo: Path, values: dict[str, str] | None = None) -> set[tuple[str | None, str, int, str]]:
+    """Findings of the history scan, once the work tree holds none."""
+    assert scan.scan(str(repo), values or {}) == []
+    findings = scan.scan(str(repo), values or {}, history=True)
+    assert_masked(findings)
+    return {(f.commit, f.path, f.line, f.what) for f in findings}
+
+
+def test_history_finds_a_secret_under_a_file_name_git_quotes(repo: Path) -> None:
+    folder = repo / "données"
+    folder.mkdir()
+    (folder / "déploiement prod.md").write_text("# notes\n" + LEAK)
+    leak_commit = commit_all(repo, "notes")
+    (folder / "déploiement prod.md").unlink()
+    commit_all(repo, "remove")
+    assert history_only(repo) == {(leak_commit, "données/déploiement prod.md", 2, "mongodb-url-password")}
+    assert history_only(repo, FULL) == {(leak_commit, "données/déploiement prod.md", 2, "DATABASE_URL password")}
+
+
+def test_history_finds_a_secret_introduced_only_by_a_merge_resolution(repo: Path) -> None:
+    (repo / "config.txt").write_text("url = TODO\n")
+    commit_all(repo, "config")
+    git(repo, "checkout", "-q", "-b", "topic")
+    (repo / "config.txt").write_text("url = mongodb://db.internal/muzo\n")
+    commit_all(repo, "topic url")
+    git(repo, "checkout", "-q", "main")
+    (repo / "config.txt").write_text("url = mongodb://db.example/muzo\n")
+    commit_all(repo, "main url")
+    subprocess.run(["git", "-C", str(repo), "merge", "-q", "topic"], capture_output=True)  # conflicts
+    (repo / "config.txt").write_text("# resolved\n" + LEAK)  # the resolution is the only place it ever was
+    merge_commit = commit_all(repo, "merge topic")
+    assert len(git(repo, "rev-list", "--parents", "-n1", "HEAD").split()) == 3
+    (repo / "config.txt").write_text("url = mongodb://db.internal/muzo\n")
+    commit_all(repo, "fix")
+    assert history_only(repo) == {(merge_commit, "config.txt", 2, "mongodb-url-password")}
+
+
+ENCODINGS = {
+    "utf-16 with a BOM": lambda text: text.encode("utf-16"),
+    "utf-16-le without a BOM": lambda text: text.encode("utf-16-le"),
+    "utf-16-be without a BOM": lambda text: text.encode("utf-16-be"),
+    "utf-8 with a NUL early on": lambda text: b"\0muzo export\0" + text.encode(),
+}
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_utf16_files_and_files_with_an_early_nul_are_searched(repo: Path, encoding: str) -> None:
+    text = "# exported settings\r\n" + LEAK.replace("\n", "\r\n") + "STRIPE=" + FULL["STRIPE_SECRET_KEY"]
+    data = ENCODINGS[encoding](text)
+    (repo / "settings.reg").write_bytes(data)
+    git(repo, "add", "settings.reg")
+    found = {(f.path, f.line, f.what) for f in scan.scan(str(repo), FULL)}
+    assert found == {("settings.reg", 2, "DATABASE_URL password"), ("settings.reg", 3, "STRIPE_SECRET_KEY")}
+    leak_commit = commit_all(repo, "settings")
+    (repo / "settings.reg").unlink()
+    commit_all(repo, "remove")
+    assert history_only(repo) == {(leak_commit, "settings.reg", 2, "mongodb-url-password"),
+                                  (leak_commit, "settings.reg", 3, "stripe-live-secret-key")}
+
+
+def test_a_binary_file_is_still_not_searched(repo: Path) -> None:
+    (repo / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\xff\xfe\x80" + LEAK.encode() + bytes(range(256)))
+    git(repo, "add", "logo.png")
+    assert scan.scan(str(repo), {}) == []
+
+
+def kubernetes_secret(env_text: str, url: str) -> str:
+    b64 = base64.b64encode
+    return ("apiVersion: v1\nkind: Secret\nmetadata:\n  name: muzo-env\ntype: Opaque\ndata:\n"
+            f"  .env: {b64(env_text.encode()).decode()}\n"
+            f"  DATABASE_URL: {b64(url.encode()).decode()}\n")
+
+
+def test_base64_of_a_whole_env_file_is_decoded_and_searched(repo: Path) -> None:
+    env_text = "".join(f"{k}={v}\n" for k, v in FULL.items())
+    (repo / "k8s").mkdir()
+    (repo / "k8s" / "secret.yaml").write_text(kubernetes_secret(env_text, FULL["DATABASE_URL"]))
+    # `base64 .env > env.b64` wraps at 76 columns
+    wrapped = base64.encodebytes(("# production\n" + env_text).encode()).decode()
+    (repo / "k8s" / "env.b64").write_text(wrapped)
+    git(repo, "add", "k8s")
+    shapes = {(f.path, f.line, f.what) for f in scan.scan(str(repo), {})}
+    assert {("k8s/secret.yaml", 7, "mongodb-url-password (in base64)"),
+            ("k8s/secret.yaml", 7, "stripe-live-secret-key (in base64)"),
+            ("k8s/secret.yaml", 7, "aws-access-key-id (in base64)"),
+            ("k8s/secret.yaml", 8, "mongodb-url-password (in base64)"),
+            ("k8s/env.b64", 1, "mongodb-url-password (in base64)"),
+            ("k8s/env.b64", 1, "stripe-live-secret-key (in base64)")} <= shapes
+    values = {(f.path, f.line, f.what) for f in scan.scan(str(repo), FULL)}
+    assert {("k8s/secret.yaml", 7, "NEXTAUTH_SECRET (in base64)"),
+            ("k8s/secret.yaml", 7, "EMAIL_SERVER_PASSWORD (in base64)"),
+            ("k8s/secret.yaml", 8, "DATABASE_URL password (in base64)"),
+            ("k8s/env.b64", 1, "NEXTAUTH_SECRET (in base64)")} <= values
+    assert_masked(scan.scan(str(repo), FULL))
+
+
+def test_basic_authorization_and_curl_user_passwords_are_found(repo: Path) -> None:
+    password = FULL["EMAIL_SERVER_PASSWORD"]
+    basic = base64.b64encode(f"apikey-user-77:{password}".encode()).decode()
+    lines = [
+        f"curl -H 'Authorization: Basic {basic}' https://api.example.com",
+        f'headers = {{"Authorization": "Basic {basic}"}}',
+        f"curl -sS -u apikey-user-77:{password} https://api.example.com/v1",
+        f"curl --user=apikey-user-77:{password} https://api.example.com/v1",
+        # not findings: placeholders and prompts
+        "curl -u \"$SMTP_USER:$SMTP_PASSWORD\" https://api.example.com",
+        "curl -u apikey-user-77 https://api.example.com",
+        f"Authorization: Basic {base64.b64encode(b'user:password').decode()}",
+        f"Authorization: Basic {base64.b64encode(b'user:<password>').decode()}",
+    ]
+    (repo / "api.md").write_text("\n".join(lines) + "\n")
+    git(repo, "add", "api.md")
+    findings = scan.scan(str(repo), {})
+    assert {(f.line, f.what) for f in findings} == {
+        (1, "basic-auth-password"), (2, "basic-auth-password"), (3, "curl-user-password"), (4, "curl-user-password")}
+    assert len({f.fingerprint for f in findings if f.what == "basic-auth-password"}) == 1
+    assert_masked(findings)
+    # with the env file, the variable is named (once per line)
+    named = {(f.line, f.what) for f in scan.scan(str(repo), FULL)}
+    line_1 = {what for line, what in named if line == 1}
+    assert len(line_1) == 1 and line_1 <= {"EMAIL_SERVER_PASSWORD base64", "EMAIL_SERVER_PASSWORD (in base64)"}
+    assert {what for line, what in named if line == 3} == {"EMAIL_SERVER_PASSWORD"}
