@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import base64
+import json
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -12,6 +16,7 @@ import pytest
 from muzo_ops.env import dotenvx
 from muzo_ops.secrets import scan
 from tests.envdata import FULL, MONGO_PASSWORD, SECRETS
+from tests.helpers import ROOT, assert_no_secret, run_cli
 
 # How the old repository had it: a full Atlas connection string pasted into a deployment doc.
 OLD_DOC = f"""# Deploying muzo
@@ -280,3 +285,129 @@ def test_basic_authorization_and_curl_user_passwords_are_found(repo: Path) -> No
     line_1 = {what for line, what in named if line == 1}
     assert len(line_1) == 1 and line_1 <= {"EMAIL_SERVER_PASSWORD base64", "EMAIL_SERVER_PASSWORD (in base64)"}
     assert {what for line, what in named if line == 3} == {"EMAIL_SERVER_PASSWORD"}
+
+
+def cli(*args: str, code: int, cwd: Path) -> subprocess.CompletedProcess[str]:
+    proc = run_cli("secrets", "scan", *args, cwd=cwd)
+    assert proc.returncode == code, (proc.returncode, proc.stdout[-1500:], proc.stderr[-800:])
+    assert "Traceback" not in proc.stderr
+    return proc
+
+
+def every_form(secrets: list[str]) -> list[str]:
+    """The values, and the encoded forms the scan looks for."""
+    forms = []
+    for secret in secrets:
+        raw = secret.encode()
+        forms += [secret, quote(secret, safe=""), base64.b64encode(raw).decode().rstrip("="),
+                  base64.urlsafe_b64encode(raw).decode().rstrip("=")]
+    return forms
+
+
+def test_a_baseline_accepts_findings_by_fingerprint_and_the_gate_fails_on_new_ones(repo: Path, tmp_path_factory:
+                                                                                  pytest.TempPathFactory) -> None:
+    elsewhere = tmp_path_factory.mktemp("cwd")  # no ./.env: shapes only
+    fixture = OLD_DOC + f"STRIPE_SECRET_KEY={FULL['STRIPE_SECRET_KEY']}\n"
+    (repo / "tests").mkdir()
+    (repo / "tests" / "fixtures.md").write_text(fixture)
+    commit_all(repo, "fixtures")
+    outputs = [cli(str(repo), code=1, cwd=elsewhere)]
+    assert "2 findings" in outputs[-1].stdout
+    baseline = repo / ".secrets-baseline.json"
+    outputs.append(cli(str(repo), "--history", "--update-baseline", str(baseline), code=0, cwd=elsewhere))
+    assert f"Wrote {baseline}: 2 fingerprints" in outputs[-1].stdout
+    text = baseline.read_text()
+    assert_no_secret(text, every_form([*SECRETS, FULL["DATABASE_URL"], MONGO_PASSWORD]))
+    assert oct(baseline.stat().st_mode & 0o777) == "0o644"
+    entries = json.loads(text)["findings"]
+    assert {(e["path"], e["line"], e["what"]) for e in entries} == {
+        ("tests/fixtures.md", 7, "mongodb-url-password"), ("tests/fixtures.md", 9, "stripe-live-secret-key")}
+    # accepted: nothing new, exit 0, the accepted ones counted
+    outputs.append(cli(str(repo), "--baseline", str(baseline), "--format", "json", code=0, cwd=elsewhere))
+    report = json.loads(outputs[-1].stdout)
+    assert report["findings"] == [] and len(report["accepted"]) == 2 and report["stale"] == 0
+    assert set(report) == {"findings", "accepted", "baseline", "stale", "written", "note"}
+    # a moved fixture (another file, another line, history too) stays accepted
+    (repo / "tests" / "fixtures.md").unlink()
+    (repo / "tests" / "moved").mkdir()
+    (repo / "tests" / "moved" / "data.md").write_text("\n\n\n" + fixture)
+    commit_all(repo, "move the fixtures")
+    outputs.append(cli(str(repo), "--history", "--baseline", str(baseline), code=0, cwd=elsewhere))
+    assert "0 new findings (" in outputs[-1].stdout
+    # a new secret fails the gate, and only it is reported
+    (repo / "tests" / "moved" / "data.md").write_text("\n\n\n" + fixture + f"aws = {FULL['S3_ACCESS_KEY_ID']}\n")
+    outputs.append(cli(str(repo), "--baseline", str(baseline), "--format", "json", code=1, cwd=elsewhere))
+    report = json.loads(outputs[-1].stdout)
+    assert [(f["path"], f["line"], f["what"]) for f in report["findings"]] == [
+        ("tests/moved/data.md", 13, "aws-access-key-id")]
+    assert len(report["accepted"]) == 2
+    outputs.append(cli(str(repo), "--baseline", str(baseline), code=1, cwd=elsewhere))
+    assert "1 new finding (2 accepted by" in outputs[-1].stdout
+    # another value of an accepted rule is not accepted: identity is the rule and the value
+    (repo / "tests" / "moved" / "data.md").write_text(fixture.replace(MONGO_PASSWORD, "An0ther-Real-Pass-9"))
+    report = json.loads(cli(str(repo), "--baseline", str(baseline), "--format", "json", code=1, cwd=elsewhere).stdout)
+    assert [f["what"] for f in report["findings"]] == ["mongodb-url-password"] and report["stale"] == 1
+    for proc in outputs:
+        assert_no_secret(proc.stdout + proc.stderr, every_form([*SECRETS, MONGO_PASSWORD]))
+
+
+@pytest.mark.parametrize("content", [None, "{not json", '{"version": 1}', '{"version": 1, "findings": [{}]}',
+                                     '{"version": 7, "findings": []}'])
+def test_an_unusable_baseline_is_one_error_line(repo: Path, content: str | None) -> None:
+    baseline = repo / "baseline.json"
+    if content is not None:
+        baseline.write_text(content)
+    proc = cli(str(repo), "--baseline", str(baseline), code=2, cwd=repo)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: baseline {baseline}: "), proc.stderr
+    assert "--update-baseline" in lines[0]
+
+
+def test_update_baseline_killed_at_any_moment_leaves_the_old_or_the_new_file(repo: Path) -> None:
+    """Invariant: the baseline on disk is always complete, the old one or the new one."""
+    (repo / "fixture.md").write_text(OLD_DOC)
+    git(repo, "add", "fixture.md")
+    baseline = repo / ".secrets-baseline.json"
+    cli(str(repo), "--update-baseline", str(baseline), code=0, cwd=repo)
+    old = baseline.read_text()
+    (repo / "fixture.md").write_text(OLD_DOC + f"key: {FULL['STRIPE_SECRET_KEY']}\n")
+    started = time.monotonic()
+    cli(str(repo), "--update-baseline", str(baseline), code=0, cwd=repo)
+    duration = time.monotonic() - started
+    new = baseline.read_text()
+    assert old != new
+    outcomes = set()
+    for attempt in range(8):
+        baseline.write_text(old)
+        proc = subprocess.Popen([sys.executable, "-m", "muzo_ops", "secrets", "scan", str(repo), "--update-baseline",
+                                 str(baseline)], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(duration * (0.5 + attempt / 8))  # around the end, where the write happens
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert baseline.read_text() in (old, new)
+        outcomes.add(baseline.read_text() == new)
+        leftovers = [p.name for p in repo.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+        assert not leftovers or all(".secrets-baseline.json" in p for p in leftovers)
+    assert json.loads(new)["findings"]
+
+
+REPO_BASELINE = ROOT / ".secrets-baseline.json"
+RESCAN = "muzo-ops secrets scan --history --update-baseline .secrets-baseline.json"
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="not a git checkout")
+def test_this_repository_passes_its_own_gate_in_the_work_tree(tmp_path: Path) -> None:
+    """The tracked files as they are now: every finding is a test fixture the baseline accepts."""
+    proc = run_cli("secrets", "scan", str(ROOT), "--baseline", str(REPO_BASELINE), cwd=tmp_path)
+    assert proc.returncode == 0, f"new findings (a real leak, or accept a fixture with `{RESCAN}`):\n{proc.stdout}{proc.stderr}"
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="not a git checkout")
+def test_this_repository_passes_its_own_gate_over_the_history_of_head(tmp_path: Path) -> None:
+    """HEAD's history only, fetched into an empty repository: other branches and local refs do not count."""
+    git(tmp_path, "init", "-q", "-b", "main")
+    git(tmp_path, "fetch", "-q", "--no-tags", str(ROOT), "HEAD")
+    git(tmp_path, "update-ref", "refs/heads/main", "FETCH_HEAD")
+    git(tmp_path, "reset", "-q", "--hard", "main")
+    proc = run_cli("secrets", "scan", str(tmp_path), "--history", "--baseline", str(REPO_BASELINE), cwd=tmp_path)
+    assert proc.returncode == 0, f"new findings (a real leak, or accept a fixture with `{RESCAN}`):\n{proc.stdout}{proc.stderr}"
