@@ -74,7 +74,7 @@ SHAPES: tuple[Rule, ...] = (
          cues=("DOTENV_PRIVATE_KEY",)),
     # curl -u user:password / --user=user:password (on a line that runs curl)
     Rule("curl-user-password",
-         re.compile(r"\bcurl\b[^\n]*?\s(?:-u|--user)(?:[ \t]*|=)['\"]?[^\s'\":]*:([^\s'\"]+)"), names_too=True,
+         re.compile(r"\bcurl\b[^\n]*?\s(?:-u|--user)(?:[ \t]*|=)['\"]?[^\s'\":`]*:([^\s'\"`]+)"), names_too=True,
          cues=("curl",)),
 )
 # `Authorization: Basic <base64 of user:password>`: the password, once decoded

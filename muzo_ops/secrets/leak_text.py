@@ -154,23 +154,38 @@ def _hits(text: str, found_needles: list[Needle], placeholders: frozenset[str], 
     return hits
 
 
-def _base64_hits(text: str, found_needles: list[Needle], placeholders: frozenset[str], depth: int) -> list[_Hit]:
-    runs = [(m.start(), m.group(0)) for m in _BASE64_RUN.finditer(text)]
-    lines = list(_BASE64_LINE.finditer(text))
+def _wrapped_blocks(text: str) -> list[tuple[int, int, str]]:
+    """``(start, end, joined)`` of each base64 block wrapped over lines: full lines of one width, a last one."""
+    blocks: list[tuple[int, int, str]] = []
     block: list[re.Match[str]] = []
-    for match in [*lines, None]:  # consecutive full lines of one width, then a shorter last line
+    for match in [*_BASE64_LINE.finditer(text), None]:
         if (match is not None and block and text.count("\n", block[-1].end(), match.start()) == 1
                 and len(block[-1].group(1)) == len(block[0].group(1)) and not block[-1].group(1).endswith("=")):
             block.append(match)
             continue
         if len(block) > 1:
-            runs.append((block[0].start(1), "".join(m.group(1) for m in block)))
+            blocks.append((block[0].start(1), block[-1].end(1), "".join(m.group(1) for m in block)))
         block = [match] if match is not None else []
-    hits: list[_Hit] = []
-    for offset, run in runs:
-        decoded = decode_base64(run)
-        if decoded is None:
+    return blocks
+
+
+def _base64_hits(text: str, found_needles: list[Needle], placeholders: frozenset[str], depth: int) -> list[_Hit]:
+    """Secrets inside base64: a wrapped block as a whole (not line by line), and every run on one line."""
+    decoded_runs: list[tuple[int, str]] = []
+    covered: list[tuple[int, int]] = []
+    for start, end, joined in _wrapped_blocks(text):
+        decoded = decode_base64(joined)
+        if decoded is not None:
+            decoded_runs.append((start, decoded))
+            covered.append((start, end))
+    for match in _BASE64_RUN.finditer(text):
+        if any(start <= match.start() < end for start, end in covered):
             continue
+        decoded = decode_base64(match.group(0))
+        if decoded is not None:
+            decoded_runs.append((match.start(), decoded))
+    hits: list[_Hit] = []
+    for offset, decoded in decoded_runs:
         for hit in _hits(decoded, found_needles, placeholders, depth + 1):
             hits.append(_Hit(offset, f"{hit.what} (in base64)", hit.kind, hit.shown, hit.identity))
     return hits
