@@ -424,3 +424,28 @@ def test_a_wrapped_base64_env_file_reports_each_secret_once() -> None:
     assert {"STRIPE_SECRET_KEY (in base64)", "NEXTAUTH_SECRET (in base64)", "DATABASE_URL password (in base64)",
             "RUNPOD_API_KEY (in base64)"} <= {f.what for f in decoded}
     assert_masked(findings)
+
+
+def test_history_of_a_large_file_is_searched_around_each_change(repo: Path) -> None:
+    """A large version is searched around what it changed: line numbers, and multi-line secrets, stay right."""
+    filler = [f"row {i}: {'lorem ipsum ' * 4}" for i in range(3000)]
+    assert len("\n".join(filler)) > scan.WHOLE_FILE_CHARS
+
+    def key_block(seed: int) -> list[str]:
+        body = base64.b64encode(bytes((seed * 7 + i) % 256 for i in range(600))).decode()
+        kind = "RSA PRIVATE" + " KEY"  # not a fixture the repository's own scan would find
+        return [f"-----BEGIN {kind}-----", *(body[i:i + 64] for i in range(0, len(body), 64)), f"-----END {kind}-----"]
+
+    big = repo / "big.txt"
+    big.write_text("\n".join(filler[:1000] + key_block(1) + filler[1000:]) + "\n")
+    first = commit_all(repo, "big file with a key")
+    lines = filler[:1000] + key_block(2) + filler[1000:]
+    lines[2500] = LEAK.strip()
+    big.write_text("\n".join(lines) + "\n")
+    second = commit_all(repo, "another key, and a URL")
+    big.write_text("\n".join(filler) + "\n")
+    commit_all(repo, "clean")
+    found = history_only(repo)
+    assert {(c, p, line, w) for c, p, line, w in found} == {
+        (first, "big.txt", 1001, "private-key-block"), (second, "big.txt", 1001, "private-key-block"),
+        (second, "big.txt", 2501, "mongodb-url-password")}

@@ -75,11 +75,13 @@ def tracked_file_bytes(root: str) -> Iterator[tuple[str, bytes]]:
 
 @dataclass(frozen=True)
 class Blob:
-    """A file version: its blob id, the oldest commit that gave it a path, and that path."""
+    """A file version: its blob id, the oldest commit that gave it a path, that path, and the
+    version of the same path it replaced there (None for a new file)."""
 
     blob: str
     commit: str
     path: str
+    previous: str | None = None
 
 
 def history_blobs(root: str) -> list[Blob]:
@@ -96,9 +98,9 @@ def history_blobs(root: str) -> list[Blob]:
             path = next(tokens, b"")
             fields = meta[1:].split(b" ")
             if len(fields) >= 5 and fields[1] in _FILE_MODES:
-                blob = fields[3].decode()
+                blob, previous = fields[3].decode(), fields[2].decode()
                 if blob not in blobs and blob.strip("0"):
-                    blobs[blob] = Blob(blob, commit, display_path(path))
+                    blobs[blob] = Blob(blob, commit, display_path(path), previous if previous.strip("0") else None)
         elif meta:
             commit = meta.decode("ascii", "replace")
     return list(blobs.values())

@@ -30,14 +30,19 @@ from muzo_ops.secrets.leak_rules import (
 BINARY_SNIFF_BYTES = 8192
 MIN_BASE64_CHARS = 16  # base64 of 12 bytes: shorter runs are ordinary words
 MAX_BASE64_DEPTH = 2  # base64 inside base64 inside the file, and no deeper
+CHANGE_CONTEXT_LINES = 60  # around a changed line: a whole PEM private key, a wrapped base64 block's start
 _ENCRYPTED = re.compile(r"encrypted:[A-Za-z0-9+/=]+")
-_BASE64_RUN = re.compile(rf"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{{{MIN_BASE64_CHARS},}}={{0,2}}")
+# A run of base64 that may encode text: the first 4 groups each start with A-Z or a-f (a byte below
+# 0x80); digits, hex digests and lower-case identifiers fail at once.
+_BASE64_RUN = re.compile(rf"(?<![A-Za-z0-9+/_-])(?:[A-Za-f][A-Za-z0-9+/_-]{{3}}){{{MIN_BASE64_CHARS // 4}}}"
+                         r"[A-Za-z0-9+/_-]*={0,2}")
 # a base64 block wrapped over lines (`base64 .env` wraps at 76 columns): full lines of equal length
 _BASE64_LINE = re.compile(r"^[ \t]*([A-Za-z0-9+/]{40,}={0,2})[ \t]*\r?$", re.MULTILINE)
 _BOMS: tuple[tuple[bytes, str], ...] = (
     (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),  # before UTF-16: same start
     (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
+_ASCII_LEADS = str.maketrans("", "", "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef")  # deletes them
 _NOT_TEXT = re.compile(r"[\x01-\x08\x0e-\x1f\x7f\ufffd]")
 
 
@@ -104,6 +109,9 @@ def _printable(raw: bytes) -> str | None:
 
 def decode_base64(run: str) -> str | None:
     """The printable text ``run`` (base64 or base64url, padded or not) encodes, else None."""
+    leads = run[::4]  # each starts 3 bytes: below 0x80 (ASCII) it is one of A-Z a-f
+    if len(leads.translate(_ASCII_LEADS)) * 4 > len(leads):  # mostly not ASCII: not text worth decoding
+        return None
     core = run.rstrip("=")
     if len(core) % 4 == 1:
         return None
@@ -179,7 +187,7 @@ def _base64_hits(text: str, found_needles: list[Needle], placeholders: frozenset
             decoded_runs.append((start, decoded))
             covered.append((start, end))
     for match in _BASE64_RUN.finditer(text):
-        if any(start <= match.start() < end for start, end in covered):
+        if covered and any(start <= match.start() < end for start, end in covered):
             continue
         decoded = decode_base64(match.group(0))
         if decoded is not None:
@@ -219,3 +227,22 @@ def scan_text(text: str, path: str, found_needles: list[Needle], placeholders: I
         findings.append(Finding(path, number, hit.what, hit.kind, mask(hit.shown), commit,
                                 fingerprint(hit.what, hit.identity)))
     return findings
+
+
+def changed_regions(lines: list[str], previous: frozenset[str],
+                    context: int = CHANGE_CONTEXT_LINES) -> list[tuple[int, int]]:
+    """``(start, end)`` line ranges of ``lines`` around the lines ``previous`` (an older version's) lacks.
+
+    Rules that span lines (a private key's body, a base64 block wrapped
+    over lines) see ``context`` lines on each side of a change.
+    """
+    regions: list[tuple[int, int]] = []
+    for index, line in enumerate(lines):
+        if line in previous:
+            continue
+        start, end = max(index - context, 0), min(index + context + 1, len(lines))
+        if regions and start <= regions[-1][1]:
+            regions[-1] = (regions[-1][0], end)
+        else:
+            regions.append((start, end))
+    return regions

@@ -19,12 +19,16 @@ fingerprint so the scan can gate CI.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from muzo_ops.secrets.git_objects import MAX_FILE_BYTES, ScanError, blob_contents, history_blobs, tracked_file_bytes
 from muzo_ops.secrets.leak_rules import MIN_VALUE_CHARS, SHAPES, Needle, is_placeholder, mask, needles, placeholders_for
-from muzo_ops.secrets.leak_text import Finding, decode_file_bytes, scan_text
+from muzo_ops.secrets.leak_text import Finding, changed_regions, decode_file_bytes, scan_text
+
+WHOLE_FILE_CHARS = 64 * 1024  # history: smaller versions are searched whole
+LARGE_VERSIONS_KEPT = 64  # history: large versions whose lines are remembered for their successors
 
 __all__ = ["MAX_FILE_BYTES", "MIN_VALUE_CHARS", "SHAPES", "Finding", "Needle", "ScanError", "ScanReport",
            "gate", "is_placeholder", "mask", "needles", "scan", "scan_history", "scan_text", "scan_tracked",
@@ -47,17 +51,33 @@ def scan_history(root: str, values: Mapping[str, str]) -> list[Finding]:
 
     Each blob is read once, its findings attributed to the oldest commit
     that gave it a path; a secret already found in an older version of the
-    same file is not reported again.
+    same file is not reported again. A version over WHOLE_FILE_CHARS whose
+    predecessor was read recently is searched only around the lines it
+    changed (``changed_regions``), so a large file edited in many commits
+    costs what its changes do.
     """
     found_needles = needles(values)
     findings: list[Finding] = []
     known: set[tuple[str, str]] = set()
+    large: OrderedDict[str, frozenset[str]] = OrderedDict()  # the lines of recent large versions, by blob id
     for blob, data in blob_contents(root, history_blobs(root)):
         text = decode_file_bytes(data)
         if text is None:
             continue
-        fresh = [f for f in scan_text(text, blob.path, found_needles, placeholders_for(blob.path), commit=blob.commit)
-                 if (f.path, f.fingerprint) not in known]
+        placeholders = placeholders_for(blob.path)
+        if len(text) <= WHOLE_FILE_CHARS:
+            found = scan_text(text, blob.path, found_needles, placeholders, commit=blob.commit)
+        else:  # a large file edited often: what changed since the version it replaced, with context
+            lines = text.split("\n")
+            previous = large.get(blob.previous) if blob.previous else None
+            regions = changed_regions(lines, previous) if previous is not None else [(0, len(lines))]
+            found = [f for start, end in regions
+                     for f in scan_text("\n".join(lines[start:end]), blob.path, found_needles, placeholders,
+                                        commit=blob.commit, first_line=start + 1)]
+            large[blob.blob] = frozenset(lines)
+            while len(large) > LARGE_VERSIONS_KEPT:
+                large.popitem(last=False)
+        fresh = [f for f in found if (f.path, f.fingerprint) not in known]
         known.update((f.path, f.fingerprint) for f in fresh)
         findings += fresh
     return findings
