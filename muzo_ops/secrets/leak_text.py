@@ -2,9 +2,10 @@
 
 A file is text when it has no NUL in its first 8 KiB (decoded as UTF-8,
 bad bytes replaced), or it has a byte-order mark (UTF-8, UTF-16, UTF-32), or
-it decodes as UTF-16 without one or as strict UTF-8 despite a NUL; anything
-else is binary and not searched. A base64 run of at least
-``MIN_BASE64_CHARS`` that decodes to printable text (a Kubernetes Secret's
+it is UTF-16 without one (every other byte zero, as Latin-script text has)
+or strict UTF-8 despite a NUL; anything else is binary and not searched. A
+base64 run of at least ``MIN_BASE64_CHARS`` whose first 12 bytes are ASCII
+and that decodes to printable text (a Kubernetes Secret's
 ``data:`` values, a whole env file piped through ``base64``) is searched
 too, its findings reported on the run's first line.
 """
