@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -379,9 +381,11 @@ def test_update_baseline_killed_at_any_moment_leaves_the_old_or_the_new_file(rep
     for attempt in range(8):
         baseline.write_text(old)
         proc = subprocess.Popen([sys.executable, "-m", "muzo_ops", "secrets", "scan", str(repo), "--update-baseline",
-                                 str(baseline)], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                 str(baseline)], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
         time.sleep(duration * (0.5 + attempt / 8))  # around the end, where the write happens
-        proc.send_signal(signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # (it may have finished: then the file is the new one)
+            os.killpg(proc.pid, signal.SIGKILL)  # the scan and its git processes
         proc.wait()
         assert baseline.read_text() in (old, new)
     assert json.loads(new)["findings"]
