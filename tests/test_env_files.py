@@ -143,10 +143,32 @@ def test_a_second_writer_waits_a_bounded_time_then_fails_with_one_line(tmp_path:
                    "S3_BUCKET=other").returncode == 0
 
 
-def test_the_secrets_lock_is_the_env_lock() -> None:
-    from muzo_ops.files import lock as secrets_lock
+def test_the_lock_is_reentrant_in_its_thread_and_excludes_other_threads(tmp_path: Path) -> None:
+    """Every writer in files/ takes the lock of what it writes: a command holding it already keeps it,
+    while any other holder (thread or process) still waits."""
+    import threading
 
-    assert secrets_lock.locked is filelock.locked and secrets_lock.LockedError is filelock.LockedError
+    env = write_env(tmp_path / ".env", FULL)
+    outcome: list[str] = []
+
+    def other() -> None:
+        try:
+            with filelock.locked(str(env), timeout_s=0.2):
+                outcome.append("got it")
+        except filelock.LockedError:
+            outcome.append("waited, then refused")
+
+    with filelock.locked(str(env)):
+        with filelock.locked(str(env), timeout_s=0):  # the same thread: no wait
+            assert filelock.held(str(env))
+        assert filelock.held(str(env))
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+    assert not filelock.held(str(env))
+    assert outcome == ["waited, then refused"]
+    other()
+    assert outcome[-1] == "got it"
 
 
 # ---------------------------------------------------------------- owner, mode, symlinks
