@@ -116,6 +116,9 @@ def init_env(
 
     The whole read-modify-write holds the env file's lock (``<file>.lock``):
     a concurrent writer waits up to ``lock_timeout_s``, then LockedError.
+    Invariant (``files.atomic.write``): the env file is the complete old or
+    the complete new file, and a changed file's old content is its newest
+    0600 backup.
     """
     supplied = dict(supplied or {})
     validate_supplied(supplied)

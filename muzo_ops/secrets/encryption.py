@@ -80,8 +80,8 @@ def encrypt_file(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float =
                  should_encrypt: Callable[[str], bool] = is_sensitive) -> CryptResult:
     """Encrypt every sensitive value; a new key pair goes to ``.env.keys`` (0600) when none exists.
 
-    The key is written before the file, so no crash leaves values nobody
-    can decrypt.
+    Invariant: the key is in ``.env.keys`` before the file holds a value
+    encrypted for it, so no crash leaves values nobody can decrypt.
     """
     with locked(path, lock_timeout_s):
         text = read_env_text(path)
@@ -114,7 +114,10 @@ def encrypt_file(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float =
 def decrypt_file(path: str, *, to_stdout: bool = False, keep: int = DEFAULT_KEEP,
                  lock_timeout_s: float = DEFAULT_TIMEOUT_S, environ: Mapping[str, str] | None = None,
                  on_values: Callable[[Iterable[str]], None] | None = None) -> CryptResult:
-    """Decrypt every value: into the file (0600, backed up), or only into ``result.text``."""
+    """Decrypt every value: into the file (0600, backed up), or only into ``result.text``.
+
+    Invariant: the file is the complete encrypted one or the complete plain one (0600).
+    """
     with locked(path, lock_timeout_s):
         text = read_env_text(path)
         private_name, keys = dotenvx.private_keys_for(path, text, environ)
@@ -142,8 +145,8 @@ def rekey_file(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float = D
 
     ``.env.keys`` is first kept as ``.env.keys.N.bak`` (0600; it holds the
     old key, for ``rollback``), then holds ``new,old`` while the env file is
-    replaced, then only the new key: at every instant the keys file opens
-    the env file.
+    replaced, then only the new key. Invariant: at every instant the keys
+    at hand open the env file, and the old key stays where rollback finds it.
     """
     with locked(path, lock_timeout_s):
         text = read_env_text(path)

@@ -137,7 +137,8 @@ def rotate(path: str, names: list[str] | None = None, *, dry_run: bool = False, 
     ``on_values`` receives every old and new value (the CLI's redactor), so
     nothing printed afterwards can show them. RotationRefused when a
     previous secret is still inside the session lifetime (``force`` drops
-    it anyway).
+    it anyway). Invariant: the env file is the complete old or the complete
+    new file, and the newest backup is the file before the newest change.
     """
     from muzo_ops.env import generate
 
@@ -220,7 +221,8 @@ def retire(path: str, name: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: fl
     """Empty the previous value of ``name`` (``NEXTAUTH_SECRET`` or ``NEXTAUTH_SECRET_PREVIOUS``).
 
     Sessions signed with it end; a warning says so when it is inside the
-    session lifetime.
+    session lifetime. Invariant: the env file is the complete old file or
+    the old file with only that line emptied.
     """
     now = now or dt.datetime.now(dt.UTC)
     pairs = previous_of()
