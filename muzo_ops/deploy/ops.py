@@ -123,7 +123,7 @@ def lease_taken(token: str, owner: str, stale: str = "") -> OpGen:
 @operation(is_idempotent=False)
 def lease_after_leader(token: str, owner: str, stale: str, leader: OperationMeta) -> OpGen:
     """Take the lease once the fleet's first host gave it (so two deploys of one fleet never split it)."""
-    if leader.did_succeed():
+    if not leader.is_complete() or leader.did_succeed():  # (pyinfra may look at the commands before running)
         yield _script("lease", token, str(LEASE_TTL_S), owner, *([stale] if stale else []))
         return
     held = next((line for line in leader.stderr_lines if "in progress since" in line),
