@@ -287,7 +287,9 @@ def test_a_release_that_cannot_start_is_rolled_back_and_the_rollout_stops(
     data = as_json(proc)
     assert proc.returncode == 1 and not data["ok"], proc.stderr
     first, second = data["hosts"][hosts[0].name], data["hosts"][hosts[1].name]
-    assert first["rolled_back"] and not first["healthy"] and first["status"] == "rolled-back"
+    # ``healthy`` and ``release`` say what the host runs now: the good release again, healthy.
+    assert first["rolled_back"] and first["healthy"] is True and first["status"] == "rolled-back"
+    assert "health gate failed" in first["reason"]
     assert first["release"] == good.split("/")[-1]
     assert second["status"] == "not-reached" and second["healthy"] and not second["rolled_back"]
     assert hosts[0].ssh("readlink /opt/muzo/current").stdout.strip() == good
