@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from muzo_ops.deploy import driver  # noqa: E402
 from tests.envdata import FULL, write_env  # noqa: E402
+from tests.helpers import copy_checkout  # noqa: E402
 from tests.nspawn import NspawnHost, build_rootfs, nspawn_unavailable  # noqa: E402
 from tests.servers import Secantus  # noqa: E402
 
@@ -85,12 +85,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="muzo-bench-deploy-") as tmp:
         work = Path(tmp)
         os.environ["MUZO_DEPLOY_CACHE"] = str(work / "cache")
-        source = work / "source"
-        source.mkdir()
-        for name in ("muzo_ops", "templates"):
-            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
-        for name in ("pyproject.toml", "README.md"):
-            shutil.copy2(ROOT / name, source / name)
+        source = copy_checkout(work / "source")
         db = Secantus(work / "db")
         db.start()
         hosts = [NspawnHost(f"muzo-bench-{i}", work) for i in range(max(4, args.fleet + 1))]
