@@ -201,10 +201,15 @@ def stage(plan: HostPlan, release: Release, token: str, owner: str, stale: str =
     labelled: Labelled = [
         ("host-script", host_script_installed(name="muzo-host script")),
         ("lease", take_lease(token, owner, stale, leader)),
-        ("user", server.user(name="muzo system user", user="muzo", system=True, shell="/usr/sbin/nologin",
-                             home="/nonexistent", ensure_home=False)),
-        ("releases-folder", files.directory(name="release folder", path=RELEASES, user="root", group="root",
-                                            mode="755")),
+    ]
+    if not (host_state().user and host_state().current):  # a host deployed before has both (saves 2 facts)
+        labelled += [
+            ("user", server.user(name="muzo system user", user="muzo", system=True, shell="/usr/sbin/nologin",
+                                 home="/nonexistent", ensure_home=False)),
+            ("releases-folder", files.directory(name="release folder", path=RELEASES, user="root", group="root",
+                                                mode="755")),
+        ]
+    labelled += [
         ("release-installed", release_installed(name=f"release {release.name}", release=release)),
         ("releases-pruned", releases_pruned(name=f"keep the last {KEEP_RELEASES} releases", release=release)),
         ("env-staged", env_stored(name="env file staged", plan=plan)),
