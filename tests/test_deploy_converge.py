@@ -271,6 +271,9 @@ def test_two_deploys_at_once_one_is_refused_with_the_holders_identity(
             entry = data["hosts"][host.name]
             assert entry["status"] == "refused", entry
             assert f"pid {first.pid}" in entry["reason"] and "in progress since" in entry["reason"]
+        back = muzo_deploy(*deploy_args(work, inv, env_b, "--rollback", "--limit", hosts[1].name))
+        entry = as_json(back)["hosts"][hosts[1].name]
+        assert back.returncode == 1 and entry["status"] == "refused" and f"pid {first.pid}" in entry["reason"]
     finally:
         unpause(hosts[0])
     out, err = first.communicate(timeout=300)
@@ -302,6 +305,27 @@ def test_rollback_whose_gate_fails_returns_to_what_ran_before(hosts: list[Nspawn
             assert inst.active == "active" and inst.env == before.env
     finally:
         hosts[0].ssh(f"cp /tmp/keep.env /etc/muzo/state/env/{previous['env']}")
+
+
+def test_an_unreachable_host_is_reported_and_nothing_switches(hosts: list[NspawnHost], work: Path,
+                                                              secantus: Secantus) -> None:
+    from tests.nspawn import free_port
+
+    inv = inventory(work, hosts, False, name="inv-gone")
+    gone = dict(hosts[0].inventory_data(), **DATA, ssh_port=free_port())
+    inv.write_text(inv.read_text().replace("workers = [\n", f"workers = [\n    ('gone', {gone!r}),\n"))
+    before = [host_state(h) for h in hosts]
+    proc = muzo_deploy(*deploy_args(work, inv, env_file(work, secantus, "gone"), "--serial", "2"))
+    data = as_json(proc)
+    assert proc.returncode == 1 and not data["ok"] and list(data["hosts"]) == ["gone", *(h.name for h in hosts)]
+    assert data["hosts"]["gone"]["status"] == "unreachable" and data["hosts"]["gone"]["healthy"] is None
+    for host, old in zip(hosts, before, strict=True):
+        entry = data["hosts"][host.name]
+        # Not reached: what it runs now (not what was planned), healthy, nothing switched, no lease left.
+        assert entry["status"] == "not-reached" and entry["healthy"] is True, entry
+        assert entry["release"] == old.running_release() and entry["env"] == old.running_env()[:12]
+        now = host_state(host)
+        assert now.env == old.env and now.current == old.current and not now.lease.token
 
 
 def test_one_machine_under_two_names_is_refused(hosts: list[NspawnHost], work: Path) -> None:

@@ -483,6 +483,10 @@ def rollback(inventory: str, env_file: str, *, serial: int = 1, limit: Sequence[
                 res.detail = {"rolled-back": "", "nothing-to-roll-back": "nothing to roll back to on this host",
                               "reverted": "the rollback's health gate failed; back to what ran before it",
                               "": "the rollback stopped before it finished"}.get(outcome, outcome)
+                refusal = _refusal(metas[name][1]) if name in metas else ""
+                if refusal:
+                    res.status, res.detail = "refused", refusal
+                    settled.add(name)
                 stop = stop or not res.rolled_back
             progress(f"batch {', '.join(batch)} rolled back at {time.monotonic() - start:.1f} s")
             if stop:

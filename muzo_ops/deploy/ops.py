@@ -253,11 +253,12 @@ def failed_unless_healthy(switch: OperationMeta) -> OpGen:
 
 
 def rollback(token: str, owner: str, stale: str, timeout_s: float) -> tuple[OperationMeta, OperationMeta]:
-    """On demand (``muzo-ops deploy --rollback``): lease, roll back, give the lease back."""
+    """On demand (``muzo-ops deploy --rollback``): lease, roll back, give the lease back; (rollback, lease)."""
     host_script_installed(name="muzo-host script")
-    take_lease(token, owner, stale, None)
+    lease = take_lease(token, owner, stale, None)
     meta = rolled_back(name="roll back on demand", token=token, timeout_s=timeout_s, _ignore_errors=True)
-    return meta, lease_given_back(name="deploy lease given back", token=token)
+    lease_given_back(name="deploy lease given back", token=token)
+    return meta, lease
 
 
 def output_values(lines: Sequence[str]) -> dict[str, list[str]]:
