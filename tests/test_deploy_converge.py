@@ -6,7 +6,8 @@ Fault injection: ``muzo-host`` pauses at a named step while
 and reruns. Invariant checked after every rerun: each host runs the desired
 release and env (by what every instance recorded at its start), gated
 healthy, and the rerun's JSON says what it did. Also: a no-change deploy never
-rolls back a host made unhealthy behind its back; two deploys at once, one is
+rolls back a host made unhealthy behind its back (broken venv, database
+stopped); two deploys at once, one is
 refused with the holder's identity; ``--rollback`` whose gate fails returns to
 what ran before it; one machine under two names is refused; an installed
 wheel deploys.
@@ -250,6 +251,31 @@ def test_no_change_deploy_never_rolls_back_a_host_broken_behind_its_back(
         assert after.instances["muzo-worker@mockup.service"].active == "active"
     finally:
         hosts[0].ssh(f"mv {venv}/lib.broken {venv}/lib")
+    proc = muzo_deploy(*deploy_args(work, inv, env, "--serial", "2"))
+    data = as_json(proc)
+    assert proc.returncode == 0 and data["ok"], proc.stderr
+    assert_runs(hosts[0], data["hosts"][hosts[0].name], before.env)
+
+
+def test_no_change_deploy_with_the_database_down_rolls_nothing_back(
+        hosts: list[NspawnHost], work: Path, secantus: Secantus) -> None:
+    inv = inventory(work, hosts, False, muzo_health_timeout=6)
+    env = work / "round-ssh.env"
+    before = host_state(hosts[0])
+    previous = hosts[0].ssh("cat /etc/muzo/state/previous").stdout
+    assert secantus.proc is not None
+    os.kill(secantus.proc.pid, signal.SIGSTOP)  # the database stops answering
+    try:
+        hosts[0].ssh("systemctl restart --no-block muzo-worker@generation")
+        proc = muzo_deploy(*deploy_args(work, inv, env, "--serial", "2"))
+        data = as_json(proc)
+        entry = data["hosts"][hosts[0].name]
+        assert proc.returncode == 1 and entry["status"] == "unhealthy" and not entry["rolled_back"], entry
+        after = host_state(hosts[0])
+        assert after.current == before.current and after.env == before.env
+        assert hosts[0].ssh("cat /etc/muzo/state/previous").stdout == previous
+    finally:
+        os.kill(secantus.proc.pid, signal.SIGCONT)
     proc = muzo_deploy(*deploy_args(work, inv, env, "--serial", "2"))
     data = as_json(proc)
     assert proc.returncode == 0 and data["ok"], proc.stderr
