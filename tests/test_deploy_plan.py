@@ -181,5 +181,8 @@ def test_desired_state_against_what_runs() -> None:
     # A start the deploy did not record (-): restart; a queue no longer listed: retire.
     other = [*lines, "instance=muzo-worker@mockup.service active yes - - - 0 success/running no"]
     assert want.differences(HostState.parse(other)) == ["retire muzo-worker@mockup.service"]
+    # A damaged lease file reads as an expired lease, not as a crash.
+    damaged = HostState.parse(["lease_token=t", "lease_since=abc", "lease_expires=", "now=x"])
+    assert (damaged.lease.since, damaged.lease.expires, damaged.now) == (0, 0, 0)
     assert plan.units[1].http_port == 9470 and "TasksMax=" in plan.units[1].text
     assert all("TasksMax=" in u.text and "SyslogIdentifier=" in u.text for u in plan.units)

@@ -104,11 +104,11 @@ class HostState:
                 state.unit_files[name] = digest
             elif key.startswith("lease_"):
                 attr = key[len("lease_"):]
-                setattr(state.lease, attr, int(value or 0) if attr in ("since", "expires") else value)
+                setattr(state.lease, attr, _int(value) if attr in ("since", "expires") else value)
             elif key == "instance":
                 state._instance(value.split())
             elif key == "now":
-                state.now = int(value or 0)
+                state.now = _int(value)
             elif key in ("machine_id", "host_script", "current", "user", "state_dir", "env", "previous"):
                 setattr(state, key, value)
         return state
@@ -151,6 +151,11 @@ class HostState:
         if not names:
             problems.append("no muzo instance is installed")
         return not problems, "; ".join(problems)
+
+
+def _int(text: str) -> int:
+    """A whole number the host printed; 0 for anything else (a damaged lease file reads as no lease)."""
+    return int(text) if text.isdigit() else 0
 
 
 @dataclass(frozen=True)
