@@ -5,16 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from bson import json_util
-from pymongo import MongoClient
 
-from tests.servers import Secantus
+from tests import test_worker
 from tests.workers import WorkerProcess, start_worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,17 +24,9 @@ SIGNING_SECRET = "hs-current-9c1f4e2a7b3d5f6e8a0b1c2d3e4f5a6b"
 PREVIOUS_SECRET = "hs-previous-1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d"
 
 
-@pytest.fixture
-def dbname() -> str:
-    return "h" + uuid.uuid4().hex[:12]
-
-
-@pytest.fixture
-def jobs(secantus: Secantus, dbname: str) -> Iterator[Any]:
-    client: MongoClient[dict[str, Any]] = MongoClient(secantus.uri, serverSelectionTimeoutMS=10000)
-    yield client[dbname]["Job"]
-    client.drop_database(dbname)
-    client.close()
+# The worker tests' database fixtures (a fresh database per test, dropped after it).
+dbname = test_worker.dbname
+jobs = test_worker.jobs
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 60, what: str = "",

@@ -8,20 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.handlers_support import (  # noqa: F401 (fixtures)
-    FAULTS,
-    OPENAI_KEY,
-    ROOT,
-    RUN_JOB,
-    all_output,
-    dbname,
-    jobs,
-    retry_delay,
-    wait_until,
-    worker,
-)
+from tests import handlers_support
+from tests.conftest import _marked_processes
+from tests.handlers_support import FAULTS, OPENAI_KEY, RUN_JOB, all_output, retry_delay, wait_until, worker
 from tests.servers import Secantus
 from tests.workers import generation_payload, mockup_payload, prisma_job
+
+dbname = handlers_support.dbname  # fixtures
+jobs = handlers_support.jobs
 
 FULFILLMENT_PAYLOAD = {
     "provider": "cloudprinter",
@@ -209,23 +203,8 @@ def test_secret_printed_on_stderr_is_masked_everywhere(tmp_path: Path, secantus:
     assert OPENAI_KEY[8:30] not in all_output(w, jobs)
 
 
-def test_nothing_left_running(tmp_path: Path) -> None:
-    """The tests above end every process they start (the session check also looks)."""
-    marker = os.environ.get("MUZO_OPS_TEST_SESSION", "")
-    assert marker
-    needle = f"MUZO_OPS_TEST_SESSION={marker}".encode()
-    left = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as environ:
-                if needle not in environ.read().split(b"\0"):
-                    continue
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                command = cmdline.read()
-        except OSError:
-            continue
-        if (b"exec_faults" in command or b"run-job" in command or b"setInterval" in command) and _alive(int(entry)):
-            left.append(command)
+def test_nothing_left_running() -> None:
+    """The tests above end every process they start (the session check looks at the end too)."""
+    left = [(pid, command) for pid, command in _marked_processes(os.environ["MUZO_OPS_TEST_SESSION"])
+            if ("exec_faults" in command or "run-job" in command or "setInterval" in command) and _alive(pid)]
     assert not left

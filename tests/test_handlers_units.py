@@ -11,7 +11,7 @@ import pytest
 from bson import Decimal128, ObjectId
 
 from muzo_ops.env import handlerspec
-from muzo_ops.env.handlerspec import SpecError, SpecKind
+from muzo_ops.env.handlerspec import SpecKind
 from muzo_ops.errors import ConfigError
 from muzo_ops.queue import handlers
 from muzo_ops.queue.handlers import protocol, signing
@@ -70,7 +70,7 @@ def test_plain_http_to_another_machine_is_refused_in_production_only() -> None:
     assert handlerspec.production_error("GENERATION=https://web.internal/x") is None
     assert handlerspec.production_error("GENERATION=http://[::1]:3000/x") is None
     secret = {"MUZO_HANDLER_SIGNING_SECRET": "s" * 43}
-    with pytest.raises(ConfigError, match="plain http:// to web.internal"):
+    with pytest.raises(ConfigError, match=r"plain http:// to web\.internal"):
         handlers.load([JobType.GENERATION], [remote], {**secret, "NODE_ENV": "production"})
     assert handlers.load([JobType.GENERATION], [remote], secret)[JobType.GENERATION].__qualname__ == (
         "http://web.internal/api/jobs/generation")
