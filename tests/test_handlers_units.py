@@ -155,3 +155,14 @@ def test_the_current_folder_is_importable_for_handlers(tmp_path: object, monkeyp
     monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(folder))])
     loaded = handlers.load([JobType.MOCKUP], ["MOCKUP=myapp_h17.handlers:fn"], {})
     assert loaded[JobType.MOCKUP].__module__ == "myapp_h17.handlers"
+
+
+def test_check_env_reads_the_same_grammar() -> None:
+    from muzo_ops.env import checks, schema
+
+    var = schema.get("MUZO_WORKER_HANDLERS")
+    good = ("GENERATION=exec:node apps/worker/dist/run-job.js generation,MOCKUP=exec:node run.js \"a,b\","
+            "FULFILLMENT=https://web.internal/api/jobs/fulfillment")
+    assert checks.value_error(var, good) is None
+    problem = checks.value_error(var, "GENERATION=exec:node 'run.js")
+    assert problem is not None and "unclosed ' quote" in problem
