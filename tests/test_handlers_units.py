@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import json
+import re
 import time
 
 import pytest
@@ -166,3 +167,20 @@ def test_check_env_reads_the_same_grammar() -> None:
     assert checks.value_error(var, good) is None
     problem = checks.value_error(var, "GENERATION=exec:node 'run.js")
     assert problem is not None and "unclosed ' quote" in problem
+
+
+def test_policy_flags() -> None:
+    from muzo_ops.queue import policyspec
+
+    job_type, override = policyspec.parse("generation:timeout=1800,retry-base=10,retry-cap=600,max-attempts=5",
+                                          86400)
+    assert job_type is JobType.GENERATION
+    assert override == policyspec.PolicyOverride(1800.0, 10.0, 600.0, 5)
+    assert policyspec.parse("MOCKUP:max-attempts=1", 86400)[1] == policyspec.PolicyOverride(max_attempts=1)
+    for bad, message in (("MOCKUP", "expected TYPE:KEY=VALUE"), ("MOCKUP:speed=3", "'speed' is not one of"),
+                         ("MOCKUP:timeout=0", "above 0"), ("MOCKUP:timeout=1e9", "plain number"),
+                         ("MOCKUP:timeout=90000", "at most 86400"), ("MOCKUP:max-attempts=2.5", "whole number"),
+                         ("MOCKUP:retry-base=5,retry-cap=1", "longer than retry-cap"),
+                         ("MOCKUP:timeout=1,timeout=2", "given twice")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            policyspec.parse(bad, 86400)
