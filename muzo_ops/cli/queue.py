@@ -43,7 +43,8 @@ def cmd_worker(args: argparse.Namespace, out: Output) -> int:
         values, queues=args.queues, concurrency=args.concurrency, lock_s=args.lock_seconds,
         poll_s=args.poll_seconds, drain_timeout_s=args.drain_timeout, retry_base_s=args.retry_base,
         retry_cap_s=args.retry_cap, change_streams=False if args.no_change_streams else None,
-        burst=args.burst)
+        burst=args.burst, policies=args.policy or (), handler_cwd=args.handler_cwd,
+        handler_grace_s=args.handler_grace, log_format=args.log_format)
     observers: list[Observer] = []
     server = None
     if args.metrics_port is not None or values.get("WORKER_METRICS_PORT"):
