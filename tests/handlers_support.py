@@ -67,3 +67,12 @@ def retry_delay(doc: dict[str, Any]) -> float:
 
 def compact(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
+
+
+def retry_once(job: Any) -> dict[str, Any]:
+    """A Python handler: asks for a retry in payload.retryAfter seconds on its first attempt."""
+    from muzo_ops import RetryJob
+
+    if job.attempts == 1:
+        raise RetryJob("the provider is busy", after_seconds=float(job.payload["retryAfter"]))
+    return {"attempt": job.attempts}

@@ -203,6 +203,21 @@ def test_secret_printed_on_stderr_is_masked_everywhere(tmp_path: Path, secantus:
     assert OPENAI_KEY[8:30] not in all_output(w, jobs)
 
 
+def test_python_handler_asks_for_a_delay_with_retry_job(tmp_path: Path, secantus: Secantus, dbname: str,
+                                                         jobs: Any) -> None:
+    jobs.insert_one(prisma_job("MOCKUP", mockup_payload(retryAfter=3)))
+    w = worker(tmp_path, secantus.url(dbname), "--handler", "MOCKUP=tests.handlers_support:retry_once",
+               "--retry-base", "0.05", "--retry-cap", "30")
+    try:
+        wait_until(lambda: jobs.count_documents({"attempts": 1, "status": "PENDING"}) == 1, 30, "retry", w)
+        waiting = jobs.find_one({})
+        assert waiting["lastError"]["name"] == "RetryJob" and retry_delay(waiting) >= 2.9
+        wait_until(lambda: jobs.count_documents({"status": "DONE"}) == 1, 30, "DONE", w)
+    finally:
+        assert w.terminate() == 0
+    assert jobs.find_one({})["result"] == {"attempt": 2}
+
+
 def test_nothing_left_running() -> None:
     """The tests above end every process they start (the session check looks at the end too)."""
     left = [(pid, command) for pid, command in _marked_processes(os.environ["MUZO_OPS_TEST_SESSION"])
