@@ -184,3 +184,22 @@ def test_policy_flags() -> None:
                          ("MOCKUP:timeout=1,timeout=2", "given twice")):
         with pytest.raises(ConfigError, match=re.escape(message)):
             policyspec.parse(bad, 86400)
+
+
+def test_job_body_refuses_what_json_cannot_carry_as_a_fatal_payload_error() -> None:
+    from bson import Code, DBRef, Int64, MaxKey, MinKey, Regex, Timestamp
+
+    from muzo_ops.queue.jobs import PayloadError
+
+    every = {"i64": Int64(5), "re": Regex("a.*", "i"), "code": Code("x"), "ts": Timestamp(1, 2), "min": MinKey(),
+             "max": MaxKey(), "ref": DBRef("c", ObjectId()), "none": None, "big": 2**63 - 1, "list": [1, "a"]}
+    body = json.loads(protocol.request_body(Job("x", JobType.MOCKUP, every, 1, 1, None)))
+    assert body["payload"]["i64"] == 5 and body["payload"]["big"] == 2**63 - 1 and body["payload"]["code"] == "x"
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(PayloadError, match="NaN or Infinity"):
+            protocol.request_body(Job("x", JobType.MOCKUP, {"v": [bad]}, 1, 1, None))
+    deep: dict[str, object] = {}
+    for _ in range(5000):
+        deep = {"a": deep}
+    with pytest.raises(PayloadError, match="nested too deep"):
+        protocol.request_body(Job("x", JobType.MOCKUP, deep, 1, 1, None))

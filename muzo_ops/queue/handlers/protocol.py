@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 from muzo_ops.constants import HANDLER_MAX_OUTPUT_BYTES
-from muzo_ops.queue.jobs import Job
+from muzo_ops.queue.jobs import Job, PayloadError
 
 
 def _bson_default(value: Any) -> Any:
@@ -31,11 +31,20 @@ def _bson_default(value: Any) -> Any:
 
 
 def request_body(job: Job) -> bytes:
-    """The job as one JSON object, ASCII only (the same bytes whatever decodes them)."""
-    return json.dumps({
-        "id": job.id, "type": job.type.value, "payload": job.payload, "attempt": job.attempts,
-        "maxAttempts": job.max_attempts, "projectId": job.project_id,
-    }, default=_bson_default, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+    """The job as one JSON object, ASCII only (the same bytes whatever decodes them).
+
+    PayloadError (fatal: no retry can change the payload) for a NaN or an
+    infinity, which JSON has no word for, or a payload nested too deep.
+    """
+    try:
+        return json.dumps({
+            "id": job.id, "type": job.type.value, "payload": job.payload, "attempt": job.attempts,
+            "maxAttempts": job.max_attempts, "projectId": job.project_id,
+        }, default=_bson_default, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+    except ValueError as exc:
+        raise PayloadError("the payload holds NaN or Infinity, which JSON cannot carry to the handler") from exc
+    except RecursionError as exc:
+        raise PayloadError("the payload is nested too deep to send as JSON") from exc
 
 
 class NotJsonError(ValueError):
