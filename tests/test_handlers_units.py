@@ -47,11 +47,12 @@ def test_env_value_entries_split_on_commas_outside_quotes() -> None:
     ("GENERATION=https:///path", "has no host"),
     ("GENERATION=https://host:99999/x", "port that is not a number"),
     ("GENERATION=my app:fn", "expected package.module:callable"),
+    ("GENERATION=..jobs:run", "'..jobs' is not an absolute module path"),
 ])
 def test_bad_values_say_why(value: str, message: str) -> None:
     problem = handlerspec.list_error(value)
     assert problem is not None and message in problem
-    with pytest.raises(ConfigError, match="MUZO_WORKER_HANDLERS"):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         handlers.load([JobType.GENERATION], environ={"MUZO_WORKER_HANDLERS": value})
 
 

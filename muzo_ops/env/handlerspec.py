@@ -85,6 +85,9 @@ def parse(text: str) -> HandlerSpec:
         return HandlerSpec(SpecKind.HTTP, spec)
     if "://" in spec:
         raise SpecError("handler URL must start with https:// (or http:// for a local endpoint)")
+    module = spec.partition(":")[0]
+    if module.startswith(".") and _PYTHON_RE.fullmatch(spec.lstrip(".")):
+        raise SpecError(f"{module!r} is not an absolute module path: write it as package.module:callable")
     if not _PYTHON_RE.fullmatch(spec):
         raise SpecError("expected package.module:callable, exec:COMMAND or https://URL")
     return HandlerSpec(SpecKind.PYTHON, spec)

@@ -91,11 +91,16 @@ def _job_type(name: str, where: str) -> JobType:
 
 
 def _entry(item: str, where: str) -> tuple[JobType, HandlerSpec]:
+    """One ``TYPE=SPEC``: a bad type names ``where``, a bad spec names the spec (as ``resolve`` does)."""
+    name, sep, text = item.partition("=")
+    if not sep or not name.strip():
+        raise ConfigError(f"{where}: expected TYPE=SPEC, got {item.strip()[:60]!r} (e.g. {handlerspec.EXAMPLE})")
+    job_type = _job_type(name, where)
     try:
-        name, spec = handlerspec.parse_entry(item)
+        spec = handlerspec.parse(text)
     except SpecError as exc:
-        raise ConfigError(f"{where} {item.strip()[:60]!r}: {exc}") from exc
-    return _job_type(name, where), spec
+        raise ConfigError(f"handler {text.strip()[:100]}: {exc}") from exc
+    return job_type, spec
 
 
 def parse_specs(items: Iterable[str], where: str) -> dict[JobType, HandlerSpec]:
