@@ -204,3 +204,18 @@ def test_job_body_refuses_what_json_cannot_carry_as_a_fatal_payload_error() -> N
         deep = {"a": deep}
     with pytest.raises(PayloadError, match="nested too deep"):
         protocol.request_body(Job("x", JobType.MOCKUP, deep, 1, 1, None))
+
+
+def test_check_env_refuses_plain_http_handlers_to_other_hosts_in_production() -> None:
+    from muzo_ops.env import checks
+
+    remote = {"MUZO_WORKER_HANDLERS": "GENERATION=http://web.internal/api/jobs/generation"}
+    local = {"MUZO_WORKER_HANDLERS": "GENERATION=http://127.0.0.1:3000/api/jobs/generation"}
+
+    def codes(values: dict[str, str], production: bool) -> set[str]:
+        return {p.code for p in checks.check(values, production=production).problems
+                if p.variable == "MUZO_WORKER_HANDLERS"}
+
+    assert "production-handler-http" in codes(remote, True)
+    assert "production-handler-http" not in codes(remote, False)
+    assert "production-handler-http" not in codes(local, True)
