@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,23 @@ def test_timeout_kills_the_whole_group_grandchild_included(tmp_path: Path, secan
     failed = jobs.find_one({})
     assert failed["lastError"]["name"] == "JobTimeoutError"
     assert "SIGTERM ignored" not in failed["lastError"]["message"]
+
+
+def test_a_command_killed_mid_job_takes_its_group_with_it(tmp_path: Path, secantus: Secantus, dbname: str,
+                                                          jobs: Any) -> None:
+    """Fault injection: kill -9 the command (not the worker); the grandchild it left must not outlive the job."""
+    pid_file = tmp_path / "pids.txt"
+    jobs.insert_one(prisma_job("MOCKUP", mockup_payload(fault="hang", pidFile=str(pid_file)), max_attempts=1))
+    w = worker(tmp_path, secantus.url(dbname), "--handler", _exec("MOCKUP", FAULTS), "--handler-grace", "1")
+    try:
+        wait_until(pid_file.exists, 30, "the pid file", w)
+        child, grandchild = (int(p) for p in pid_file.read_text().split())
+        os.kill(child, signal.SIGKILL)
+        wait_until(lambda: jobs.count_documents({"status": "FAILED"}) == 1, 30, "FAILED", w)
+        assert not _alive(grandchild)  # it ignores SIGTERM: SIGKILL after the grace ended it
+    finally:
+        assert w.terminate() == 0
+    assert "was killed by SIGKILL" in jobs.find_one({})["lastError"]["message"]
 
 
 def test_sigterm_to_the_worker_gives_children_sigterm_and_their_grace(tmp_path: Path, secantus: Secantus,
