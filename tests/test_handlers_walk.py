@@ -114,3 +114,24 @@ def test_log_format_pretty_through_the_worker(tmp_path: Path, secantus: Secantus
     text = w.text()
     assert " INFO  muzo-worker: Burst run finished: no job failed for good; 0 retries waiting" in text
     assert not any(line.startswith("{") for line in text.splitlines())
+
+
+def test_unusable_handler_settings_are_one_line_with_exit_2(tmp_path: Path) -> None:
+    from tests.helpers import run_cli
+
+    env = tmp_path / ".env"
+    env.write_text("DATABASE_URL=mongodb://127.0.0.1:9/muzo\nWORKER_QUEUES=mockup\nNODE_ENV=production\n"
+                   "MUZO_HANDLER_SIGNING_SECRET=handler-secret-0123456789abcdef0123456789\n")
+    cases = [
+        (["--handler", "MOCKUP=exec:node x.js", "--handler-cwd", str(tmp_path / "missing")], "is not a folder"),
+        (["--handler", "MOCKUP=exec:node 'x.js"], "no closing quotation: close the quote"),
+        (["--handler", "MOCKUP=http://web.internal/api/jobs/mockup"], "plain http:// to web.internal"),
+        (["--handler", "MOCKUP=muzo_ops.queue.handlers.demo:echo", "--policy", "MOCKUP:speed=2"],
+         "'speed' is not one of"),
+    ]
+    for args, message in cases:
+        proc = run_cli("worker", "--env-file", str(env), *args, env={"PYTHONPATH": str(ROOT)})
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+        assert message in lines[0], lines[0]
+        assert "handler-secret-0123456789abcdef0123456789" not in proc.stderr + proc.stdout
