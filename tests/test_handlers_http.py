@@ -217,3 +217,47 @@ def test_tls_is_verified(tmp_path: Path, secantus: Secantus, dbname: str, jobs: 
     finally:
         assert w.terminate() == 0
     assert "CERTIFICATE_VERIFY_FAILED" in jobs.find_one({})["lastError"]["message"]
+
+
+def test_the_request_carries_the_documented_headers_and_the_job(tmp_path: Path) -> None:
+    """A real HTTP server records what the handler sends: headers, the exact bytes signed, the job."""
+    import asyncio
+
+    from muzo_ops.queue.handlers.http_handler import HttpHandler
+    from muzo_ops.queue.jobs import Job, JobType
+
+    seen: list[tuple[dict[str, str], bytes]] = []
+
+    class Record(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Record)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        handler = HttpHandler(f"http://127.0.0.1:{server.server_address[1]}/api/jobs/mockup", secret=SIGNING_SECRET)
+        job = Job("65f0a1b2c3d4e5f601234567", JobType.MOCKUP, mockup_payload(4), 2, 3, "6b0cfea76fd7fe601a9bec16")
+
+        async def call() -> Any:
+            try:
+                return await handler.run(job)
+            finally:
+                await handler.aclose()
+
+        assert asyncio.run(call()) is None  # an empty 2xx body is a null result
+    finally:
+        server.shutdown()
+        server.server_close()
+    headers, body = seen[0]
+    assert headers["content-type"] == "application/json" and headers["idempotency-key"] == job.id
+    assert signing.verify(headers["muzo-signature"], body, [SIGNING_SECRET])
+    assert json.loads(body) == {"id": job.id, "type": "MOCKUP", "payload": mockup_payload(4), "attempt": 2,
+                                "maxAttempts": 3, "projectId": "6b0cfea76fd7fe601a9bec16"}
