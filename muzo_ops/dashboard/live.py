@@ -59,7 +59,7 @@ class ChangeFeed:
     def _run(self) -> None:
         from pymongo.errors import OperationFailure
 
-        from muzo_ops.mongo.errors import error_line
+        from muzo_ops.mongo.errors import error_line, is_outage
         from muzo_ops.queue.store_operators import is_pymongo_error, watch_jobs
 
         failures = 0
@@ -75,7 +75,7 @@ class ChangeFeed:
                     if self._stop.is_set():
                         return
             except OperationFailure as exc:
-                if failures == 0 and exc.code in (40573, 40324, 136, 115):  # no change streams on this server
+                if not is_outage(exc):  # this server has no change streams (a standalone mongod)
                     self.logger.info("change streams unavailable; dashboard polls", pollSeconds=self.poll_s,
                                      code=exc.code)
                     break

@@ -118,8 +118,12 @@ def plain(value: Any, depth: int = 0) -> Any:
     """A document's value as JSON-able data: ObjectIds and dates as text, binary by its size, never a failure."""
     if depth > 200:
         return "…"
-    if value is None or isinstance(value, bool | str):
+    if type(value).__name__ == "Code":  # a str subclass: JavaScript is not shown
+        return "<JavaScript code>"
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        return str(value)
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
@@ -134,8 +138,6 @@ def plain(value: Any, depth: int = 0) -> Any:
         return f"<binary, {len(value)} bytes>"
     if type(value).__name__ == "DatetimeMS":
         return f"<date out of range: {int(value)} ms>"
-    if type(value).__name__ == "Code":
-        return "<JavaScript code>"
     return str(value)  # ObjectId, Decimal128, Regex, Timestamp, UUID, MinKey, MaxKey, DBRef…
 
 

@@ -34,7 +34,7 @@ def mask_document(value: Any, redactor: Redactor, depth: int = 0) -> Any:
     if depth > 200:  # BSON nests at most 100 levels; a cycle cannot come from a document
         return MASK
     if isinstance(value, str):
-        return redactor(value)
+        return redactor(str(value))
     if isinstance(value, dict):
         return {redactor(str(k)): (MASK if secret_key(str(k)) and v is not None else
                                    mask_document(v, redactor, depth + 1)) for k, v in value.items()}
