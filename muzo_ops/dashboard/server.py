@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Mapping
+import signal
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from muzo_ops.errors import UsageError
 from muzo_ops.logs import Logger
 from muzo_ops.redact.redactor import Redactor
+
+if TYPE_CHECKING:
+    import uvicorn
 
 LOCAL_ONLY = "127.0.0.1"
 
@@ -36,6 +42,24 @@ class _PinoHandler(logging.Handler):
         self.logger.log(level, record.getMessage(), None, **fields)
 
 
+def _server_class() -> type[uvicorn.Server]:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, but SIGTERM/SIGINT end it with exit code 0 (uvicorn raises the signal again)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGTERM, signal.SIGINT)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
 def serve(values: Mapping[str, str], host: str = LOCAL_ONLY, port: int = 8090, allow_actions: bool = False,
           redactor: Redactor | None = None, on_ready: Callable[[str], None] | None = None) -> int:
     """Serve the dashboard of env ``values`` until SIGTERM/SIGINT; 0. UsageError for a refused bind."""
@@ -55,7 +79,7 @@ def serve(values: Mapping[str, str], host: str = LOCAL_ONLY, port: int = 8090, a
     app = create_app(values, allow_actions=allow_actions, redactor=redactor, logger=logger)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, server_header=False,
                             lifespan="on", timeout_graceful_shutdown=3)
-    server = uvicorn.Server(config)
+    server = _server_class()(config)
     if on_ready is not None:
         auth = "basic auth" if values.get("DASHBOARD_PASSWORD") else "no password: 127.0.0.1 only"
         on_ready(f"serving the job dashboard on http://{host}:{port}/ ({auth}; "
