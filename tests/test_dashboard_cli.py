@@ -1,4 +1,4 @@
-"""``muzo-ops dashboard`` as a real process (uvicorn, SSE, SIGTERM) and ``muzo-ops jobs list|show|cancel|retry|delete``."""
+"""``muzo-ops dashboard`` as a real process (uvicorn, SSE, SIGTERM); ``muzo-ops jobs list|show|cancel|retry|delete``."""
 
 from __future__ import annotations
 

@@ -102,7 +102,7 @@ def test_basic_auth_headers_and_healthz(dash: Dash) -> None:
 
 
 def test_without_password_local_only(secantus: Secantus) -> None:
-    with pytest.raises(UsageError, match="binds 127.0.0.1 only"):
+    with pytest.raises(UsageError, match=r"binds 127\.0\.0\.1 only"):
         check_bind("0.0.0.0", {"DATABASE_URL": "mongodb://x/y"})
     with pytest.raises(UsageError):
         check_bind("::", {"DASHBOARD_PASSWORD": ""})
@@ -372,7 +372,8 @@ def test_two_operators_race_on_one_job(dash: Dash) -> None:
         codes: list[int] = []
         start = threading.Barrier(2)
 
-        def post(action: str, fields: dict[str, str] = form, job: Doc = failed) -> None:
+        def post(action: str, fields: dict[str, str] = form, job: Doc = failed, codes: list[int] = codes,
+                 start: threading.Barrier = start) -> None:
             start.wait()
             codes.append(dash.client.post(f"/jobs/{job['_id']}/{action}", data=fields,
                                           follow_redirects=False).status_code)

@@ -81,7 +81,8 @@ class Dashboard:
         user = request.scope.get("state", {}).get("user", "")
         html = self.templates.get_template(name).render(
             base=request.scope.get("root_path", ""), user=user, allow_actions=self.allow_actions,
-            csrf=self.credentials.csrf_token(user), mode=self.feed.mode, poll_s=self.feed.poll_s,
+            csrf=self.credentials.csrf_token(user), mode=self.feed.mode,
+            feed_version=request.scope.get("state", {}).get("feed_version", self.feed.version), poll_s=self.feed.poll_s,
             types=[t.value for t in JobType], **context)
         return HTMLResponse(self.redactor(html), status_code=status)
 
@@ -120,6 +121,8 @@ def _dash(request: Request) -> Dashboard:
     dash: Dashboard = request.app.state.dashboard
     if not dash._ready:
         dash.ready()
+    # the live feed's version before anything is read: a change while the page is drawn is sent at once
+    request.scope.setdefault("state", {})["feed_version"] = dash.feed.version
     return dash
 
 
@@ -268,7 +271,9 @@ async def retry_failed_action(request: Request) -> Response:
 
 async def events(request: Request) -> Response:
     dash = _dash(request)
-    stream = dash.feed.events(request.is_disconnected, trailing_s=dash.counts.cache_s)
+    since = request.query_params.get("since", "")
+    stream = dash.feed.events(request.is_disconnected, trailing_s=dash.counts.cache_s,
+                              since=int(since) if since.isdigit() and len(since) < 16 else None)
     return StreamingResponse(stream, media_type="text/event-stream",
                              headers={"x-accel-buffering": "no"})
 

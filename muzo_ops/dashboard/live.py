@@ -95,9 +95,14 @@ class ChangeFeed:
         while not self._stop.wait(self.poll_s):
             self.version += 1
 
-    async def events(self, disconnected: Callable[[], Any], trailing_s: float) -> AsyncIterator[str]:
-        """Server-sent events for one client until it disconnects: ``change`` on each move of ``version``."""
-        seen = self.version
+    async def events(self, disconnected: Callable[[], Any], trailing_s: float,
+                     since: int | None = None) -> AsyncIterator[str]:
+        """Server-sent events for one client until it disconnects: ``change`` on each move of ``version``.
+
+        ``since``: the version the client's page was drawn at; a change between
+        drawing and connecting is sent at once.
+        """
+        seen = self.version if since is None else since
         loop = asyncio.get_running_loop()
         trailing_at: float | None = None
         quiet_since = loop.time()
