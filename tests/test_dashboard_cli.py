@@ -160,3 +160,20 @@ def test_jobs_commands_share_the_dashboards_operations(tmp_path: Path, secantus:
         assert bad.returncode == 2 and bad.stderr.startswith("error: job id 'nope': expected 24 hexadecimal")
         assert cli("list", "--status", "LATER").returncode == 2
         assert_no_secret("\n".join(outputs), [*SECRETS, DASHBOARD_PASSWORD])
+
+
+def test_the_wheel_carries_templates_and_static_files(tmp_path: Path) -> None:
+    from tests.helpers import copy_checkout
+
+    source = copy_checkout(tmp_path / "src")
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                           str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import zipfile
+
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in ("static/htmx.min.js", "static/htmx.LICENSE.txt", "static/dashboard.js", "static/dashboard.css",
+                 "static/favicon.svg", "templates/base.html", "templates/overview.html", "templates/list.html",
+                 "templates/job.html", "templates/error.html"):
+        assert f"muzo_ops/dashboard/{name}" in names, name

@@ -402,3 +402,39 @@ def test_sse_polling_fallback_forced(secantus: Secantus) -> None:
         while feed.version < first + 2 and now() < deadline:
             threading.Event().wait(0.1)
         assert feed.mode == "polling" and feed.version >= first + 2
+
+
+def test_database_stopped_longer_than_the_timeouts(secantus: Secantus) -> None:
+    """SIGSTOP the server: pages answer 503 with one line (no secret), an action writes all or nothing; SIGCONT: back."""
+    import os
+    import signal
+
+    from pymongo import MongoClient
+
+    from muzo_ops.queue.store import CODEC_OPTIONS
+
+    assert secantus.proc is not None
+    with fresh_jobs(secantus) as (setup, _commands, url):
+        failed = prisma_job("MOCKUP", secret_payload(), status="FAILED", attempts=3)
+        setup.insert_one(failed)
+        client: MongoClient[Doc] = MongoClient(secantus.uri, serverSelectionTimeoutMS=800, socketTimeoutMS=800,
+                                               connectTimeoutMS=800)
+        jobs = client[setup.database.name].get_collection("Job", codec_options=CODEC_OPTIONS)
+        log = io.StringIO()
+        with make(jobs, url, log, cache_s=0.0) as tc:
+            form = draw(Dash(tc, jobs, Commands(), log, url), failed["_id"], "retry")
+            os.kill(secantus.proc.pid, signal.SIGSTOP)
+            try:
+                pages = [tc.get(path) for path in ("/", "/jobs", f"/jobs/{failed['_id']}", "/api/overview")]
+                action = tc.post(f"/jobs/{failed['_id']}/retry", data=form)
+            finally:
+                os.kill(secantus.proc.pid, signal.SIGCONT)
+            assert [p.status_code for p in pages] == [503, 503, 503, 503]
+            assert "MongoDB" in pages[1].text and pages[3].json()["up"] is False
+            assert action.status_code == 503
+            for r in (*pages, action):
+                assert_no_secret(r.text, SECRETS)
+            doc = setup.find_one({"_id": failed["_id"]})
+            assert (doc["status"], doc["attempts"]) in (("FAILED", 3), ("PENDING", 0))  # one command: all or nothing
+            assert tc.get("/jobs").status_code == 200 and tc.get("/").status_code == 200
+        client.close()
