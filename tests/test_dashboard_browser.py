@@ -59,7 +59,10 @@ def site(secantus: Secantus, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                                      for _ in range(12)),
                           *(prisma_job("GENERATION", generation_payload(), availableAt=t - dt.timedelta(seconds=40))
                             for _ in range(2)),
-                          prisma_job("FULFILLMENT", {}, availableAt=t + dt.timedelta(hours=2))])
+                          prisma_job("FULFILLMENT", {}, availableAt=t + dt.timedelta(hours=2)),
+                          prisma_job("GENERATION", generation_payload(), status="RUNNING", attempts=1, updatedAt=t,
+                                     lockedBy="gpu-host-2:4711:9f3a1c", lockedAt=t,
+                                     lockedUntil=t + dt.timedelta(minutes=5))])
         env = folder / ".env"
         env.write_text("".join(f"{k}={v}\n" for k, v in env_values(url).items()))
         env.chmod(0o600)
@@ -137,6 +140,7 @@ def test_overview(page: Any, site: Site) -> None:
     assert row.locator('td[data-count="PENDING_DUE"]').inner_text() == "2"
     assert page.locator('tr[data-type="MOCKUP"] td[data-count="FAILED"]').inner_text() == "3"
     assert page.locator('tr[data-type="FULFILLMENT"] td[data-count="PENDING_SCHEDULED"]').inner_text() == "1"
+    assert "gpu-host-2:4711:9f3a1c" in page.locator("table.workers").inner_text()
     expect(page.locator("#live")).to_contain_text("change stream")
     path = shot(page, site, "overview")
     target = os.environ.get("MUZO_DASHBOARD_SCREENSHOT")

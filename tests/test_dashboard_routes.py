@@ -405,7 +405,7 @@ def test_sse_polling_fallback_forced(secantus: Secantus) -> None:
 
 
 def test_database_stopped_longer_than_the_timeouts(secantus: Secantus) -> None:
-    """SIGSTOP the server: pages answer 503 with one line (no secret), an action writes all or nothing; SIGCONT: back."""
+    """SIGSTOP the server: pages answer 503 in one line (no secret), an action writes all or nothing; SIGCONT: back."""
     import os
     import signal
 
