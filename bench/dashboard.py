@@ -40,8 +40,8 @@ from bson import ObjectId  # noqa: E402
 from pymongo import MongoClient, monitoring  # noqa: E402
 from servers import Secantus  # noqa: E402
 
-from muzo_ops.queue.store import CODEC_OPTIONS, status_pipeline  # noqa: E402
-from muzo_ops.queue.store_operators import ensure_operator_indexes  # noqa: E402
+from muzo_ops.queue.opsstore import ensure_operator_indexes, status_pipeline  # noqa: E402
+from muzo_ops.queue.store import CODEC_OPTIONS  # noqa: E402
 
 Doc = dict[str, Any]
 PASSWORD = "bench-dashboard-password-0001"

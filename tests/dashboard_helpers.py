@@ -10,13 +10,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pymongo import MongoClient, monitoring
+from pymongo import MongoClient
 from pymongo.collection import Collection
 
 from muzo_ops.queue.store import CODEC_OPTIONS
 from tests.servers import Secantus
+from tests.test_metrics_exporter import Commands  # every command a client sends
 
 Doc = dict[str, Any]
+__all__ = ["Commands"]
 
 DASHBOARD_PASSWORD = "Dash-Board-Pass-1234567890"
 NEXTAUTH_SECRET = "nextauth-secret-value-0123456789abcdefXYZ"  # sensitive in the schema
@@ -42,26 +44,6 @@ def env_values(url: str, password: str | None = DASHBOARD_PASSWORD) -> dict[str,
 
 def basic(user: str = "ops", password: str = DASHBOARD_PASSWORD) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
-class Commands(monitoring.CommandListener):
-    """Every database command the client sends."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.names.append(event.command_name)
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-    def take(self) -> list[str]:
-        names, self.names = self.names, []
-        return names
 
 
 @contextmanager

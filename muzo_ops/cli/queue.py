@@ -23,7 +23,7 @@ from muzo_ops.constants import DEFAULT_ENV_FILE, EXIT_OK
 
 if TYPE_CHECKING:
     from muzo_ops.queue.jobs import JobType
-    from muzo_ops.queue.store import AdminStore
+    from muzo_ops.queue.opsstore import AdminStore
 
 
 def _values(args: argparse.Namespace, out: Output) -> dict[str, str]:

@@ -191,18 +191,16 @@ def cmd_secrets_rekey(args: argparse.Namespace, out: Output) -> int:
 def cmd_secrets_scan(args: argparse.Namespace, out: Output) -> int:
     from muzo_ops.secrets import scan
 
-    findings, note = scan.scan_with_env_file(args.path, args.env_file, args.env_file_given, history=args.history,
-                                             on_values=out.redactor.add)
+    report = scan.gate(args.path, args.env_file, args.env_file_given, history=args.history,
+                       baseline=args.baseline, update_baseline=args.update_baseline, on_values=out.redactor.add)
     if args.format == "json":
-        out.json({"findings": [f.to_json() for f in findings], "note": note})
+        out.json(report.to_json())
     else:
-        if note:
-            out.err(f"note: {note}")
-        for f in findings:
-            out.out(f"{f.where}: {f.what} ({f.kind}) {f.masked}")
-        out.out(f"{len(findings)} finding{'s' if len(findings) != 1 else ''}"
-                + (": rotate each leaked secret, then remove it from the files (and history)" if findings else ""))
-    return EXIT_PROBLEMS if findings else EXIT_OK
+        if report.note:
+            out.err(f"note: {report.note}")
+        for line in report.lines():
+            out.out(line)
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
 
 
 def _add_write_options(p: argparse.ArgumentParser) -> None:
@@ -306,14 +304,21 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     _add_write_options(k)
     k.set_defaults(func=cmd_secrets_rekey)
 
-    s = ssub.add_parser("scan", help="look for leaked secrets in the repository", **help_kwargs(
-        "Look through every file git tracks (and with --history every commit) for the env file's "
-        "sensitive values (also percent- and base64-encoded) and credential shapes. Exit 1 when "
-        "anything is found.", "muzo-ops secrets scan . --env-file .env --history"))
+    s = ssub.add_parser("scan", help="look for leaked secrets in the repository (a CI gate)", **help_kwargs(
+        "Look through every file git tracks (and with --history every file version of every commit, merges "
+        "included) for the env file's sensitive values (also percent- and base64-encoded) and credential "
+        "shapes, in UTF-8, UTF-16 and base64 text. Exit 1 when anything is found that --baseline does "
+        "not accept; --update-baseline FILE writes the current findings' fingerprints (no values) to FILE.",
+        "muzo-ops secrets scan . --history --baseline .secrets-baseline.json"))
     s.add_argument("path", nargs="?", default=".", metavar="PATH")
     s.add_argument("--env-file", default=".env", metavar="PATH", action=_EnvFileGiven,
                    help="env file whose sensitive values to look for (default: ./.env if it exists)")
     s.set_defaults(env_file_given=False)
     s.add_argument("--history", action="store_true", help="also every commit on every ref")
+    accept = s.add_mutually_exclusive_group()
+    accept.add_argument("--baseline", metavar="FILE",
+                        help="accept the findings whose fingerprints FILE lists; exit 1 only for new ones")
+    accept.add_argument("--update-baseline", "--write-baseline", dest="update_baseline", metavar="FILE",
+                        help="write the current findings' fingerprints to FILE (atomically; no values) and exit 0")
     add_format(s)
     s.set_defaults(func=cmd_secrets_scan)

@@ -31,7 +31,7 @@ from muzo_ops.errors import UsageError
 from muzo_ops.logs import Logger
 from muzo_ops.queue import operators
 from muzo_ops.queue.jobs import JobStatus, JobType
-from muzo_ops.queue.store_operators import QueueCounts, ensure_operator_indexes, is_pymongo_error
+from muzo_ops.queue.opsstore import QueueCounts, ensure_operator_indexes, is_pymongo_error
 from muzo_ops.redact.redactor import Redactor
 
 if TYPE_CHECKING:

@@ -60,7 +60,7 @@ class ChangeFeed:
         from pymongo.errors import OperationFailure
 
         from muzo_ops.mongo.errors import error_line, is_outage
-        from muzo_ops.queue.store_operators import is_pymongo_error, watch_jobs
+        from muzo_ops.queue.opsstore import is_pymongo_error, watch_jobs
 
         failures = 0
         while self.change_streams and not self._stop.is_set():

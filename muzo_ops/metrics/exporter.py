@@ -24,8 +24,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from muzo_ops.metrics.server import DEFAULT_HOST, MetricsServer
 from muzo_ops.queue.jobs import JobType
-from muzo_ops.queue.store import utcnow
-from muzo_ops.queue.store_operators import (
+from muzo_ops.queue.opsstore import (
     DEFAULT_CACHE_S,
     DEFAULT_CAP,
     PENDING_DUE,
@@ -35,6 +34,7 @@ from muzo_ops.queue.store_operators import (
     Snapshot,
     status_query,
 )
+from muzo_ops.queue.store import utcnow
 
 if TYPE_CHECKING:
     from pymongo.collection import Collection
@@ -47,7 +47,7 @@ DB_TIMEOUT_S = 5.0  # a scrape must answer within Prometheus's scrape_timeout (1
 class QueueExporter:
     """A prometheus_client collector over a ``Job`` collection's cached, capped counts.
 
-    The counts are ``muzo_ops.queue.store_operators.QueueCounts``: the same
+    The counts are ``muzo_ops.queue.opsstore.QueueCounts``: the same
     code (and, in one process, the same cache) as the job dashboard's overview.
     """
 

@@ -1,6 +1,6 @@
 """What operators see of the queue and do to single jobs: the job dashboard and ``jobs list|show|…`` share it.
 
-Every query and update is the store's (``store_operators``); this module
+Every query and update is the store's (``opsstore``); this module
 parses operators' input, masks what is shown and shapes the answers. A job
 is shown masked, always: secret-named keys' values and every known secret
 value become ``***`` (``muzo_ops.redact.documents``).
@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 from bson import ObjectId
 
 from muzo_ops.errors import MuzoOpsError, UsageError
+from muzo_ops.queue.admin import iso
 from muzo_ops.queue.jobs import JobStatus, JobType
-from muzo_ops.queue.store_operators import (
+from muzo_ops.queue.opsstore import (
     PAGE_SIZE,
     STATUSES,
     QueueCounts,
@@ -139,12 +140,6 @@ def plain(value: Any, depth: int = 0) -> Any:
     if type(value).__name__ == "DatetimeMS":
         return f"<date out of range: {int(value)} ms>"
     return str(value)  # ObjectId, Decimal128, Regex, Timestamp, UUID, MinKey, MaxKey, DBRef…
-
-
-def iso(when: dt.datetime) -> str:
-    """``when`` in UTC as ISO 8601 with milliseconds and ``Z``."""
-    utc = when.astimezone(dt.UTC) if when.tzinfo else when.replace(tzinfo=dt.UTC)
-    return utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def version_of(doc: Doc) -> str:
