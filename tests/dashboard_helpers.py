@@ -64,7 +64,7 @@ def fresh_jobs(secantus: Secantus) -> Iterator[tuple[Collection[Doc], Commands, 
 
 def form_fields(html: str, action: str) -> dict[str, str]:
     """The hidden fields of the form posting to a URL ending in ``action``."""
-    match = re.search(r'<form method="post" action="[^"]*' + re.escape(action) + r'">(.*?)</form>', html, re.S)
+    match = re.search(r'<form method="post" action="[^"]*' + re.escape(action) + r'"[^>]*>(.*?)</form>', html, re.S)
     assert match, f"no form for {action}"
     return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', match.group(1)))
 

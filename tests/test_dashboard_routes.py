@@ -61,7 +61,14 @@ def make(jobs: Collection[Doc], url: str, log: io.StringIO, *, password: str | N
     options = {"change_streams": False, "poll_s": 60.0, **options}
     app = create_app(values, allow_actions=allow_actions, jobs=jobs, redactor=redactor, logger=logger, **options)
     headers = {"Authorization": basic()} if password else {}
-    return TestClient(app, headers=headers, base_url="http://127.0.0.1:8090")
+    client = TestClient(app, headers=headers, base_url="http://127.0.0.1:8090")
+
+    def no_secret(response: Any) -> None:  # every response of every test is searched for the known secrets
+        response.read()
+        assert_no_secret(response.text + str(response.headers), SECRETS)
+
+    client.event_hooks["response"].append(no_secret)
+    return client
 
 
 @pytest.fixture
