@@ -445,3 +445,31 @@ def test_database_stopped_longer_than_the_timeouts(secantus: Secantus) -> None:
             assert (doc["status"], doc["attempts"]) in (("FAILED", 3), ("PENDING", 0))  # one command: all or nothing
             assert tc.get("/jobs").status_code == 200 and tc.get("/").status_code == 200
         client.close()
+
+
+def test_mounted_inside_another_app(secantus: Secantus) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    with fresh_jobs(secantus) as (jobs, _commands, url):
+        failed = prisma_job("MOCKUP", status="FAILED")
+        jobs.insert_one(failed)
+        inner = create_app(env_values(url), jobs=jobs, allow_actions=True, change_streams=False, poll_s=60.0,
+                           logger=Logger("muzo-dashboard", stream=io.StringIO()))
+        outer = Starlette(routes=[Route("/", lambda _r: PlainTextResponse("the web app")),
+                                  Mount("/ops/jobs", app=inner)])
+        with TestClient(outer, base_url="http://127.0.0.1") as client:
+            assert client.get("/").text == "the web app"
+            assert client.get("/ops/jobs/healthz").text == "ok\n"
+            assert client.get("/ops/jobs/").status_code == 401
+            auth = {"Authorization": basic()}
+            page = client.get(f"/ops/jobs/jobs/{failed['_id']}", headers=auth)
+            assert page.status_code == 200
+            assert 'href="/ops/jobs/static/dashboard.css"' in page.text
+            assert f'action="/ops/jobs/jobs/{failed["_id"]}/retry"' in page.text
+            assert client.get("/ops/jobs/static/htmx.min.js", headers=auth).status_code == 200
+            r = client.post(f"/ops/jobs/jobs/{failed['_id']}/retry", headers=auth, follow_redirects=False,
+                            data=form_fields(page.text, f"/jobs/{failed['_id']}/retry"))
+            assert r.status_code == 303 and r.headers["location"] == f"/ops/jobs/jobs/{failed['_id']}?done=retry"
+        inner.app.state.dashboard.feed.stop()  # type: ignore[attr-defined]
