@@ -473,3 +473,53 @@ def test_mounted_inside_another_app(secantus: Secantus) -> None:
                             data=form_fields(page.text, f"/jobs/{failed['_id']}/retry"))
             assert r.status_code == 303 and r.headers["location"] == f"/ops/jobs/jobs/{failed['_id']}?done=retry"
         inner.app.state.dashboard.feed.stop()  # type: ignore[attr-defined]
+
+
+def test_cancel_races_the_workers_claim(dash: Dash, secantus: Secantus) -> None:
+    """The worker's own claim and an operator's cancel at once: exactly one wins; never a cancelled RUNNING job."""
+    import asyncio
+
+    from pymongo import AsyncMongoClient
+
+    from muzo_ops.queue.jobs import JobType
+    from muzo_ops.queue.store import JobStore
+
+    outcomes = set()
+    for _ in range(6):
+        job = prisma_job("MOCKUP")
+        dash.jobs.delete_many({})
+        dash.jobs.insert_one(job)
+        form = draw(dash, job["_id"], "cancel")
+        start = threading.Barrier(2)
+        results: dict[str, Any] = {}
+
+        def claim(results: dict[str, Any] = results, start: threading.Barrier = start) -> None:
+            async def run() -> Any:
+                client: AsyncMongoClient[Doc] = AsyncMongoClient(secantus.uri)
+                store = JobStore(client[dash.jobs.database.name])
+                start.wait()
+                claimed = await store.claim("race-worker", [JobType.MOCKUP], 60.0)
+                await client.close()
+                return claimed
+
+            results["claim"] = asyncio.run(run())
+
+        def cancel(results: dict[str, Any] = results, start: threading.Barrier = start,
+                   form: dict[str, str] = form, job: Doc = job) -> None:
+            start.wait()
+            results["cancel"] = dash.client.post(f"/jobs/{job['_id']}/cancel", data=form,
+                                                 follow_redirects=False).status_code
+
+        threads = [threading.Thread(target=claim), threading.Thread(target=cancel)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        doc = dash.jobs.find_one({"_id": job["_id"]})
+        if results["cancel"] == 303:
+            assert results["claim"] is None and doc["status"] == "FAILED" and doc["lockedBy"] is None
+        else:
+            assert results["cancel"] == 409 and results["claim"] is not None
+            assert doc["status"] == "RUNNING" and doc["lockedBy"] == "race-worker" and doc["lastError"] is None
+        outcomes.add(results["cancel"])
+    assert outcomes <= {303, 409}
