@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pymongo import MongoClient
+from pymongo import MongoClient, monitoring
 from pymongo.collection import Collection
 
 from muzo_ops.queue.store import CODEC_OPTIONS
@@ -47,11 +47,12 @@ def basic(user: str = "ops", password: str = DASHBOARD_PASSWORD) -> str:
 
 
 @contextmanager
-def fresh_jobs(secantus: Secantus) -> Iterator[tuple[Collection[Doc], Commands, str]]:
+def fresh_jobs(secantus: Secantus, *listeners: monitoring.CommandListener
+               ) -> Iterator[tuple[Collection[Doc], Commands, str]]:
     """A new database's Job collection (the store's codec options) on a client whose commands are counted."""
     name = "d" + uuid.uuid4().hex[:10]
     commands = Commands()
-    client: MongoClient[Doc] = MongoClient(secantus.uri, event_listeners=[commands])
+    client: MongoClient[Doc] = MongoClient(secantus.uri, event_listeners=[commands, *listeners])
     jobs = client[name].get_collection("Job", codec_options=CODEC_OPTIONS)
     jobs.create_index([("type", 1), ("status", 1), ("availableAt", 1)])
     jobs.create_index([("status", 1), ("lockedUntil", 1)])

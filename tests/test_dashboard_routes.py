@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from bson import Binary, Code, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
 from bson.dbref import DBRef
+from pymongo import monitoring
 from pymongo.collection import Collection
 from starlette.testclient import TestClient
 
@@ -161,7 +162,19 @@ def test_overview_counts_capped_and_cached(secantus: Secantus) -> None:
 def test_page_costs_a_fixed_number_of_commands(secantus: Secantus) -> None:
     """At 60 and at 1,260 jobs every page sends the same commands (counted by pymongo's command monitoring)."""
     seen: list[dict[str, list[str]]] = []
-    with fresh_jobs(secantus) as (jobs, commands, url), make(jobs, url, io.StringIO(), cache_s=0.0) as client:
+    bodies: list[Doc] = []
+
+    class Bodies(monitoring.CommandListener):
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            bodies.append(dict(event.command))
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    with fresh_jobs(secantus, Bodies()) as (jobs, commands, url), make(jobs, url, io.StringIO(), cache_s=0.0) as client:
         for size in (60, 1200):
             jobs.insert_many([prisma_job("MOCKUP", mockup_payload(i), status=("DONE", "FAILED", "PENDING")[i % 3],
                                          updatedAt=now()) for i in range(size)])
@@ -182,6 +195,13 @@ def test_page_costs_a_fixed_number_of_commands(secantus: Secantus) -> None:
     assert seen[0] == seen[1]
     assert len(seen[0]["/"]) == 22  # 3 types x (5 capped counts + 1 find) + 4 for the last hour, dead locks, workers
     assert all(names == ["find"] for path, names in seen[0].items() if path not in ("/", "/api/overview"))
+    # every read is bounded: each aggregate (counts too) stops at a $limit before it groups; each find has a limit
+    for body in bodies:
+        if "aggregate" in body:
+            stages = [next(iter(stage)) for stage in body["pipeline"]]
+            assert "$group" not in stages or "$limit" in stages[:stages.index("$group")], stages
+        if "find" in body:
+            assert 0 < body.get("limit", 0) <= 51, body
 
 
 # ---------------------------------------------------------------- list
