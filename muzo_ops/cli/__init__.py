@@ -20,7 +20,7 @@ from muzo_ops.cli import queue as queue_commands
 from muzo_ops.cli import secrets as secrets_commands
 from muzo_ops.cli.common import Parser, help_kwargs
 from muzo_ops.cli.output import Output
-from muzo_ops.constants import EXIT_OK, EXIT_PROBLEMS
+from muzo_ops.constants import EXIT_OK, EXIT_PROBLEMS, VERSION
 from muzo_ops.errors import MuzoOpsError
 
 __all__ = ["build_parser", "main"]
@@ -34,6 +34,8 @@ def build_parser() -> Parser:
                       "muzo-ops init-env && muzo-ops check-env"),
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"muzo-ops {VERSION}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     env_commands.add_parsers(sub)

@@ -225,7 +225,6 @@ def is_placeholder(var: Variable | None, value: str) -> bool:
 
 _DIGITS_RE = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() accepts superscripts
 _NUMBER_RE = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?|\.[0-9]{1,9}")
-_HANDLER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_.]*")
 
 
 def number_error(var: Variable, value: str) -> str | None:
@@ -241,17 +240,10 @@ def number_error(var: Variable, value: str) -> str | None:
 
 
 def handlers_error(value: str) -> str | None:
-    """Why ``value`` is not a ``TYPE=module:function`` comma list of known job types, or None."""
-    known = ("GENERATION", "MOCKUP", "FULFILLMENT")
-    for item in value.split(","):
-        if not item.strip():
-            continue
-        name, sep, spec = item.partition("=")
-        if not sep or not _HANDLER_RE.fullmatch(spec.strip()):
-            return "must be a comma list of TYPE=module:function (e.g. GENERATION=myapp.jobs:generate)"
-        if name.strip().upper() not in known:
-            return f"names job type {name.strip()[:40]!r}: use one of {', '.join(known)}"
-    return None
+    """Why ``value`` is not a ``MUZO_WORKER_HANDLERS`` list (the worker's own grammar), or None."""
+    from muzo_ops.env import handlerspec
+
+    return handlerspec.list_error(value)
 
 
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
