@@ -543,3 +543,26 @@ def test_cancel_races_the_workers_claim(dash: Dash, secantus: Secantus) -> None:
             assert doc["status"] == "RUNNING" and doc["lockedBy"] == "race-worker" and doc["lastError"] is None
         outcomes.add(results["cancel"])
     assert outcomes <= {303, 409}
+
+
+def test_secrets_with_markup_characters_stay_hidden(secantus: Secantus) -> None:
+    """A secret holding quotes, ampersands and backslashes: neither it nor its HTML- or JSON-escaped form shows."""
+    import html
+
+    odd = 'q"&<\\odd-secret-77>'
+    with fresh_jobs(secantus) as (jobs, _commands, url):
+        job = prisma_job("MOCKUP", {**secret_payload(), "note": f"x{odd}y"}, status="RUNNING", lockedBy=f"w-{odd}",
+                         lastError={"name": "E", "message": odd, "stack": odd})
+        jobs.insert_one(job)
+        log = io.StringIO()
+        values = {**env_values(url), "NEXTAUTH_SECRET": odd}
+        app = create_app(values, jobs=jobs, change_streams=False, poll_s=60.0,
+                         logger=Logger("muzo-dashboard", stream=log, redactor=Redactor()))
+        with TestClient(app, headers={"Authorization": basic()}, base_url="http://127.0.0.1") as client:
+            texts = [client.get(path).text for path in ("/", "/api/overview", "/jobs", f"/jobs/{job['_id']}",
+                                                         "/jobs?status=RUNNING")]
+        forms = {odd, html.escape(odd), html.escape(odd, quote=False), json.dumps(odd)[1:-1],
+                 html.escape(json.dumps(odd)[1:-1]), "odd-secret-77"}  # the last: any escaped form
+        for text in [*texts, log.getvalue()]:
+            assert_no_secret(text, sorted(forms))
+        assert "w-***" in texts[0]

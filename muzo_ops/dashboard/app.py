@@ -131,7 +131,7 @@ def _dash(request: Request) -> Dashboard:
 
 def overview_page(request: Request) -> Response:
     dash = _dash(request)
-    view = operators.overview(dash.counts)
+    view = operators.overview(dash.counts, dash.redactor)
     notice = request.query_params.get("retried")
     return dash.page(request, "overview.html", 200 if view.up else 503, view=view, drawn_at=operators.iso(
         operators_now()), notice=f"{notice} FAILED job(s) back to PENDING" if notice and notice.isdigit() else "")
@@ -145,7 +145,7 @@ def operators_now() -> dt.datetime:
 
 def overview_api(request: Request) -> Response:
     dash = _dash(request)
-    view = operators.overview(dash.counts)
+    view = operators.overview(dash.counts, dash.redactor)
     data = operators.plain(view.to_dict())
     from muzo_ops.redact.documents import mask_document
 

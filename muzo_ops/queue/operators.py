@@ -328,8 +328,9 @@ class Overview:
                 "runningPastLock": self.running_past_lock, "workers": self.workers, "error": self.error}
 
 
-def overview(counts: QueueCounts) -> Overview:
-    """The overview from ``counts``' caches (a fixed number of commands when they are stale, none otherwise)."""
+def overview(counts: QueueCounts, redactor: Redactor) -> Overview:
+    """The overview from ``counts``' caches (a fixed number of commands when they are stale, none otherwise);
+    worker ids and the error line masked by ``redactor``."""
     from muzo_ops.mongo.errors import error_line
 
     snap = counts.snapshot()
@@ -344,11 +345,11 @@ def overview(counts: QueueCounts) -> Overview:
         finished_last_hour=dict(activity.finished_last_hour) if activity else {},
         failed_last_hour=dict(activity.failed_last_hour) if activity else {},
         running_past_lock=activity.running_past_lock if activity else 0,
-        workers=[{"id": w.worker_id, "running": w.running,
+        workers=[{"id": redactor(w.worker_id), "running": w.running,
                   "lastHeartbeat": iso(w.last_heartbeat) if w.last_heartbeat else None,
                   "lockedUntil": iso(w.locked_until) if w.locked_until else None}
                  for w in (activity.workers if activity else [])],
-        error=error_line(failure) if failure is not None else None)
+        error=redactor(error_line(failure)) if failure is not None else None)
 
 
 __all__ = ["CHANGED", "Action", "ActionRefused", "JobPage", "JobView", "ListFilter", "Overview", "act",
