@@ -87,7 +87,7 @@ class Dashboard:
         return HTMLResponse(self.redactor(html), status_code=status)
 
     def error(self, request: Request, status: int, message: str) -> HTMLResponse:
-        return self.page(request, "error.html", status, message=message, code=status)
+        return self.page(request, "error.html", status, message=self.redactor(message), code=status)
 
 
 def _templates() -> Environment:
