@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from muzo_ops.cli import dashboard as dashboard_commands
 from muzo_ops.cli import deploy as deploy_commands
 from muzo_ops.cli import env as env_commands
 from muzo_ops.cli import queue as queue_commands
@@ -41,6 +42,7 @@ def build_parser() -> Parser:
     secrets_commands.add_parsers(sub)
     queue_commands.add_parsers(sub)
     deploy_commands.add_parser(sub)
+    dashboard_commands.add_parser(sub)
     return parser
 
 
