@@ -24,6 +24,11 @@ NEXTAUTH_SECRET_MIN_CHARS = 32
 MASK = "***"
 MASK_VISIBLE_TAIL = 4
 
+# Booleans as the muzo apps read them (environment variables; not MongoDB URL options,
+# which the driver reads as `true`/`false` only).
+TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
+FALSE_WORDS = frozenset({"false", "0", "no", "off"})
+
 # MongoDB URL rules.
 RECOMMENDED_SERVER_SELECTION_TIMEOUT_MS = 30000
 MIN_SERVER_SELECTION_TIMEOUT_MS = 10000

@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 
 from muzo_ops.constants import (
     MASK,
-    MASK_VISIBLE_TAIL,
     MIN_SERVER_SELECTION_TIMEOUT_MS,
     RECOMMENDED_SERVER_SELECTION_TIMEOUT_MS,
 )
@@ -162,43 +161,13 @@ RULES: dict[str, Rule] = {r.code: r for r in _RULE_LIST}
 
 def mask(var: Variable | None, value: str) -> str:
     """``value`` as it may be shown: secrets, URL passwords and secret shapes hidden."""
-    from muzo_ops.redact.redactor import mask_shapes, shaped_secrets
+    from muzo_ops.redact.masking import mask_value
 
     if var is None:
         return MASK
     if var.kind is Kind.MONGO_URL:
-        return mask_shapes(mongourl.redacted(value))
-    if var.kind is Kind.REDIS_URL:
-        return mask_shapes(_redact_url_password(value))
-    if var.sensitive or shaped_secrets(value):
-        if len(value) >= 16 and not shaped_secrets(value[-MASK_VISIBLE_TAIL:]):
-            return MASK + _printable(value[-MASK_VISIBLE_TAIL:])
-        return MASK
-    value = _printable(value)
-    return value if len(value) <= 80 else value[:77] + "..."
-
-
-def _printable(value: str) -> str:
-    """``value`` with line breaks and other control characters escaped (``\\n``, ``\\x1b``)."""
-    if value.isprintable():
-        return value
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
-
-
-def _redact_url_password(value: str) -> str:
-    from muzo_ops.redact.redactor import url_passwords
-
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return MASK
-    if parts.password is None:
-        for secret in sorted(url_passwords(value), key=len, reverse=True):
-            value = value.replace(secret, MASK)
-        return value
-    netloc = parts.netloc.rpartition("@")
-    user = netloc[0].partition(":")[0]
-    return value.replace(netloc[0] + "@", f"{user}:{MASK}@", 1)
+        return mask_value(mongourl.redacted(value), sensitive=False, url=True)
+    return mask_value(value, sensitive=var.sensitive, url=var.kind is Kind.REDIS_URL)
 
 
 # ---------------------------------------------------------------- values

@@ -11,6 +11,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from muzo_ops.constants import FALSE_WORDS as FALSE_WORDS
+from muzo_ops.constants import TRUE_WORDS as TRUE_WORDS
+from muzo_ops.redact.sensitivity import Sensitivity
+
 
 class App(enum.StrEnum):
     """A muzo process that reads the environment."""
@@ -388,8 +392,19 @@ def for_app(app: App | None) -> tuple[Variable, ...]:
     return tuple(v for v in VARIABLES if v.needed_by(app))
 
 
-TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
-FALSE_WORDS = frozenset({"false", "0", "no", "off"})
+# The schema's word on sensitivity, fed to the one rule (``muzo_ops.redact.sensitivity``):
+# declared-sensitive names, declared-public ones, and URLs whose secrets are parts of them.
+SENSITIVITY = Sensitivity(
+    sensitive=frozenset(v.name for v in VARIABLES if v.sensitive),
+    public=frozenset(v.name for v in VARIABLES if not v.sensitive),
+    urls=frozenset(v.name for v in VARIABLES if v.kind in (Kind.MONGO_URL, Kind.REDIS_URL)),
+)
+
+
+def is_sensitive(name: str) -> bool:
+    """Whether the value of ``name`` is a secret: the schema's declaration, else the name's shape."""
+    return SENSITIVITY(name)
+
 
 
 def parse_bool(text: str) -> bool:
