@@ -158,7 +158,8 @@ def test_json_shape_and_exit_1_on_errors(tmp_path: Path) -> None:
     assert data["ok"] is False
     assert {p["code"] for p in data["problems"]} == {"missing", "mongo-direct-and-replicaset"}
     for problem in data["problems"]:
-        assert set(problem) == {"variable", "severity", "code", "message"}
+        assert set(problem) == {"variable", "severity", "code", "message", "waived", "reason"}
+        assert problem["waived"] is False and problem["reason"] is None
     for var in data["variables"]:
         assert set(var) == {"name", "required", "present", "valid", "value"}
     openai = next(v for v in data["variables"] if v["name"] == "OPENAI_API_KEY")

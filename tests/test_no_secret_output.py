@@ -76,7 +76,7 @@ def test_secret_shapes_are_masked_wherever_they_sit(tmp_path: Path) -> None:
     report = json.loads(data.stdout)
     bare = [p for p in report["problems"] if p["code"] == "no-equals"]
     assert bare == [{"variable": None, "severity": "warning", "code": "no-equals",
-                     "message": bare[0]["message"]}]
+                     "message": bare[0]["message"], "waived": False, "reason": None}]
     assert bare[0]["message"].startswith(f"line {len(values) + 1} has no '='")
     assert "authMechanismProperties=***" in text.stdout
     shown = {v["name"]: v["value"] for v in report["variables"]}

@@ -130,6 +130,18 @@ VARIABLES: tuple[Variable, ...] = (
         choices=LOG_LEVELS, dev_default="debug", prod_default="info",
     ),
     Variable(
+        "MUZO_CHECK_WAIVERS", Group.GENERAL, False, BOTH,
+        "Problems check-env (and the deploy) accept on record: code:reason pairs separated by "
+        "`;`, e.g. `mongo-tls-insecure:self-signed server certificate, reviewed 2026-12`. Read by "
+        "muzo-ops only; the apps ignore it.", Kind.STRING, "",
+        notes=(
+            "A waived problem still shows in the report (marked waived, with its reason; in JSON "
+            "`\"waived\": true, \"reason\": …`) and never makes the exit code 1.",
+            "An unknown code or a waiver without a reason is a usage error (exit 2). "
+            "`check-env --allow CODE:REASON` and `deploy --allow` add waivers for one run.",
+        ),
+    ),
+    Variable(
         "DATABASE_URL", Group.DATABASE, True, BOTH,
         "MongoDB connection string (Prisma and the worker). Never both "
         "directConnection=true and replicaSet=; serverSelectionTimeoutMS=30000.",
@@ -391,6 +403,9 @@ def for_app(app: App | None) -> tuple[Variable, ...]:
     """The variables ``app`` reads (all of them for None)."""
     return tuple(v for v in VARIABLES if v.needed_by(app))
 
+
+# Rotation's grace period: a current secret and the variable that holds its previous value.
+PREVIOUS_OF: dict[str, str] = {"NEXTAUTH_SECRET": "NEXTAUTH_SECRET_PREVIOUS"}
 
 # The schema's word on sensitivity, fed to the one rule (``muzo_ops.redact.sensitivity``):
 # declared-sensitive names, declared-public ones, and URLs whose secrets are parts of them.

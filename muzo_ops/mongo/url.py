@@ -153,6 +153,9 @@ def _match(url: str) -> re.Match[str]:
     match = match or _URL_RE.match(url) or _LAZY_URL_RE.match(url)
     if not match:
         if not url.startswith(("mongodb://", "mongodb+srv://")):
+            if url.partition("://")[0].lower() in ("mongodb", "mongodb+srv"):
+                raise ValueError("must start with mongodb:// or mongodb+srv:// in lower case (the driver "
+                                 "reads the scheme case-sensitively and refuses any other spelling)")
             raise ValueError("must start with mongodb:// or mongodb+srv://")
         raise ValueError("is not a MongoDB connection string (mongodb://[user:pass@]host[:port]/db)")
     return match
