@@ -114,9 +114,16 @@ def parse_waivers(texts: list[str] | tuple[str, ...], where: str) -> dict[str, s
 
 
 def file_waivers(values: Mapping[str, str]) -> dict[str, str]:
-    """The waivers an env file records in ``MUZO_CHECK_WAIVERS`` (``code:reason;code:reason``)."""
+    """The waivers an env file records in ``MUZO_CHECK_WAIVERS`` (``code:reason;code:reason``; a
+    reason may hold ``;`` when what follows does not start with a known code and ``:``)."""
     text = values.get(WAIVERS_VARIABLE, "")
-    return parse_waivers([t for t in text.split(";") if t.strip()], WAIVERS_VARIABLE)
+    items: list[str] = []
+    for piece in text.split(";"):
+        if items and piece.partition(":")[0].strip() not in RULES:
+            items[-1] += ";" + piece  # a ';' inside a reason: the piece does not start a known code
+        else:
+            items.append(piece)
+    return parse_waivers([t for t in items if t.strip()], WAIVERS_VARIABLE)
 
 
 def checked_waivers(waivers: Mapping[str, str], where: str) -> dict[str, str]:

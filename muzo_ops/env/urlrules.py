@@ -60,7 +60,7 @@ def check_database_url(report: Report, url: str, production: bool) -> None:
     else:
         report.notes.append(Note(f"{name}: serverSelectionTimeoutMS = {timeout}ms"))
     for option in ("tlsAllowInvalidCertificates", "tlsInsecure", "tlsAllowInvalidHostnames"):
-        if mongo.flag(option):
+        if option.lower() in mongo.options and mongo.flag(option):  # as written, not as implied
             if production:
                 add(name, Severity.ERROR, "mongo-tls-insecure",
                     f"{name} sets {option}=true in production: production expects a verified "

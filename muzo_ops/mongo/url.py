@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from urllib.parse import quote, unquote, unquote_plus
+from urllib.parse import quote, unquote_plus
 
 from muzo_ops.redact import masking
 from muzo_ops.redact.sensitivity import SECRET_URL_OPTIONS
@@ -62,18 +62,22 @@ class MongoUrl:
 
     @property
     def password(self) -> str | None:
-        """The decoded password, or None."""
+        """The password as the driver decodes it (``unquote_plus``: ``+`` is a space), or None."""
         if not self.userinfo or ":" not in self.userinfo:
             return None
-        return unquote(self.userinfo.split(":", 1)[1])
+        return unquote_plus(self.userinfo.split(":", 1)[1])
 
     def option(self, name: str) -> str | None:
         return self.options.get(name.lower())
 
     def flag(self, name: str) -> bool | None:
         """A boolean option as the driver reads it: True for ``true``, False for ``false``,
-        None when absent or anything else (the driver ignores it)."""
-        value = self.option(name)
+        None when absent or anything else (the driver ignores it). tlsInsecure stands for the
+        options it implies (tlsAllowInvalidCertificates, tlsAllowInvalidHostnames, …)."""
+        key = name.lower()
+        if key in _IMPLIED_BY_TLSINSECURE and key not in self.options and "tlsinsecure" in self.options:
+            key = "tlsinsecure"  # the driver sets these from tlsInsecure
+        value = self.options.get(key)
         return True if value == "true" else False if value == "false" else None
 
 
