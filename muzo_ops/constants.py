@@ -18,6 +18,7 @@ DOCS_ENV_PAGE = "docs/ENVIRONMENT_VARIABLES.md"
 SECRET_FILE_MODE = 0o600
 DEFAULT_LOCK_TIMEOUT_S = 10.0  # how long a writer waits for another one holding the file's lock
 BACKUP_SUFFIX = ".bak"
+DOTENVX_ENCRYPTED_PREFIX = "encrypted:"  # a value dotenvx encrypted starts with this
 
 # Secrets.
 NEXTAUTH_SECRET_BYTES = 32

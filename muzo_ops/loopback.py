@@ -22,8 +22,6 @@ address (``0.0.0.0`` and ``::`` reach the local host on Linux):
 
 from __future__ import annotations
 
-import ipaddress
-import unicodedata
 from urllib.parse import unquote
 
 LOOPBACK_NAMES = frozenset({
@@ -71,15 +69,19 @@ def inet_aton(host: str) -> int | None:
     return value
 
 
-def _ipv4_is_local(address: ipaddress.IPv4Address) -> bool:
-    return address.is_loopback or address.is_unspecified
+def _ipv4_is_local(number: int) -> bool:
+    """127.0.0.0/8 (loopback) or 0.0.0.0 (unspecified: the local host on Linux)."""
+    return number >> 24 == 127 or number == 0
 
 
 def normalized(host: str) -> str:
     """``host`` as a client compares it: percent-decoded, Unicode compatibility forms folded,
     lower case, brackets and one final dot removed."""
     name = unquote(host)
-    name = unicodedata.normalize("NFKC", name)
+    if not name.isascii():
+        import unicodedata
+
+        name = unicodedata.normalize("NFKC", name)
     for dot in _DOTS:
         name = name.replace(dot, ".")
     name = name.strip().lower()
@@ -99,7 +101,11 @@ def is_this_machine(host: str) -> bool:
         return True
     number = inet_aton(name)
     if number is not None:
-        return _ipv4_is_local(ipaddress.IPv4Address(number))
+        return _ipv4_is_local(number)
+    if ":" not in name:
+        return False  # a host name, not an address
+    import ipaddress
+
     try:
         address = ipaddress.IPv6Address(name.split("%", 1)[0])
     except ValueError:
@@ -108,7 +114,7 @@ def is_this_machine(host: str) -> bool:
         return True
     mapped = address.ipv4_mapped
     if mapped is not None:
-        return _ipv4_is_local(mapped)
+        return _ipv4_is_local(int(mapped))
     if int(address) >> 32 == 0:  # IPv4-compatible (::127.0.0.1)
-        return _ipv4_is_local(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        return _ipv4_is_local(int(address) & 0xFFFFFFFF)
     return False

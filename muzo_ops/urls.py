@@ -10,14 +10,13 @@ case-insensitively (RFC 3986 3.1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 WEB_DELIMITERS = "/?#"  # urlsplit and WHATWG URL (which also ends a special URL's authority at "\")
 MONGODB_DELIMITERS = "/?"  # pymongo: '#' belongs to the authority
 
 
-@dataclass(frozen=True)
-class Authority:
+class Authority(NamedTuple):
     """``scheme://[userinfo@]hosts`` and what follows, each as written."""
 
     scheme: str  # lower-cased

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 from muzo_ops.env import checks, schema
 from muzo_ops.env.schema import App
 from tests.envdata import FULL, MONGO_PASSWORD, SECRETS, write_env
-from tests.helpers import assert_no_secret, run_cli
+from tests.helpers import ROOT, assert_no_secret, run_cli
 
 
 def codes(values: dict[str, str], app: App | None = None) -> dict[str, tuple[str, str | None]]:
@@ -323,3 +325,34 @@ def test_text_marks_a_variable_with_a_special_check_error(tmp_path: Path) -> Non
     line = next(x for x in out.splitlines() if " DATABASE_URL " in x and "[REQUIRED]" in x)
     assert line.startswith("❌") and line.endswith("— see Special Checks")
     assert "Required: 19/20 configured" in out
+
+
+def test_each_command_builds_only_its_own_parsers_and_the_table_names_them_all() -> None:
+    from muzo_ops import cli
+
+    everything = cli.build_parser()
+    commands = next(a for a in everything._actions if a.dest == "command").choices
+    assert set(commands) == set(cli.COMMANDS)  # a new command must be listed (or every run builds all)
+    for command, module in cli.COMMANDS.items():
+        only = next(a for a in cli.build_parser(command)._actions if a.dest == "command").choices
+        assert command in only and set(only) == {c for c, m in cli.COMMANDS.items() if m == module}
+    # one --lock-timeout declaration, shared by init-env and the secrets commands
+    sources = "".join(p.read_text() for p in (ROOT / "muzo_ops" / "cli").glob("*.py"))
+    assert sources.count('"--lock-timeout"') == 1
+    assert everything.parse_args(["init-env", "--lock-timeout", "3"]).lock_timeout == 3.0
+    assert everything.parse_args(["secrets", "rotate", "--lock-timeout", "4"]).lock_timeout == 4.0
+    assert everything.parse_args(["secrets", "confirm", "--lock-timeout", "5"]).lock_timeout == 5.0
+
+
+def test_check_env_imports_only_what_it_uses(tmp_path: Path) -> None:
+    env = write_env(tmp_path / ".env", FULL)
+    probe = ("import sys, runpy; sys.argv = ['muzo_ops', 'check-env', '--env-file', sys.argv[1]]\n"
+             "try:\n    runpy.run_module('muzo_ops', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pymongo', 'redis', 'jinja2', 'pyinfra',"
+             " 'starlette', 'httpx', 'dataclasses', 'datetime') or m.startswith(("
+             "'muzo_ops.queue', 'muzo_ops.secrets', 'muzo_ops.deploy', 'muzo_ops.metrics', 'muzo_ops.cli.queue',"
+             " 'muzo_ops.cli.secrets', 'muzo_ops.cli.deploy', 'muzo_ops.env.dotenvx'))), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", probe, str(env)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stderr.strip().splitlines()[-1] == "[]", proc.stderr[-2000:]
+    assert "All checks passed" in proc.stdout

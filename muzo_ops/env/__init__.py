@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from muzo_ops.constants import CONNECT_TIMEOUT_S
+from muzo_ops.constants import CONNECT_TIMEOUT_S, DOTENVX_ENCRYPTED_PREFIX
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -40,10 +40,10 @@ def decrypt(values: Mapping[str, str], path: str, text: str | None = None) -> tu
     variable) for a wrong key or a tampered value. The crypto libraries are
     imported only when a value is encrypted.
     """
+    if not any(v.startswith(DOTENVX_ENCRYPTED_PREFIX) for v in values.values()):
+        return dict(values), []  # the common case: nothing to decrypt, the reader is not even imported
     from muzo_ops.env import dotenvx
 
-    if not any(dotenvx.is_encrypted(v) for v in values.values()):
-        return dict(values), []
     return dotenvx.decrypted_values(values, path, text, os.environ)
 
 

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from muzo_ops.constants import SESSION_LIFETIME_DAYS
 from muzo_ops.env import schema
 from muzo_ops.env.problems import Note, Report, Severity
 
+if TYPE_CHECKING:
+    import datetime as dt
+
 # When a current secret was last rotated, as a time ago (None: no record). The audit log
 # knows; the caller above env passes this in (env never reads the secrets' audit log).
-SecretAge = Callable[[str], dt.timedelta | None]
+SecretAge = Callable[[str], "dt.timedelta | None"]
 
 
 def check_previous_secrets(report: Report, values: Mapping[str, str], secret_age: SecretAge | None) -> None:
     """A previous secret (rotation's grace period) equal to the current one, or, when
     ``secret_age`` says when the current one was rotated, kept past the session lifetime."""
+    if not any(values.get(previous) for previous in schema.PREVIOUS_OF.values()):
+        return
+    import datetime as dt
+
     lifetime = dt.timedelta(days=SESSION_LIFETIME_DAYS)
     for current, previous in schema.PREVIOUS_OF.items():
         held, active = values.get(previous, ""), values.get(current, "")

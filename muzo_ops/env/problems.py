@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 
 class Severity(enum.StrEnum):
@@ -14,8 +14,7 @@ class Severity(enum.StrEnum):
     WARNING = "warning"  # likely wrong; exit 1 only with --strict
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(NamedTuple):
     """One thing wrong, with a stable ``code`` for scripts."""
 
     variable: str | None  # the variable concerned, None for the whole file
@@ -27,8 +26,7 @@ class Problem:
     reason: str | None = None  # why it was waived
 
 
-@dataclass(frozen=True)
-class VariableStatus:
+class VariableStatus(NamedTuple):
     """One schema variable as found in the environment."""
 
     name: str
@@ -39,22 +37,26 @@ class VariableStatus:
     source: str | None = None  # "file" or "environment" (with --include-environ), None when unknown
 
 
-@dataclass(frozen=True)
-class Note:
+class Note(NamedTuple):
     """A special check that passed, shown with ✅."""
 
     message: str
 
 
-@dataclass
 class Report:
     """Everything ``check-env`` found. Waived problems are listed but are neither errors nor warnings."""
 
-    variables: list[VariableStatus] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-    notes: list[Note] = field(default_factory=list)
-    connections: list[tuple[bool, str]] | None = None  # --connect: (ok, line) per server
-    waivers: dict[str, str] = field(default_factory=dict)  # code -> reason, applied to every add
+    def __init__(self, variables: list[VariableStatus] | None = None, problems: list[Problem] | None = None,
+                 notes: list[Note] | None = None, connections: list[tuple[bool, str]] | None = None,
+                 waivers: dict[str, str] | None = None) -> None:
+        self.variables = variables if variables is not None else []
+        self.problems = problems if problems is not None else []
+        self.notes = notes if notes is not None else []
+        self.connections = connections  # --connect: (ok, line) per server
+        self.waivers = waivers if waivers is not None else {}  # code -> reason, applied to every add
+
+    def __repr__(self) -> str:
+        return f"Report({len(self.problems)} problems, {len(self.variables)} variables)"
 
     @property
     def errors(self) -> list[Problem]:
@@ -82,5 +84,5 @@ class Report:
     def waive(self, waivers: Mapping[str, str]) -> None:
         """Waive ``waivers``' codes (code → reason): problems found so far and from now on."""
         self.waivers.update(waivers)
-        self.problems = [replace(p, waived=True, reason=self.waivers[p.code]) if p.code in self.waivers
+        self.problems = [p._replace(waived=True, reason=self.waivers[p.code]) if p.code in self.waivers
                          else p for p in self.problems]

@@ -1,8 +1,8 @@
 """The problem codes check-env reports (the docs page lists exactly these) and waivers of them.
 
 A waiver accepts one code on record, with a reason: ``check-env --allow
-CODE:REASON`` (repeatable), ``deploy --allow``, or the env file's
-``MUZO_CHECK_WAIVERS=code:reason;code:reason``. A waived problem still
+CODE:REASON`` (repeatable), ``waivers=`` of ``check_values`` (the deploy's),
+or the env file's ``MUZO_CHECK_WAIVERS=code:reason;code:reason``. A waived problem still
 shows in the report (``"waived": true`` and the reason in JSON) and never
 makes the exit code 1. A waiver of an unknown code or without a reason is a
 usage error (exit 2).
@@ -11,15 +11,14 @@ usage error (exit 2).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from muzo_ops.errors import UsageError
 
 WAIVERS_VARIABLE = "MUZO_CHECK_WAIVERS"
 MAX_REASON_CHARS = 300
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     """One problem code check-env can report: the docs page lists exactly these."""
 
     code: str

@@ -9,7 +9,7 @@ file up to date.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from muzo_ops.constants import FALSE_WORDS as FALSE_WORDS
 from muzo_ops.constants import TRUE_WORDS as TRUE_WORDS
@@ -72,8 +72,7 @@ class Environment(enum.StrEnum):
     PRODUCTION = "production"  # a server; no localhost defaults
 
 
-@dataclass(frozen=True)
-class Variable:
+class Variable(NamedTuple):
     """One environment variable and everything known about it."""
 
     name: str
@@ -89,7 +88,7 @@ class Variable:
     generator: Generator | None = None
     choices: tuple[str, ...] = ()
     min_length: int = 0
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = ()
     minimum: float | None = None  # NUMBER / POSITIVE_INT: lowest accepted value
     maximum: float | None = None  # NUMBER / POSITIVE_INT: highest accepted value
     default: str | None = None  # what the app uses when unset (shown in the docs)
@@ -138,7 +137,7 @@ VARIABLES: tuple[Variable, ...] = (
             "A waived problem still shows in the report (marked waived, with its reason; in JSON "
             "`\"waived\": true, \"reason\": …`) and never makes the exit code 1.",
             "An unknown code or a waiver without a reason is a usage error (exit 2). "
-            "`check-env --allow CODE:REASON` and `deploy --allow` add waivers for one run.",
+            "`check-env --allow CODE:REASON` adds waivers for one run.",
         ),
     ),
     Variable(

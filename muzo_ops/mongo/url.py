@@ -16,7 +16,7 @@ hold every rule here against ``pymongo.uri_parser.parse_uri``:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from typing import NamedTuple
 from urllib.parse import quote, unquote_plus
 
 from muzo_ops.redact import masking
@@ -44,17 +44,16 @@ _HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::(?P<port>[^:]*))?\Z"
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
-@dataclass(frozen=True)
-class MongoUrl:
+class MongoUrl(NamedTuple):
     """The parts of a MongoDB connection string that muzo_ops checks."""
 
     scheme: str  # "mongodb" or "mongodb+srv"
     userinfo: str | None  # raw "user:password", still percent-encoded
     hosts: str  # "host:port[,host:port]"
     database: str  # from the path, may be empty
-    options: dict[str, str] = field(default_factory=dict)  # lower-cased names, values decoded
-    raw_options: dict[str, str] = field(default_factory=dict)  # lower-cased names, values as written
-    written_names: dict[str, str] = field(default_factory=dict)  # lower-cased name -> as written
+    options: dict[str, str]  # lower-cased names, values decoded
+    raw_options: dict[str, str]  # lower-cased names, values as written
+    written_names: dict[str, str]  # lower-cased name -> as written
 
     @property
     def srv(self) -> bool:

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping
 from muzo_ops.constants import MASK
 from muzo_ops.redact.masking import url_passwords
 from muzo_ops.redact.sensitivity import BY_SHAPE, Sensitivity
-from muzo_ops.redact.shapes import SECRET_SHAPES, mask_shapes, shaped_secrets
+from muzo_ops.redact.shapes import mask_shapes, shaped_secrets
 
-__all__ = ["MIN_SECRET_CHARS", "SECRET_SHAPES", "Redactor", "mask_shapes", "secret_values",
+__all__ = ["MIN_SECRET_CHARS", "Redactor", "mask_shapes", "secret_values",
            "shaped_secrets", "url_passwords"]
 
 MIN_SECRET_CHARS = 4  # shorter values would mask ordinary words

@@ -11,7 +11,7 @@ public names are never sensitive, whatever their shape.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 SECRET_WORDS = ("SECRET", "PASSWORD", "PASSWD", "TOKEN", "KEY")
 # Words that make a "…KEY" name a public one (a public half of a key pair, a publishable key).
@@ -29,8 +29,7 @@ def sensitive_by_shape(name: str) -> bool:
     return "KEY" in upper and not any(word in upper for word in PUBLIC_KEY_WORDS)
 
 
-@dataclass(frozen=True)
-class Sensitivity:
+class Sensitivity(NamedTuple):
     """Names declared sensitive or public by their owner; the shape rule for the rest.
 
     ``urls`` are sensitive names whose value is a URL: its secrets are the
