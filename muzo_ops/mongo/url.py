@@ -34,12 +34,11 @@ _STRICT_URL_RE = re.compile(
 )
 # Second reading, for a password with an unencoded `/` or `?` (reported as
 # an encoding problem): everything up to the last `@` before the hosts.
-_URL_RE = re.compile(
-    r"(?P<scheme>mongodb(?:\+srv)?)://(?:(?P<userinfo>.*)@)?(?P<hosts>[^/?@]+)"
-    r"(?P<path>/[^?]*)?(?:\?(?P<query>.*))?\Z",
-    re.DOTALL,
+_URL_RE = (  # compiled only when the first reading fails (re caches it)
+    r"(?s)(?P<scheme>mongodb(?:\+srv)?)://(?:(?P<userinfo>.*)@)?(?P<hosts>[^/?@]+)"
+    r"(?P<path>/[^?]*)?(?:\?(?P<query>.*))?\Z"
 )
-_LAZY_URL_RE = re.compile(_URL_RE.pattern.replace("(?P<userinfo>.*)", "(?P<userinfo>.*?)"), re.DOTALL)
+_LAZY_URL_RE = _URL_RE.replace("(?P<userinfo>.*)", "(?P<userinfo>.*?)")
 _HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::(?P<port>[^:]*))?\Z")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
@@ -153,7 +152,7 @@ def _match(url: str) -> re.Match[str]:
     match = _STRICT_URL_RE.match(url)
     if match and ("@" in (match.group("path") or "") or not _ports_ok(match.group("hosts"))):
         match = None  # the user information has a `/` or `?`: read up to the last `@`
-    match = match or _URL_RE.match(url) or _LAZY_URL_RE.match(url)
+    match = match or re.match(_URL_RE, url) or re.match(_LAZY_URL_RE, url)
     if not match:
         if not url.startswith(("mongodb://", "mongodb+srv://")):
             if url.partition("://")[0].lower() in ("mongodb", "mongodb+srv"):

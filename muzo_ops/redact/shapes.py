@@ -43,6 +43,9 @@ _SHAPES: tuple[tuple[tuple[str, ...], str], ...] = (
 _ANY_CASE = frozenset({15})  # the index of the pattern whose hints are looked for in lower case
 
 
+_HINTS = tuple((index, hints) for index, (hints, _) in enumerate(_SHAPES))
+
+
 @functools.cache
 def _pattern(index: int) -> re.Pattern[str]:
     return re.compile(_SHAPES[index][1])
@@ -52,13 +55,12 @@ def _candidates(text: str) -> list[re.Pattern[str]]:
     """The patterns whose hints ``text`` holds, in order (most text holds none)."""
     lower = text.lower() if "_" in text else ""  # the only case-insensitive hints hold "_"
     found = []
-    for index, (hints, _) in enumerate(_SHAPES):
-        if index in _ANY_CASE:
-            hit = any(hint in lower for hint in hints)
-        else:
-            hit = any(hint in text for hint in hints)
-        if hit:
-            found.append(_pattern(index))
+    for index, hints in _HINTS:
+        where = lower if index in _ANY_CASE else text
+        for hint in hints:
+            if hint in where:
+                found.append(_pattern(index))
+                break
     return found
 
 
