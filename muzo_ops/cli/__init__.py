@@ -49,6 +49,9 @@ def build_parser(command: str | None = None) -> Parser:
     wanted = [COMMANDS[command]] if command in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
     for name in wanted:
         module = importlib.import_module(f"muzo_ops.cli.{name}")
+        if name == "env" and command is not None:
+            module.add_parsers(sub, only=command)  # its three commands are built one at a time
+            continue
         register = getattr(module, "add_parsers", None) or module.add_parser
         register(sub)
     return parser

@@ -157,8 +157,17 @@ def cmd_render(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
-    """Register ``init-env``, ``check-env`` and ``render``."""
+def add_parsers(sub: argparse._SubParsersAction[Parser], only: str | None = None) -> None:
+    """Register ``init-env``, ``check-env`` and ``render`` (or only the command ``only`` names)."""
+    if only in (None, "init-env"):
+        _add_init_env(sub)
+    if only in (None, "check-env"):
+        _add_check_env(sub)
+    if only in (None, "render"):
+        _add_render(sub)
+
+
+def _add_init_env(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser("init-env", help="create or complete .env (secrets generated)", **help_kwargs(
         "Create .env (mode 0600) and .env.example beside it. Secrets are generated, "
         "development defaults filled in; on a terminal you are asked for required values "
@@ -184,6 +193,8 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     add_lock_timeout(p)
     p.set_defaults(func=cmd_init_env)
 
+
+def _add_check_env(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser("check-env", help="validate an env file", **help_kwargs(
         "Check every variable the muzo apps read: presence, format, and the rules between "
         "them. Values come from the file alone so a check is repeatable; "
@@ -213,6 +224,8 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
                    "where each value came from")
     p.set_defaults(func=cmd_check_env)
 
+
+def _add_render(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser("render", help="render .env.example, .env.template and the docs page", **help_kwargs(
         "Render the committed files from the schema; --check only compares and exits 1 "
         "when one drifted.", "muzo-ops render --check"))

@@ -29,7 +29,8 @@ def secret_values(values: Mapping[str, str], sensitivity: Sensitivity = BY_SHAPE
         if not value:
             continue
         if sensitivity.whole_value_secret(name):
-            found.append(value)
+            found.append(value)  # its secret-shaped parts are hidden with it, and by shape anywhere
+            continue
         found.extend(url_passwords(value))
         found.extend(shaped_secrets(value))
     return [s for s in found if len(s) >= MIN_SECRET_CHARS]
