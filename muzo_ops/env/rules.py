@@ -33,7 +33,9 @@ _RULE_LIST: tuple[Rule, ...] = (
     Rule("invalid", "error", "A value breaks its variable's rule (URL scheme, host and port 1-65535, "
          "boolean, port, number range in ASCII digits, choice, e-mail, Stripe key prefix, "
          "TYPE=module:function handler list, minimum length; an SRV DATABASE_URL with a port or "
-         "several hosts; a Redis database that is not a number) or holds a control character."),
+         "several hosts; a Redis database that is not a number; a DATABASE_URL the driver refuses: "
+         "an upper-case scheme, '&' and ';' mixed, an option that is not one name=value pair, "
+         "tlsInsecure beside an option it implies, ssl and tls differing) or holds a control character."),
     Rule("encrypted-not-checkable", "warning", "A value is encrypted (dotenvx format) and no private "
          "key was found in the environment (DOTENV_PRIVATE_KEY…) or in .env.keys beside the file."),
     Rule("previous-secret-equal", "error", "NEXTAUTH_SECRET_PREVIOUS equals NEXTAUTH_SECRET (it must "
