@@ -35,16 +35,21 @@ def is_placeholder(var: Variable | None, value: str) -> bool:
     return bool(_PLACEHOLDER_RE.match(value.strip()))
 
 
-_DIGITS_RE = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() accepts superscripts
-_NUMBER_RE = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?|\.[0-9]{1,9}")
-_HANDLER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_.]*")
+# Patterns of the less common kinds: compiled on first use (re caches them), not at start-up.
+_NUMBER = r"[0-9]{1,12}(\.[0-9]{1,9})?|\.[0-9]{1,9}"
+_HANDLER = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_.]*"
+
+
+def _digits(value: str) -> bool:
+    """1 to 18 ASCII digits (``str.isdigit()`` alone accepts superscripts and other scripts)."""
+    return 1 <= len(value) <= 18 and value.isascii() and value.isdigit()
 
 
 def number_error(var: Variable, value: str) -> str | None:
     """Why ``value`` is not a decimal number within ``var``'s range, or None."""
     low, high = var.minimum, var.maximum
     span = f" from {low:g} to {high:g}" if low is not None and high is not None else ""
-    if not _NUMBER_RE.fullmatch(value.strip()):
+    if not re.fullmatch(_NUMBER, value.strip()):
         return f"must be a number{span} (plain digits, e.g. {var.example or '30'})"
     number = float(value)
     if (low is not None and number < low) or (high is not None and number > high):
@@ -59,7 +64,7 @@ def handlers_error(value: str) -> str | None:
         if not item.strip():
             continue
         name, sep, spec = item.partition("=")
-        if not sep or not _HANDLER_RE.fullmatch(spec.strip()):
+        if not sep or not re.fullmatch(_HANDLER, spec.strip()):
             return "must be a comma list of TYPE=module:function (e.g. GENERATION=myapp.jobs:generate)"
         if name.strip().upper() not in known:
             return f"names job type {name.strip()[:40]!r}: use one of {', '.join(known)}"
@@ -127,10 +132,10 @@ def value_error(var: Variable, value: str) -> str | None:
         if value.strip().lower() not in TRUE_WORDS | FALSE_WORDS:
             return "must be on/off, true/false or 1/0 (leave unset to auto-detect)"
     elif kind is Kind.PORT:
-        if not _DIGITS_RE.fullmatch(value) or not 1 <= int(value) <= 65535:
+        if not _digits(value) or not 1 <= int(value) <= 65535:
             return "must be a port number from 1 to 65535"
     elif kind is Kind.POSITIVE_INT:
-        if not _DIGITS_RE.fullmatch(value) or int(value) < 1:
+        if not _digits(value) or int(value) < 1:
             return "must be a whole number of at least 1"
         if var.maximum is not None and int(value) > var.maximum:
             return f"must be a whole number from 1 to {var.maximum:g}"
