@@ -80,6 +80,49 @@ def _marked_processes(marker: str) -> list[tuple[int, str]]:
     return found
 
 
+def _descendants_and_group() -> list[tuple[int, str]]:
+    """Live descendants of this process, and orphans in its process group (a child orphaned by its
+    parent's death is reparented to init but stays in the group it was started in) started after
+    this process: this catches what a test started with an environment of its own, without the
+    session marker, and leaves alone what shares the group from outside (``pytest | tail``)."""
+    table: dict[int, tuple[int, int, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            table[int(entry)] = (int(fields[1]), int(fields[2]), int(fields[19]))
+    me, group = os.getpid(), os.getpgid(0)
+    started = table[me][2] if me in table else 0
+    ancestors, pid = set(), me
+    while pid in table and pid > 1:
+        ancestors.add(pid)
+        pid = table[pid][0]
+    found, frontier = set(), [me]
+    while frontier:
+        parent = frontier.pop()
+        kids = [p for p, (pp, _g, _s) in table.items() if pp == parent and p not in found]
+        found.update(kids)
+        frontier += kids
+    found |= {p for p, (pp, g, s) in table.items() if g == group and pp in (0, 1) and s >= started}
+    left = []
+    for pid in sorted(found - ancestors - {me}):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                left.append((pid, cmdline.read().replace(b"\0", b" ").decode(errors="replace")[:160]))
+        except OSError:
+            continue
+    return left
+
+
+def _left_running(marker: str) -> list[tuple[int, str]]:
+    return sorted(set(_marked_processes(marker)) | set(_descendants_and_group()))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run when a process a test started is still running once every fixture stopped;
     kill it so that nothing outlives the suite either way."""
@@ -87,10 +130,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not marker:
         return
     deadline = time.monotonic() + 5
-    left = _marked_processes(marker)
+    left = _left_running(marker)
     while left and time.monotonic() < deadline:
         time.sleep(0.2)
-        left = _marked_processes(marker)
+        left = _left_running(marker)
     if not left:
         return
     for pid, _cmd in left:

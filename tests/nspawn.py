@@ -203,9 +203,14 @@ class NspawnHost:
         entries = "".join(f"[127.0.0.1]:{self.ssh_port} {line}\n"
                           for line in known_hosts().read_text().splitlines() if line)
         self.known_hosts_file.write_text(entries)
+        # Each host its own /etc/machine-id (the cached rootfs has one; the deploy tells machines apart by it).
+        machine_id = self.workdir / f"machine-id-{self.name}"
+        machine_id.write_text(hashlib.sha256(f"{self.name}:{self.ssh_port}:{os.getpid()}".encode()).hexdigest()[:32]
+                              + "\n")
         cmd = ["systemd-nspawn", "-D", str(root), "-M", self.name, "--register=no", "--keep-unit",
                "--volatile=overlay", "--console=read-only", "--quiet",
-               f"--bind-ro={port_conf}:/etc/ssh/sshd_config.d/10-port.conf", "-b"]
+               f"--bind-ro={port_conf}:/etc/ssh/sshd_config.d/10-port.conf",
+               f"--bind-ro={machine_id}:/etc/machine-id", "-b"]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)

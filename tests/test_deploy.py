@@ -169,7 +169,8 @@ def test_first_deploy_runs_jobs_on_hardened_units(hosts: list[NspawnHost], workd
         result = data["hosts"][host.name]
         assert result["healthy"] and not result["rolled_back"] and result["status"] == "deployed"
         assert result["release"] == release
-        assert {"release-installed", "unit-switched", "daemon-reload", "restarted"} <= set(result["operations"])
+        assert {"release-installed", "unit-switched muzo-worker@.service", "daemon-reload",
+                "started muzo-worker@generation.service"} <= set(result["operations"])
         assert host.ssh("systemctl is-active muzo-worker@generation muzo-worker@mockup").stdout.split() == \
             ["active", "active"]
         assert host.ssh("readlink /opt/muzo/current").stdout.strip() == f"releases/{release}"
@@ -208,9 +209,11 @@ def test_redeploy_with_nothing_changed_restarts_nothing(hosts: list[NspawnHost],
     assert proc.returncode == 0 and data["ok"], proc.stderr
     print(f"\nno-change redeploy to 2 hosts: {took:.1f} s")
     for host, pid in zip(hosts, pids, strict=True):
-        assert data["hosts"][host.name] | {"release": ""} == {
-            "changed": 0, "release": "", "healthy": True, "rolled_back": False, "status": "unchanged",
-            "operations": []}
+        entry = data["hosts"][host.name]
+        assert entry | {"release": "", "env": "", "desired_release": ""} == {
+            "changed": 0, "release": "", "env": "", "desired_release": "", "healthy": True, "rolled_back": False,
+            "status": "unchanged", "reason": "", "operations": []}
+        assert entry["release"] == entry["desired_release"]
         assert main_pid(host) == pid
 
 
@@ -223,10 +226,11 @@ def test_dry_says_what_would_change_and_changes_nothing(hosts: list[NspawnHost],
     assert proc.returncode == 0, proc.stderr
     for host, sha in zip(hosts, before, strict=True):
         result = data["hosts"][host.name]
-        assert result["status"] == "dry" and "env-staged" in result["operations"]
-        assert "switch env file" in result["operations"] and "release-installed" not in result["operations"]
+        assert result["status"] == "dry" and "stage env file" in result["operations"]
+        assert "switch env file" in result["operations"]
+        assert not [op for op in result["operations"] if op.startswith("install release")]
         assert host_file_sha(host, "/etc/muzo/worker.env") == sha
-        assert host.ssh("ls -A /etc/muzo/state").stdout == ""
+        assert host.ssh("ls -A /etc/muzo/state/env").stdout.split() == [sha]
 
 
 def test_one_env_value_changed_means_only_a_restart(hosts: list[NspawnHost], workdir: Path,
@@ -237,7 +241,10 @@ def test_one_env_value_changed_means_only_a_restart(hosts: list[NspawnHost], wor
     data = as_json(proc)
     assert proc.returncode == 0 and data["ok"], proc.stderr
     for host, pid in zip(hosts, pids, strict=True):
-        assert data["hosts"][host.name]["operations"] == ["env-staged", "snapshot", "env-switched", "restarted"]
+        assert data["hosts"][host.name]["operations"] == [
+            "env-staged", "env-switched", "restarted muzo-worker@generation.service",
+            "restarted muzo-worker@mockup.service", "gated muzo-worker@generation.service",
+            "gated muzo-worker@mockup.service"]
         assert main_pid(host) != pid
         assert host_file_sha(host, "/etc/muzo/worker.env") == expected_sha(host, env)
     assert run_job(db)["status"] == "DONE"
@@ -254,14 +261,16 @@ def test_plain_pyinfra_cli_keeps_the_env_file_out_of_diff_and_vv(hosts: list[Nsp
     proc = subprocess.run(cmd, capture_output=True, text=True, env=environ, timeout=300, cwd=workdir)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
-    assert "env file switched" in output and "instances restarted" in output
+    assert "switch and health gate" in output and "env file staged" in output
     assert not [s for s in [*SECRETS, fresh] if s in output]
     for host in hosts:
         assert host_file_sha(host, "/etc/muzo/worker.env") == expected_sha(host, env)
         assert host.ssh("systemctl is-active muzo-worker@generation").stdout.strip() == "active"
         assert host.ssh("find /etc/muzo /opt/muzo -maxdepth 2 -name '.upload*'").stdout == ""
         leftover = host.ssh(f"grep -rl -- {fresh} /etc /opt /tmp /var /root 2>/dev/null || true").stdout.split()
-        assert leftover == ["/etc/muzo/worker.env"]
+        # The live file, and its root-only copy by digest (what a rollback puts back).
+        assert sorted(leftover) == sorted(["/etc/muzo/worker.env",
+                                           f"/etc/muzo/state/env/{expected_sha(host, env)}"])
     # The CLI path and muzo-ops deploy agree: nothing left to do.
     data = as_json(muzo_deploy(*deploy_args(workdir, workdir / "inventory.py", env)))
     assert all(r["changed"] == 0 for r in data["hosts"].values()), data
@@ -278,7 +287,9 @@ def test_a_release_that_cannot_start_is_rolled_back_and_the_rollout_stops(
     data = as_json(proc)
     assert proc.returncode == 1 and not data["ok"], proc.stderr
     first, second = data["hosts"][hosts[0].name], data["hosts"][hosts[1].name]
-    assert first["rolled_back"] and not first["healthy"] and first["status"] == "rolled-back"
+    # ``healthy`` and ``release`` say what the host runs now: the good release again, healthy.
+    assert first["rolled_back"] and first["healthy"] is True and first["status"] == "rolled-back"
+    assert "health gate failed" in first["reason"]
     assert first["release"] == good.split("/")[-1]
     assert second["status"] == "not-reached" and second["healthy"] and not second["rolled_back"]
     assert hosts[0].ssh("readlink /opt/muzo/current").stdout.strip() == good
@@ -317,7 +328,7 @@ def test_removed_queue_is_stopped_and_disabled(hosts: list[NspawnHost], workdir:
     data = as_json(proc)
     assert proc.returncode == 0 and data["ok"], proc.stderr
     for host in hosts:
-        assert "instances-retired" in data["hosts"][host.name]["operations"]
+        assert "retired muzo-worker@mockup.service" in data["hosts"][host.name]["operations"]
         assert host.ssh("systemctl is-active muzo-worker@mockup", check=False).stdout.strip() == "inactive"
         assert host.ssh("systemctl is-enabled muzo-worker@mockup", check=False).stdout.strip() == "disabled"
         assert host.ssh("systemctl is-active muzo-worker@generation").stdout.strip() == "active"
@@ -335,9 +346,9 @@ def test_first_deploy_that_cannot_start_stops_the_units(rootfs: Path, workdir: P
         proc = muzo_deploy(*deploy_args(workdir, inventory, workdir / "warn.env"))
         data = as_json(proc)
         assert proc.returncode == 1 and not data["ok"], proc.stderr
-        assert data["hosts"][host.name] | {"operations": []} == {
-            "changed": data["hosts"][host.name]["changed"], "release": "", "healthy": False,
-            "rolled_back": False, "status": "failed", "operations": []}
+        entry = data["hosts"][host.name]
+        assert entry["status"] == "failed" and entry["healthy"] is False and not entry["rolled_back"]
+        assert entry["release"] == "" and "first deploy" in entry["reason"]
         assert host.ssh("systemctl is-active muzo-worker@generation", check=False).stdout.strip() in (
             "inactive", "failed")
         assert host.ssh("systemctl is-enabled muzo-worker@generation", check=False).stdout.strip() == "disabled"

@@ -121,3 +121,68 @@ def test_the_last_three_releases_are_kept() -> None:
     assert releases_to_delete("r5", state) == ["r2", "r4", "r0"]
     assert releases_to_delete("r4", HostState(current="r3", previous="r2", releases=["r4", "r3", "r2"])) == []
     assert releases_to_delete("r2", HostState(current="r3", releases=["r3", "r2", "r1", "r0"])) == ["r0"]
+
+
+def test_host_script_passes_shellcheck() -> None:
+    import subprocess
+
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (tests/install-deps.sh installs it)")
+    script = ROOT / "deploy" / "host" / "muzo-host"
+    proc = subprocess.run(["shellcheck", "-s", "bash", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+    # No host-side shell is built in Python strings: the deploy's modules hold no systemctl line.
+    for module in (ROOT / "muzo_ops" / "deploy").glob("*.py"):
+        assert "systemctl" not in module.read_text(), module
+
+
+@pytest.mark.parametrize(("data", "words"), [
+    ({"muzo_health_timeout": "abc"}, "muzo_health_timeout is 'abc'"),
+    ({"muzo_health_timeout": float("nan")}, "muzo_health_timeout is nan"),
+    ({"muzo_queues": 5}, "muzo_queues is 5, not a string or a list"),
+    ({"muzo_concurrency": 0}, "muzo_concurrency is 0"),
+    ({"muzo_concurrency": True}, "muzo_concurrency is True"),
+    ({"muzo_exporter_port": 70000}, "muzo_exporter_port is 70000"),
+    ({"muzo_env": ["A=1"]}, "muzo_env is list"),
+    ({"muzo_env": {"A": float("inf")}}, "muzo_env['A'] is inf"),
+    ({"muzo_handler_packages": 3}, "muzo_handler_packages is 3"),
+])
+def test_inventory_data_of_the_wrong_type_is_one_line_and_exit_2(tmp_path: Path, data: dict[str, object],
+                                                                 words: str) -> None:
+    from tests.helpers import run_cli
+
+    env = write_env(tmp_path / "w.env", dict(FULL, NODE_ENV="development"))
+    inventory = tmp_path / "inv.py"
+    inventory.write_text(f"nan = float('nan')\ninf = float('inf')\nworkers = [('w1', {data!r})]\n")
+    proc = run_cli("deploy", "--inventory", str(inventory), "--env-file", str(env), "--dry")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stdout == "", proc.stderr
+    assert proc.stderr.startswith("error: inventory host w1: ") and words in proc.stderr
+
+
+def test_desired_state_against_what_runs() -> None:
+    from muzo_ops.deploy.hoststate import Desired, HostState
+
+    plan = plan_host("h1", FULL, {"muzo_queues": "generation", "muzo_exporter_port": 9470})
+    want = Desired.of(plan, "0.1.0-abc")
+    units = dict(want.units)
+    worker, exporter = units["muzo-worker@.service"], units["muzo-jobs-metrics.service"]
+    lines = ["current=0.1.0-abc", f"env={want.env}", f"unit_file=muzo-worker@.service {worker}",
+             f"unit_file=muzo-jobs-metrics.service {exporter}",
+             f"instance=muzo-worker@generation.service active yes 0.1.0-abc {want.env} {worker} 0 success/running yes",
+             f"instance=muzo-jobs-metrics.service active yes 0.1.0-abc {want.env} {exporter} 0 success/running yes"]
+    assert want.differences(HostState.parse(lines)) == []
+    # The env file switched but the worker still runs the old one (an interrupted deploy): restart it.
+    stale = [line.replace(f"0.1.0-abc {want.env} {worker}", f"0.1.0-abc {'0' * 64} {worker}") for line in lines]
+    assert want.differences(HostState.parse(stale)) == [
+        f"restart muzo-worker@generation.service (it runs env {'0' * 12})"]
+    # Started with what is wanted but never gated (killed during the gate): gate it, restart nothing.
+    ungated = [line.replace("running yes", "running no") if "muzo-worker" in line else line for line in lines]
+    assert want.differences(HostState.parse(ungated)) == ["gate muzo-worker@generation.service"]
+    # A start the deploy did not record (-): restart; a queue no longer listed: retire.
+    other = [*lines, "instance=muzo-worker@mockup.service active yes - - - 0 success/running no"]
+    assert want.differences(HostState.parse(other)) == ["retire muzo-worker@mockup.service"]
+    # A damaged lease file reads as an expired lease, not as a crash.
+    damaged = HostState.parse(["lease_token=t", "lease_since=abc", "lease_expires=", "now=x"])
+    assert (damaged.lease.since, damaged.lease.expires, damaged.now) == (0, 0, 0)
+    assert plan.units[1].http_port == 9470 and "TasksMax=" in plan.units[1].text
+    assert all("TasksMax=" in u.text and "SyslogIdentifier=" in u.text for u in plan.units)

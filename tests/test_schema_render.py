@@ -23,7 +23,8 @@ REFERENCE = {
     "GENERATION_WORKER_CONCURRENCY": False,
 }
 # muzo_ops's own: every worker setting (flags are overrides), the grace-period
-# secret, per-type job timeouts and the metrics endpoint. All optional.
+# secret, per-type job timeouts, the metrics endpoint, the HTTP handlers' signing key and the
+# dashboard's credentials. All optional.
 MUZO_OPS = {
     "WORKER_CONCURRENCY", "WORKER_LOCK_SECONDS", "WORKER_POLL_SECONDS", "WORKER_DRAIN_TIMEOUT_SECONDS",
     "WORKER_RETRY_BASE_SECONDS", "WORKER_RETRY_CAP_SECONDS", "WORKER_CHANGE_STREAMS",

@@ -10,7 +10,15 @@ Host data keys read by the deploy:
 - ``muzo_handlers``: {"GENERATION": "pkg.mod:fn"} (sets MUZO_WORKER_HANDLERS).
 - ``muzo_handler_packages``: wheels or local project folders (built into
   wheels on the control machine) installed into the release's venv.
-- ``muzo_health_timeout``: seconds the health gate waits for READY (default 30).
+- ``muzo_health_timeout``: seconds the health gate waits (default 30, 1-3600).
+- ``muzo_exporter_port`` (and ``muzo_exporter_host``, default 127.0.0.1): run the
+  queue exporter ``muzo-jobs-metrics.service`` on this host (one per fleet).
+- ``muzo_dashboard_port`` (and ``muzo_dashboard_host``): run the job dashboard
+  ``muzo-dashboard.service`` on this host.
+
+Values are checked before any host is touched (types, ranges, NaN): a wrong
+one stops the deploy with one line (exit 2). List each machine once: two
+names with the same /etc/machine-id are refused.
 - ``muzo_env_file`` / ``muzo_lock``: for the plain ``pyinfra`` CLI only (see
   muzo_ops/deploy/cli_deploy.py); ``muzo-ops deploy`` takes --env-file/--lock.
 
@@ -31,6 +39,7 @@ workers = [
         "muzo_concurrency": 4,
         "muzo_handlers": {"GENERATION": "myapp.handlers:generate", "MOCKUP": "myapp.handlers:mockup"},
         "muzo_handler_packages": ["../myapp-handlers"],
+        "muzo_exporter_port": 9470,
     }),
     ("worker-2.example.internal", {
         "ssh_user": "root",

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from muzo_ops.cli.common import Parser, help_kwargs
 from muzo_ops.cli.output import Output
-from muzo_ops.constants import EXIT_OK, EXIT_PROBLEMS
+from muzo_ops.constants import EXIT_OK, EXIT_PROBLEMS, VERSION
 from muzo_ops.errors import MuzoOpsError
 
 __all__ = ["build_parser", "main"]
@@ -44,6 +44,8 @@ def build_parser(command: str | None = None) -> Parser:
                       "muzo-ops init-env && muzo-ops check-env"),
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"muzo-ops {VERSION}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     wanted = [COMMANDS[command]] if command in COMMANDS else list(dict.fromkeys(COMMANDS.values()))

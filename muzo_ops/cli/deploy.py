@@ -51,15 +51,15 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
 
 
 def _line(name: str, r: object) -> str:
-    from muzo_ops.deploy.driver import HostResult
+    from muzo_ops.deploy import driver
 
-    assert isinstance(r, HostResult)
+    assert isinstance(r, driver.HostResult)
     if r.status == "dry":
-        return f"{name}: would change {r.changed} (release {r.release}): {r.detail}"
-    health = "healthy" if r.healthy else "NOT healthy"
-    extra = f", {r.detail}" if r.detail and not r.healthy else ""
+        return f"{name}: would change {r.changed} (release {r.desired_release}): {r.detail}"
+    health = {True: "healthy", False: "NOT healthy", None: "health unknown"}[r.healthy]
+    extra = f", {r.detail}" if r.detail and (not r.healthy or r.status not in driver.OK_STATUSES) else ""
     rolled = ", rolled back" if r.rolled_back else ""
-    return f"{name}: {r.status}, {r.changed} changed, release {r.release or '(none)'}, {health}{rolled}{extra}"
+    return f"{name}: {r.status}, {r.changed} changed, runs {r.release or '(nothing)'}, {health}{rolled}{extra}"
 
 
 def cmd_deploy(args: argparse.Namespace, out: Output) -> int:

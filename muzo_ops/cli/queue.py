@@ -23,7 +23,7 @@ from muzo_ops.constants import DEFAULT_ENV_FILE, EXIT_OK
 
 if TYPE_CHECKING:
     from muzo_ops.queue.jobs import JobType
-    from muzo_ops.queue.store import AdminStore
+    from muzo_ops.queue.opsstore import AdminStore
 
 
 def _values(args: argparse.Namespace, out: Output) -> dict[str, str]:
@@ -43,7 +43,8 @@ def cmd_worker(args: argparse.Namespace, out: Output) -> int:
         values, queues=args.queues, concurrency=args.concurrency, lock_s=args.lock_seconds,
         poll_s=args.poll_seconds, drain_timeout_s=args.drain_timeout, retry_base_s=args.retry_base,
         retry_cap_s=args.retry_cap, change_streams=False if args.no_change_streams else None,
-        burst=args.burst)
+        burst=args.burst, policies=args.policy or (), handler_cwd=args.handler_cwd,
+        handler_grace_s=args.handler_grace, log_format=args.log_format)
     observers: list[Observer] = []
     server = None
     if args.metrics_port is not None or values.get("WORKER_METRICS_PORT"):
@@ -155,7 +156,8 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         "overrides its variable (and is held to its range). A job past its type's timeout is "
         "retried or failed; at 3 abandoned handler threads the worker drains and exits 1. "
         "SIGTERM/SIGINT drain running jobs, release the rest and exit 0. "
-        "Logs are pino JSON lines on stdout. Works with MongoDB 6.0-8.x.",
+        "Logs go to stdout: pino JSON lines, or readable lines on a terminal (--log-format). Handlers in "
+        "any language: exec commands and signed HTTP endpoints (docs/HANDLERS.md). Works with MongoDB 6.0-8.x.",
         "muzo-ops worker --queues generation,mockup --concurrency 4 "
         "--handler GENERATION=muzo_ops.queue.handlers.demo:echo "
         "--handler MOCKUP=muzo_ops.queue.handlers.demo:sleep"))
@@ -164,9 +166,22 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
                    "(default: WORKER_QUEUES, else generation)")
     p.add_argument("--concurrency", type=positive_int, metavar="N",
                    help="jobs run at once (default: WORKER_CONCURRENCY, else 1)")
-    p.add_argument("--handler", action="append", metavar="TYPE=module:callable",
-                   help="handler for a job type (repeatable); also MUZO_WORKER_HANDLERS and "
-                   "entry points in group muzo_ops.handlers")
+    p.add_argument("--handler", action="append", metavar="TYPE=SPEC",
+                   help="handler for a job type (repeatable): TYPE=module:callable, TYPE=exec:COMMAND ARG... "
+                   "(a command per job) or TYPE=https://URL (a signed POST per job); also MUZO_WORKER_HANDLERS "
+                   "and entry points in group muzo_ops.handlers (see docs/HANDLERS.md)")
+    p.add_argument("--handler-cwd", metavar="DIR",
+                   help="working directory of exec handlers' commands (default: the current folder)")
+    p.add_argument("--handler-grace", type=positive, metavar="SECONDS",
+                   help="after SIGTERM (timeout, shutdown), seconds before an exec handler's process group "
+                   "gets SIGKILL (default 10)")
+    p.add_argument("--policy", action="append", metavar="TYPE:KEY=VALUE,...",
+                   help="retry policy of one job type (repeatable): timeout, retry-base, retry-cap (seconds), "
+                   "max-attempts (overrides the documents' maxAttempts), e.g. "
+                   "GENERATION:timeout=1800,retry-base=10,retry-cap=600,max-attempts=5")
+    p.add_argument("--log-format", choices=("json", "pretty"),
+                   help="log lines: pino JSON, or one readable line (default: pretty on a terminal, "
+                   "JSON otherwise and under systemd)")
     p.add_argument("--lock-seconds", type=positive,
                    help="lock duration, renewed by heartbeats (default: WORKER_LOCK_SECONDS, else 300)")
     p.add_argument("--poll-seconds", type=positive,
@@ -180,7 +195,8 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--no-change-streams", action="store_true",
                    help="poll only, even where the server offers change streams")
     p.add_argument("--burst", action="store_true",
-                   help="process what is due, then exit 0 once no job is due (for cron and tests)")
+                   help="process what is due, then exit once no job is due (for cron and tests): 0, or 1 when "
+                   "a job failed for good; the last line counts the retries waiting and when the next is due")
     p.add_argument("--metrics-port", type=port, metavar="N",
                    help="serve /metrics, /healthz and /readyz on this base port (a single-queue process "
                    "adds its queue's offset: generation 0, mockup 1, fulfillment 2); default: "

@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 from pathlib import Path
 
 from pyinfra.context import host
 
 from muzo_ops.deploy import ops
+from muzo_ops.deploy.hoststate import Desired, lease_is_stale, lease_owner
 from muzo_ops.deploy.plan import plan_host, read_env_file
 from muzo_ops.deploy.release import Release, build_release
 
 _lock = threading.Lock()
 _releases: dict[tuple[tuple[str, ...], str], Release] = {}
+_token = uuid.uuid4().hex
 
 
 def run() -> None:
@@ -42,5 +45,11 @@ def run() -> None:
         if key not in _releases:
             _releases[key] = build_release(plan.handler_packages, lock, source)
         release = _releases[key]
-    ops.stage(plan, release)
-    ops.switch(plan, release)
+    desired = Desired.of(plan, release.name)
+    state = ops.host_state()
+    stale = state.lease.token if state.lease.token and lease_is_stale(state.lease, state.now) else ""
+    nothing = not desired.differences(state)
+    ops.stage(plan, release, _token, lease_owner(), stale, give_back=nothing)
+    if not nothing:
+        switch, _ = ops.switch(desired, _token)
+        ops.failed_unless_healthy(name="fail the host unless it ended healthy", switch=switch)

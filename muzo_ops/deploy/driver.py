@@ -1,14 +1,17 @@
 """``muzo-ops deploy``: pyinfra's Python API driven in two phases, batch by batch.
 
-1. Render and check every host's env file (no host touched on an error) and
-   build the releases on this machine.
-2. Phase 1 on all hosts in parallel (one pyinfra run): ``ops.stage``.
-3. Phase 2 on the hosts with something to switch, ``serial`` hosts per pyinfra
-   run: ``ops.switch`` (restart and health gate; a failing host is rolled back
-   by the run itself). The rollout stops after a batch with a failed host.
+1. Check the inventory's host data and render and check every host's env file
+   (no host touched on an error), build the releases on this machine.
+2. Phase 1 on all hosts in parallel (one pyinfra run): read each host's state
+   (refusing one machine listed twice), take its deploy lease, stage.
+3. Phase 2, ``serial`` hosts per pyinfra run, on the hosts whose running
+   state differs from the desired one: ``muzo-host switch`` converges, gates
+   and rolls back to what ran healthy at its start; the lease is given back.
+   The rollout stops after a batch with a host that is not healthy.
 
-``--rollback`` runs ``ops.rollback`` instead, batch by batch; ``--dry`` runs
-phase 1's change detection only and says what phase 2 would switch.
+Invariant: whatever stops a run (a crash, SSH lost, a kill), the result has
+one entry per host saying what it runs now; a rerun restarts exactly what
+runs something else than asked and gates it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,34 +29,41 @@ from pyinfra.api.config import Config
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.facts import get_facts
 from pyinfra.api.operations import run_ops
 from pyinfra.api.state import State, StateStage
-from pyinfra.context import ctx_host, ctx_state
 from pyinfra.context import host as current_host
 from pyinfra_cli.inventory import make_inventory  # type: ignore[import-untyped]
 
 from muzo_ops.deploy import ops
-from muzo_ops.deploy.plan import HostPlan, plan_host, read_env_file
+from muzo_ops.deploy.hoststate import Desired, HostState, lease_is_stale, lease_owner
+from muzo_ops.deploy.plan import HostPlan, plan_host, read_env_file, validate_host_data
 from muzo_ops.deploy.release import DeployError, Release, build_release
 
 Progress = Callable[[str], None]
+OK_STATUSES = ("deployed", "unchanged", "dry", "rolled-back-on-demand")
 
 
 @dataclass
 class HostResult:
-    """One host's outcome; ``status`` is one of deployed, unchanged, rolled-back, failed, not-reached, dry."""
+    """One host's outcome. ``status``: deployed, unchanged, rolled-back, unhealthy, failed, refused,
+    unreachable, not-reached, dry, rolled-back-on-demand. ``release``/``env``/``healthy`` say what it
+    runs now (``healthy`` None: not known, the host could not be asked)."""
 
     changed: int = 0
-    operations: list[str] = field(default_factory=list)  # labels of the operations that changed
+    operations: list[str] = field(default_factory=list)
     release: str = ""
-    healthy: bool = False
+    env: str = ""
+    healthy: bool | None = None
     rolled_back: bool = False
     status: str = "not-reached"
     detail: str = ""
+    desired_release: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"changed": self.changed, "release": self.release, "healthy": self.healthy,
-                "rolled_back": self.rolled_back, "status": self.status, "operations": self.operations}
+        return {"status": self.status, "healthy": self.healthy, "reason": self.detail, "release": self.release,
+                "env": self.env[:12], "desired_release": self.desired_release, "rolled_back": self.rolled_back,
+                "changed": self.changed, "operations": self.operations}
 
 
 @dataclass
@@ -62,7 +73,7 @@ class DeployResult:
 
     @property
     def ok(self) -> bool:
-        return all(r.status in ("deployed", "unchanged", "dry", "rolled-back-on-demand") for r in self.hosts.values())
+        return all(r.status in OK_STATUSES for r in self.hosts.values())
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "hosts": {n: r.to_json() for n, r in self.hosts.items()}}
@@ -90,11 +101,16 @@ def load_target(inventory: str, limit: Sequence[str] = ()) -> Target:
         names = [n for n in names if n in limit]
     if not names:
         raise DeployError(f"inventory {inventory}: no hosts")
-    return Target(inventory, names, {h.name: h.data.dict() for h in inv if h.name in names})
+    data = {h.name: h.data.dict() for h in inv if h.name in names}
+    for name in names:
+        validate_host_data(name, data[name])
+    return Target(inventory, names, data)
 
 
 def _inventory(path: str, state: Any) -> Any:
     """pyinfra's own inventory loading (the CLI's), which runs the file in a state's context."""
+    from pyinfra.context import ctx_state
+
     try:
         with ctx_state.use(state):
             return make_inventory(path)
@@ -122,13 +138,17 @@ def _line_in(path: str, exc: BaseException) -> int | None:
 
 
 def _quiet_pyinfra(verbose: bool) -> None:
-    """pyinfra's own progress lines on stderr with ``verbose``; else only its errors."""
+    """pyinfra's own progress lines on stderr with ``verbose``; else only its errors. gevent never
+    prints a greenlet's traceback (a lost connection is reported per host)."""
+    import gevent  # type: ignore[import-untyped]
+
     log = logging.getLogger("pyinfra")
     if verbose and not log.handlers:
         from pyinfra_cli.log import setup_logging  # type: ignore[import-untyped]
 
         setup_logging(logging.INFO)
-    log.setLevel(logging.INFO if verbose else logging.ERROR)
+    log.setLevel(logging.INFO if verbose else logging.CRITICAL)
+    gevent.get_hub().print_exception = lambda *_args: None
 
 
 class _Run:
@@ -143,39 +163,45 @@ class _Run:
         config.FAIL_PERCENT = None
         self.state.init(self.inventory, config, initial_limit=self.hosts)
         self.state.set_stage(StateStage.Connect)
+        self.states: dict[str, HostState] = {}
         with contextlib.suppress(PyinfraError):  # "No hosts remaining!": each unreachable host is reported
             connect_all(self.state)
 
     def failed(self, name: str) -> bool:
         return any(h.name == name for h in self.state.failed_hosts)
 
+    def read_states(self) -> dict[str, HostState]:
+        """Every live host's ``muzo-host state``, in parallel (kept for the operations)."""
+        self.state.set_stage(StateStage.Prepare)
+        if self.state.active_hosts:
+            with contextlib.suppress(PyinfraError):
+                facts = get_facts(self.state, ops.MuzoState)  # type: ignore[no-untyped-call]
+                for host, value in facts.items():
+                    if isinstance(value, HostState) and value.reached:
+                        ops.remember(host, StateStage.Prepare, value)
+                        self.states[host.name] = value
+        return self.states
+
     def prepare(self, deploy: Callable[[], None]) -> None:
         self.state.set_stage(StateStage.Prepare)
-        live = [h for h in self.hosts if h not in self.state.failed_hosts]
+        live = [h for h in self.hosts if h not in self.state.failed_hosts and h.name in self.states]
         if live:
             add_deploy(self.state, deploy, host=live)
 
     def execute(self) -> None:
         self.state.set_stage(StateStage.Execute)
-        try:
+        with contextlib.suppress(PyinfraError):  # "No hosts remaining!": every host failed, each is reported
             run_ops(self.state)
-        except PyinfraError as exc:  # "No hosts remaining!": every host failed, each is reported
-            if not self.state.failed_hosts:
-                raise DeployError(f"pyinfra: {exc}") from exc
-
-    def fact_state(self, name: str) -> ops.HostState:
-        host = self.inventory.get_host(name)
-        with ctx_state.use(self.state), ctx_host.use(host):
-            result: ops.HostState = host.get_fact(ops.MuzoState)
-        return result
 
     def close(self) -> None:
         self.state.set_stage(StateStage.Disconnect)
-        disconnect_all(self.state)
+        with contextlib.suppress(Exception):
+            disconnect_all(self.state)
 
 
 def _changed(metas: ops.Labelled) -> list[str]:
-    return [label for label, m in metas if m.is_complete() and m.did_change()]
+    return [label for label, m in metas if m.is_complete() and m.did_change()
+            and label not in ("lease", "lease-given-back")]
 
 
 def plan_hosts(target: Target, env_file: str) -> dict[str, HostPlan]:
@@ -198,179 +224,311 @@ def build_releases(plans: dict[str, HostPlan], lock: Path | None, progress: Prog
     return releases
 
 
+def same_machines(states: dict[str, HostState]) -> None:
+    """DeployError when two inventory names reach one machine (same /etc/machine-id)."""
+    seen: dict[str, str] = {}
+    for name, state in states.items():
+        if not state.machine_id:
+            continue
+        if state.machine_id in seen:
+            raise DeployError(f"inventory hosts {seen[state.machine_id]} and {name} are one machine (machine-id "
+                              f"{state.machine_id[:12]}…); list each machine once")
+        seen[state.machine_id] = name
+
+
+def _refusal(meta: Any) -> str:
+    """The lease holder's line from a failed ``lease`` operation, or ''."""
+    with contextlib.suppress(Exception):
+        for line in meta.stderr_lines:
+            if "in progress since" in line:
+                return str(line).removeprefix("muzo: ")
+    return ""
+
+
+def describe(res: HostResult, state: HostState | None, wanted: Sequence[str]) -> None:
+    """Fill in what the host runs now from a fresh reading (None: it could not be asked)."""
+    if state is None:
+        res.healthy = None
+        res.detail = res.detail or "the host could not be asked what it runs"
+        return
+    res.release, res.env = state.running_release(), state.running_env()
+    res.healthy, reason = state.health(wanted)
+    if not res.healthy:
+        res.detail = f"{res.detail}; {reason}" if res.detail and reason not in res.detail else (res.detail or reason)
+
+
 def deploy(inventory: str, env_file: str, *, dry: bool = False, serial: int = 1, limit: Sequence[str] = (),
            lock: Path | None = None, source: Path | None = None, progress: Progress = lambda _: None,
            verbose: bool = False) -> DeployResult:
-    """Deploy the worker to the inventory's hosts (see the module text)."""
+    """Deploy the worker to the inventory's hosts (see the module text). DeployError: nothing touched."""
     start = time.monotonic()
     _quiet_pyinfra(verbose)
     target = load_target(inventory, limit)
     plans = plan_hosts(target, env_file)
     lock = lock or Path(inventory).resolve().parent / "muzo-worker.lock"
     releases = build_releases(plans, lock, progress, source)
-    result = DeployResult({n: HostResult(release=releases[n].name) for n in target.names})
+    desired = {n: Desired.of(plans[n], releases[n].name) for n in target.names}
+    result = DeployResult({n: HostResult(desired_release=releases[n].name) for n in target.names})
     if dry:
-        _dry(target, plans, releases, result, progress)
+        _dry(target, desired, result)
         result.seconds = time.monotonic() - start
         return result
+    token, owner = uuid.uuid4().hex, lease_owner()
+    settled: set[str] = set()  # hosts whose entry is final
+    try:
+        pending = _phase1(target, plans, releases, desired, token, owner, result, settled)
+        progress(f"phase 1 (staged on {len(target.names)} hosts) done at {time.monotonic() - start:.1f} s")
+        _phase2(target, pending, desired, token, serial, result, settled, progress, start)
+    except DeployError:
+        raise
+    except Exception as exc:  # a crash: every host still gets its entry, read afresh
+        for name in target.names:
+            if name not in settled:
+                result.hosts[name].status = "failed"
+                result.hosts[name].detail = f"the deploy stopped: {type(exc).__name__}"
+    _report(target, result, settled, plans)
+    result.seconds = time.monotonic() - start
+    return result
 
-    # Phase 1: everything staged on every host at once; nothing that runs changes.
+
+def _phase1(target: Target, plans: dict[str, HostPlan], releases: dict[str, Release],
+            desired: dict[str, Desired], token: str, owner: str, result: DeployResult, settled: set[str]) -> list[str]:
+    """Lease and staging everywhere at once; the hosts with something to switch."""
     metas: dict[str, ops.Labelled] = {}
+    give_back: dict[str, bool] = {}
+    leader: list[Any] = []  # the first host's lease operation: the others take theirs after it
 
     def phase1() -> None:
         name = current_host.name
-        metas[name] = ops.stage(plans[name], releases[name])
+        state = ops.host_state()
+        stale = state.lease.token if state.lease.token and lease_is_stale(state.lease, state.now) else ""
+        give_back[name] = not desired[name].differences(state)
+        metas[name] = ops.stage(plans[name], releases[name], token, owner, stale, give_back[name],
+                                leader[0] if leader else None)
+        if not leader:
+            leader.append(dict(metas[name])["lease"])
 
     run = _Run(target, target.names)
-    pending: list[str] = []
-    states: dict[str, ops.HostState] = {}
     try:
+        states = run.read_states()
+        same_machines(states)
         run.prepare(phase1)
         run.execute()
-        for name in target.names:
-            res = result.hosts[name]
-            res.operations = _changed(metas.get(name, []))
-            res.changed = len(res.operations)
-            if run.failed(name):
-                res.status = "failed"
-                res.detail = "could not connect" if name not in metas else "phase 1 (staging) failed"
-                continue
-            states[name] = run.fact_state(name)
-            if ops.pending(plans[name], releases[name], states[name]):
-                pending.append(name)
-            else:
-                res.status, res.healthy = "unchanged", True
     finally:
         run.close()
-    progress(f"phase 1 (staged on {len(target.names)} hosts) done at {time.monotonic() - start:.1f} s")
+    pending = []
+    for name in target.names:
+        res = result.hosts[name]
+        labelled = dict(metas.get(name, []))
+        res.operations = _changed(metas.get(name, []))
+        res.changed = len(res.operations)
+        if name not in states:
+            res.status, res.detail = "unreachable", "could not connect or read its state"
+        elif run.failed(name):
+            refusal = _refusal(labelled.get("lease"))
+            res.status = "refused" if refusal else "failed"
+            res.detail = refusal or "phase 1 (staging) failed"
+            if refusal:
+                settled.add(name)
+        elif give_back[name]:
+            res.status = "unchanged"
+            describe(res, states[name], desired[name].instances)
+            settled.add(name)
+        else:
+            pending.append(name)
+    if any(result.hosts[n].status in ("failed", "unreachable", "refused") for n in target.names):
+        for name in pending:  # nothing switches when a host could not be staged; give the leases back
+            result.hosts[name].detail = "the rollout stopped before this host"
+        _give_back(target, pending, token)
+        return []
+    return pending
 
-    # Phase 2: batch by batch, each its own pyinfra run.
-    if any(r.status == "failed" for r in result.hosts.values()):
-        pending = []
-    switched: dict[str, ops.SwitchOps] = {}
+
+def _phase2(target: Target, pending: list[str], desired: dict[str, Desired], token: str, serial: int,
+            result: DeployResult, settled: set[str], progress: Progress, start: float) -> None:
+    switched: dict[str, tuple[Any, Any]] = {}
 
     def phase2() -> None:
         name = current_host.name
-        switched[name] = ops.switch(plans[name], releases[name])
+        switched[name] = ops.switch(desired[name], token)
 
-    for first in range(0, len(pending), max(1, serial)):
-        batch = pending[first:first + max(1, serial)]
+    step = max(1, serial)
+    for first in range(0, len(pending), step):
+        batch = pending[first:first + step]
         run = _Run(target, batch)
         try:
+            run.read_states()
             run.prepare(phase2)
             run.execute()
         finally:
             run.close()
         stop = False
         for name in batch:
-            res = result.hosts[name]
-            sw = switched.get(name)
-            if sw is None:
-                res.status, res.detail = "failed", "could not connect"
-                stop = True
-                continue
-            res.operations += _changed(sw.changes)
-            res.changed = len(res.operations)
-            gate_failed = sw.gate.is_complete() and sw.gate.did_error()
-            ran_back = sw.rollback.is_complete() and sw.rollback.did_change() and sw.rollback.did_succeed()
-            first_deploy = ran_back and ops.NOTHING_TO_ROLL_BACK in sw.rollback.stdout
-            res.rolled_back = ran_back and not first_deploy
-            if run.failed(name) or gate_failed:
-                res.status = "rolled-back" if res.rolled_back else "failed"
-                res.release = states[name].current
-                res.detail = "health gate failed" if gate_failed else "switch failed"
-                if first_deploy:
-                    res.detail = "health gate failed on the first deploy: nothing to roll back to, units stopped"
-                stop = True
-            else:
-                res.status, res.healthy = "deployed", True
+            stop = not _read_switch(result.hosts[name], switched.get(name), run.failed(name)) or stop
+            settled.add(name)
         progress(f"batch {', '.join(batch)} done at {time.monotonic() - start:.1f} s")
         if stop:
-            break
-    for name in pending:
-        res = result.hosts[name]
-        if res.status == "not-reached":  # the rollout stopped first: the host runs what it ran
-            state = states[name]
-            res.release = state.current
-            res.healthy = bool(state.current) and all(state.active.get(i) == "active"
-                                                      for i in plans[name].instances)
-            res.detail = "the rollout stopped before this host"
-    result.seconds = time.monotonic() - start
-    return result
+            rest = pending[first + step:]
+            for name in rest:
+                result.hosts[name].detail = "the rollout stopped before this host"
+            _give_back(target, rest, token)
+            return
+
+
+def _read_switch(res: HostResult, metas: tuple[Any, Any] | None, failed: bool) -> bool:
+    """Fill ``res`` from ``muzo-host switch``'s output; whether the host ended healthy."""
+    meta = metas[0] if metas else None
+    if meta is None or not meta.is_complete():
+        res.status, res.detail = "failed", "the connection was lost before the switch ran"
+        return False
+    values = ops.output_values(meta.stdout_lines)
+    ops_done = values.get("op", [])
+    res.operations += ops_done
+    res.changed = len(res.operations)
+    outcome = (values.get("result") or [""])[-1]
+    unhealthy = "; ".join(values.get("unhealthy", []))
+    start_reason = (values.get("start_reason") or [""])[-1]
+    if outcome == "healthy":
+        res.status = "deployed"
+        return True
+    res.rolled_back = outcome == "rolled-back"
+    res.status = {"rolled-back": "rolled-back", "unhealthy": "unhealthy"}.get(outcome, "failed")
+    res.detail = {
+        "": "the switch stopped before it finished (connection lost or the host script failed)"
+             + (f": {meta.stderr.strip()[-300:]}" if meta.stderr.strip() else ""),
+        "rolled-back": f"health gate failed ({unhealthy}); rolled back to what ran before",
+        "rollback-unhealthy": f"health gate failed ({unhealthy}); rolled back, and that is not healthy either",
+        "unhealthy": f"nothing was switched; instances are not healthy: {unhealthy}",
+        "first-deploy-stopped": f"health gate failed on the first deploy ({unhealthy}): nothing to roll back "
+                                "to, units stopped and disabled",
+        "unhealthy-nothing-to-roll-back": f"health gate failed ({unhealthy}); nothing ran healthy before this "
+                                          f"deploy, so nothing was rolled back ({start_reason})",
+    }.get(outcome, outcome)
+    del failed
+    return False
+
+
+def _give_back(target: Target, names: Sequence[str], token: str) -> None:
+    """Give back the leases of hosts this run will not switch."""
+    if not names:
+        return
+    def give() -> None:
+        ops.lease_given_back(name="deploy lease given back", token=token)
+
+    run = _Run(target, names)
+    try:
+        run.read_states()
+        run.prepare(give)
+        run.execute()
+    finally:
+        run.close()
+
+
+def _report(target: Target, result: DeployResult, settled: set[str], plans: dict[str, HostPlan]) -> None:
+    """What every host whose entry is not final runs now (one more reading of each)."""
+    names = [n for n in target.names if n not in settled or result.hosts[n].status != "unchanged"]
+    names = [n for n in names if result.hosts[n].status not in ("unchanged", "refused")]
+    if not names:
+        return
+    states: dict[str, HostState] = {}
+    with contextlib.suppress(Exception):
+        run = _Run(target, names)
+        try:
+            states = run.read_states()
+        finally:
+            run.close()
+    for name in names:
+        describe(result.hosts[name], states.get(name), plans[name].instances)
 
 
 def rollback(inventory: str, env_file: str, *, serial: int = 1, limit: Sequence[str] = (),
              progress: Progress = lambda _: None, verbose: bool = False) -> DeployResult:
-    """Switch the chosen hosts back to their previous release, env file and unit, batch by batch."""
+    """Switch the chosen hosts back to what ran before their last deploy; a rollback whose gate
+    fails goes back to what ran before it. Batch by batch; stops after a host that is not healthy."""
     start = time.monotonic()
     _quiet_pyinfra(verbose)
     target = load_target(inventory, limit)
     plans = plan_hosts(target, env_file)
     result = DeployResult({n: HostResult() for n in target.names})
-    metas: dict[str, Any] = {}
+    token, owner = uuid.uuid4().hex, lease_owner()
+    metas: dict[str, tuple[Any, Any]] = {}
+    settled: set[str] = set()
 
     def back() -> None:
-        metas[current_host.name] = ops.rollback(plans[current_host.name])
+        state = ops.host_state()
+        stale = state.lease.token if state.lease.token and lease_is_stale(state.lease, state.now) else ""
+        metas[current_host.name] = ops.rollback(token, owner, stale, plans[current_host.name].health_timeout_s)
 
-    for first in range(0, len(target.names), max(1, serial)):
-        batch = target.names[first:first + max(1, serial)]
-        run = _Run(target, batch)
-        try:
-            run.prepare(back)
-            run.execute()
+    try:
+        for first in range(0, len(target.names), max(1, serial)):
+            batch = target.names[first:first + max(1, serial)]
+            run = _Run(target, batch)
+            try:
+                states = run.read_states()
+                same_machines(states)
+                run.prepare(back)
+                run.execute()
+            finally:
+                run.close()
             stop = False
             for name in batch:
                 res = result.hosts[name]
-                meta = metas.get(name)
-                ok = meta is not None and meta.is_complete() and meta.did_succeed() and not run.failed(name)
-                res.operations = ["rolled-back"] if ok else []
+                meta = metas.get(name, (None, None))[0]
+                values = ops.output_values(meta.stdout_lines) if meta is not None and meta.is_complete() else {}
+                outcome = (values.get("result") or [""])[-1]
+                res.operations = values.get("op", []) + [f"rollback {o}" for o in values.get("rollback_op", [])]
                 res.changed = len(res.operations)
-                res.rolled_back = res.healthy = ok
-                res.status = "rolled-back-on-demand" if ok else "failed"
-                if not run.failed(name) and meta is not None:
-                    res.release = run.fact_state(name).current
-                stop = stop or not ok
-        finally:
-            run.close()
-        progress(f"batch {', '.join(batch)} rolled back at {time.monotonic() - start:.1f} s")
-        if stop:
-            break
+                res.rolled_back = outcome == "rolled-back"
+                res.status = "rolled-back-on-demand" if res.rolled_back else "failed"
+                res.detail = {"rolled-back": "", "nothing-to-roll-back": "nothing to roll back to on this host",
+                              "reverted": "the rollback's health gate failed; back to what ran before it",
+                              "": "the rollback stopped before it finished"}.get(outcome, outcome)
+                refusal = _refusal(metas[name][1]) if name in metas else ""
+                if refusal:
+                    res.status, res.detail = "refused", refusal
+                    settled.add(name)
+                stop = stop or not res.rolled_back
+            progress(f"batch {', '.join(batch)} rolled back at {time.monotonic() - start:.1f} s")
+            if stop:
+                break
+    except DeployError:
+        raise
+    except Exception as exc:
+        for name in target.names:
+            if result.hosts[name].status == "not-reached":
+                result.hosts[name].status, result.hosts[name].detail = "failed", f"stopped: {type(exc).__name__}"
+    _report(target, result, settled, plans)
     result.seconds = time.monotonic() - start
     return result
 
 
-def _dry(target: Target, plans: dict[str, HostPlan], releases: dict[str, Release], result: DeployResult,
-         progress: Progress) -> None:
-    """Phase 1's change detection (nothing executed) and what phase 2 would switch."""
-    run = _Run(target, target.names, check_for_changes=True)
+def _dry(target: Target, desired: dict[str, Desired], result: DeployResult) -> None:
+    """What each host would do (one reading of its state; nothing changed, no lease taken)."""
+    run = _Run(target, target.names)
     try:
-        metas: dict[str, ops.Labelled] = {}
-
-        def phase1() -> None:
-            metas[current_host.name] = ops.stage(plans[current_host.name], releases[current_host.name])
-
-        run.prepare(phase1)
-        for name in target.names:
-            res = result.hosts[name]
-            if run.failed(name):
-                res.status, res.detail = "failed", "could not connect"
-                continue
-            changes = [label for label, m in metas.get(name, []) if m.will_change]
-            state = run.fact_state(name)
-            plan, release = plans[name], releases[name]
-            would = []
-            if state.current != release.name:
-                would.append(f"switch release {state.current or '(none)'} -> {release.name}")
-            if state.env != plan.env_sha256:
-                would.append("switch env file")
-            if state.unit != plan.unit_sha256:
-                would.append("switch unit")
-            if would or ops.pending(plan, release, state):
-                would.append("restart " + " ".join(plan.instances))
-            res.operations = changes + would
-            res.changed = len(res.operations)
-            res.status, res.healthy = "dry", not ops.pending(plan, release, state)
-            res.detail = "; ".join(would) if would else "nothing to switch"
-            res.release = release.name
+        states = run.read_states()
+        same_machines(states)
     finally:
         run.close()
+    for name in target.names:
+        res = result.hosts[name]
+        state = states.get(name)
+        if state is None:
+            res.status, res.detail = "unreachable", "could not connect or read its state"
+            continue
+        want = desired[name]
+        would = []
+        if want.release not in state.releases:
+            would.append(f"install release {want.release}")
+        if want.env not in state.stored_env:
+            would.append("stage env file")
+        would += want.differences(state)
+        if state.lease.token and not lease_is_stale(state.lease, state.now):
+            would.insert(0, f"wait: deploy by {state.lease.owner} in progress")
+        res.operations = would
+        res.changed = len(would)
+        res.status = "dry"
+        res.detail = "; ".join(would) if would else "nothing to switch"
+        describe(res, state, want.instances)
+        if not would:
+            res.detail = "nothing to switch"

@@ -163,10 +163,15 @@ def _declared_requirements(sources: Sequence[Path], wheels: Sequence[Path]) -> s
     return hashlib.sha256("\n".join(sorted(requires)).encode()).hexdigest()[:16]
 
 
-def _release_name(version: str, root: Path, sources: Sequence[Path], wheels: Sequence[Path],
+def _release_name(version: str, root: Path | None, sources: Sequence[Path], wheels: Sequence[Path],
                   pins: Sequence[str]) -> str:
     digest = hashlib.sha256()
-    tree_digest([root / "muzo_ops", root / "pyproject.toml", root / "templates"], digest)
+    if root is not None:
+        tree_digest([root / "muzo_ops", root / "pyproject.toml", root / "templates", root / "deploy"], digest)
+    else:
+        for name, path in installed_files()[1]:
+            if ".dist-info/" not in name or name.endswith("/METADATA"):
+                digest.update(name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
     for src in sources:
         tree_digest([src], digest)
     for wheel in wheels:
@@ -185,9 +190,57 @@ def build_release(handler_packages: Sequence[str] = (), lock_path: Path | None =
     root = source.resolve() if source is not None else project_root()
     if source is not None and not (source / "pyproject.toml").is_file():
         raise DeployError(f"--source {source}: no pyproject.toml there; give a muzo_ops checkout")
-    if root is None:
-        raise DeployError("muzo_ops is not running from a source checkout (no pyproject.toml beside it); "
-                          "deploy from a checkout of muzo_ops")
+    if root is None:  # an installed muzo-ops: the release carries the installed distribution
+        return _build(None, handler_packages, lock_path)
+    return _build(root, handler_packages, lock_path)
+
+
+def installed_files() -> tuple[str, list[tuple[str, Path]]]:
+    """(version, [(name in the wheel, file)]) of the installed muzo-ops distribution, byte code left out."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("muzo-ops")
+    except metadata.PackageNotFoundError:
+        raise DeployError("muzo-ops is neither a source checkout nor an installed distribution here; "
+                          "pip install 'muzo-ops[deploy]' or give --source") from None
+    found = []
+    for entry in dist.files or []:
+        name = entry.as_posix()
+        if name.startswith(("..", "/")) or name.endswith((".pyc", ".pyo")) or "__pycache__" in name:
+            continue
+        if ".dist-info/" in name and name.rsplit("/", 1)[-1] in ("RECORD", "INSTALLER", "REQUESTED",
+                                                                  "direct_url.json"):
+            continue
+        path = Path(str(entry.locate()))
+        if path.is_file():
+            found.append((name, path))
+    if not any(n.startswith("muzo_ops/") for n, _ in found):
+        raise DeployError("the installed muzo-ops lists no package files (an editable install?); "
+                          "deploy with --source CHECKOUT")
+    return str(dist.version), sorted(found)
+
+
+def wheel_from_installed(out: Path) -> Path:
+    """The installed muzo-ops, packed back into a wheel (same files, a fresh RECORD)."""
+    import base64
+
+    version, found = installed_files()
+    dist_info = next(n.split("/", 1)[0] for n, _ in found if ".dist-info/" in n)
+    wheel = out / f"muzo_ops-{version}-py3-none-any.whl"
+    records = []
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, path in found:
+            data = path.read_bytes()
+            archive.writestr(name, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            records.append(f"{name},sha256={digest},{len(data)}")
+        records.append(f"{dist_info}/RECORD,,")
+        archive.writestr(f"{dist_info}/RECORD", "\n".join(records) + "\n")
+    return wheel
+
+
+def _build(root: Path | None, handler_packages: Sequence[str], lock_path: Path | None) -> Release:
     sources: list[Path] = []
     given: list[Path] = []
     for spec in handler_packages:
@@ -200,9 +253,19 @@ def build_release(handler_packages: Sequence[str] = (), lock_path: Path | None =
             raise DeployError(f"handler package {spec}: not a wheel file or project folder; "
                               "give a .whl path or a folder with pyproject.toml")
     lock = (lock_path or Path("muzo-worker.lock")).resolve()
-    version = str(tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"])
+    if root is not None:
+        version = str(tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"])
+        project_sources = [root, *sources]
+    else:
+        version = installed_files()[0]
+        project_sources = sources
     cache = cache_dir()
-    declared = _declared_requirements([root, *sources], given)
+    declared = _declared_requirements(project_sources, given)
+    if root is None and declared is not None:  # the installed distribution's own requirements too
+        from importlib import metadata
+
+        requires = sorted(r for r in metadata.requires("muzo-ops") or [] if "extra ==" not in r)
+        declared = hashlib.sha256(f"{declared}\n{chr(10).join(requires)}".encode()).hexdigest()[:16]
     pins = _read_lock(lock, declared) if declared else None
     if pins is not None:
         name = _release_name(version, root, sources, given, pins)
@@ -215,7 +278,8 @@ def build_release(handler_packages: Sequence[str] = (), lock_path: Path | None =
         work = Path(tmp)
         own = work / "own"
         own.mkdir()
-        own_wheels = [_build_local(root, own, ours=True), *(_build_local(src, own) for src in sources)]
+        ours = _build_local(root, own, ours=True) if root is not None else wheel_from_installed(own)
+        own_wheels = [ours, *(_build_local(src, own) for src in sources)]
         for wheel in given:
             shutil.copy2(wheel, own / wheel.name)
             own_wheels.append(own / wheel.name)

@@ -35,9 +35,8 @@ def is_placeholder(var: Variable | None, value: str) -> bool:
     return bool(_PLACEHOLDER_RE.match(value.strip()))
 
 
-# Patterns of the less common kinds: compiled on first use (re caches them), not at start-up.
+# The pattern of a less common kind: compiled on first use (re caches it), not at start-up.
 _NUMBER = r"[0-9]{1,12}(\.[0-9]{1,9})?|\.[0-9]{1,9}"
-_HANDLER = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_.]*"
 
 
 def _digits(value: str) -> bool:
@@ -58,17 +57,10 @@ def number_error(var: Variable, value: str) -> str | None:
 
 
 def handlers_error(value: str) -> str | None:
-    """Why ``value`` is not a ``TYPE=module:function`` comma list of known job types, or None."""
-    known = ("GENERATION", "MOCKUP", "FULFILLMENT")
-    for item in value.split(","):
-        if not item.strip():
-            continue
-        name, sep, spec = item.partition("=")
-        if not sep or not re.fullmatch(_HANDLER, spec.strip()):
-            return "must be a comma list of TYPE=module:function (e.g. GENERATION=myapp.jobs:generate)"
-        if name.strip().upper() not in known:
-            return f"names job type {name.strip()[:40]!r}: use one of {', '.join(known)}"
-    return None
+    """Why ``value`` is not a ``MUZO_WORKER_HANDLERS`` list (the worker's own grammar), or None."""
+    from muzo_ops.env import handlerspec
+
+    return handlerspec.list_error(value)
 
 
 # Control characters no muzo variable takes (a tab is allowed). A set, not a regex: a character

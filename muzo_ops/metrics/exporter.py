@@ -26,13 +26,8 @@ from pymongo import ASCENDING
 
 from muzo_ops.metrics.server import DEFAULT_HOST, MetricsServer
 from muzo_ops.queue.jobs import JobStatus, JobType
-from muzo_ops.queue.store import (
-    due_pending_query,
-    failed_query,
-    scheduled_pending_query,
-    type_status_query,
-    utcnow,
-)
+from muzo_ops.queue.opsstore import due_pending_query, failed_query, scheduled_pending_query, type_status_query
+from muzo_ops.queue.store import utcnow
 
 if TYPE_CHECKING:
     from pymongo.collection import Collection

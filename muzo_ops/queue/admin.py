@@ -1,6 +1,6 @@
 """``jobs status | enqueue | retry-failed | clear-failed``: operating the queue.
 
-Every query and update comes from ``muzo_ops.queue.store``; this module
+Every query and update comes from the store (``muzo_ops.queue.opsstore``); this module
 parses operators' input and shapes the answers.
 """
 
@@ -15,17 +15,16 @@ from typing import Any
 from muzo_ops.constants import DEFAULT_MAX_ATTEMPTS
 from muzo_ops.errors import UsageError
 from muzo_ops.queue.jobs import JobStatus, JobType
-from muzo_ops.queue.store import (
+from muzo_ops.queue.opsstore import (
     AdminStore,
     due_pending_query,
     known_types_query,
-    new_job_document,
     running_past_lock_query,
     scheduled_pending_query,
     undated_pending_query,
     unknown_type_pending_query,
-    utcnow,
 )
+from muzo_ops.queue.store import new_job_document, utcnow
 
 # MongoDB nests documents at most 100 deep; the payload sits inside the Job.
 MAX_PAYLOAD_DEPTH = 90
@@ -182,12 +181,6 @@ def status(store: AdminStore, now: dt.datetime | None = None) -> QueueStatus:
                           + store.count({**undated_pending_query(), **known_types_query()}))
     result.unknown_type_pending = store.count(unknown_type_pending_query())
     return result
-
-
-def enqueue(store: AdminStore, job_type: JobType, payload: dict[str, Any], run_at: dt.datetime | None = None,
-            max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> str:
-    """Validate and insert a PENDING job; its id. UsageError for an invalid payload."""
-    return enqueue_job(store, job_type, payload, run_at, max_attempts)[0]
 
 
 def enqueue_job(store: AdminStore, job_type: JobType, payload: dict[str, Any], run_at: dt.datetime | None = None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from muzo_ops.constants import DEFAULT_MAX_ATTEMPTS
 from muzo_ops.errors import UsageError
@@ -61,6 +61,21 @@ class MalformedJobError(FatalJobError):
     """The document itself breaks the Job contract (``attempts: null``, a string ``availableAt``…)."""
 
 
+class RetryJob(Exception):
+    """Raised by a handler to ask for another attempt, not before ``after_seconds``.
+
+    The delay is held to the type's retry cap; without one the retry policy
+    decides. An attempt is spent as for any failure, so ``maxAttempts``
+    still bounds the job.
+    """
+
+    def __init__(self, message: str = "the handler asked for a retry", *, after_seconds: float | None = None) -> None:
+        super().__init__(message)
+        ok = isinstance(after_seconds, int | float) and not isinstance(after_seconds, bool) and (
+            0 <= after_seconds < float("inf"))
+        self.after_seconds: float | None = float(after_seconds) if ok and after_seconds is not None else None
+
+
 class JobTimeoutError(Exception):
     """The handler ran longer than its type's timeout (retried or failed like any error)."""
 
@@ -84,8 +99,15 @@ class Job:
     project_id: str | None
 
 
-def _whole(value: Any) -> bool:
+def is_whole(value: Any) -> TypeGuard[int]:
+    """An integer, not a boolean (BSON int32/int64 read by pymongo)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def attempts_of(doc: dict[str, Any]) -> int:
+    """The document's ``attempts`` when it is a whole number, else 0."""
+    value = doc.get("attempts")
+    return value if is_whole(value) else 0
 
 
 def document_problems(doc: dict[str, Any]) -> list[str]:
@@ -96,10 +118,10 @@ def document_problems(doc: dict[str, Any]) -> list[str]:
     ``maxAttempts`` is the default. Present with the wrong type, they are not.
     """
     problems = []
-    if "attempts" in doc and not (_whole(doc["attempts"]) and doc["attempts"] >= 0):
+    if "attempts" in doc and not (is_whole(doc["attempts"]) and doc["attempts"] >= 0):
         problems.append(f"attempts is {_describe(doc['attempts'])} (expected a whole number from 0)")
     maximum = doc.get("maxAttempts")
-    if maximum is not None and not (_whole(maximum) and maximum >= 1):
+    if maximum is not None and not (is_whole(maximum) and maximum >= 1):
         problems.append(f"maxAttempts is {_describe(maximum)} (expected a whole number from 1)")
     available = doc.get("availableAt")
     if available is not None and not isinstance(available, dt.datetime):
@@ -113,7 +135,7 @@ def _describe(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
-    if _whole(value):
+    if is_whole(value):
         return f"{value}" if abs(value) < 10**12 else "a huge number"
     if isinstance(value, str):
         return "a string"
@@ -139,7 +161,7 @@ def job_from_document(doc: dict[str, Any]) -> Job:
         id=str(doc["_id"]),
         type=JobType(doc["type"]),
         payload=payload if isinstance(payload, dict) else {},
-        attempts=doc["attempts"] if _whole(doc.get("attempts")) else 0,
+        attempts=attempts_of(doc),
         max_attempts=max_attempts_of(doc),
         project_id=str(project) if project is not None else None,
     )

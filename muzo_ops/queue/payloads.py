@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from muzo_ops.queue.jobs import JobType, PayloadError
+from muzo_ops.queue.jobs import JobType, PayloadError, is_whole
 
 Check = Callable[[Any], str | None]
 
@@ -37,7 +37,7 @@ def _choice(*options: str) -> Check:
 
 def _int_range(low: int, high: int | None = None) -> Check:
     def check(value: Any) -> str | None:
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+        ok = is_whole(value) and value >= low
         if ok and high is not None:
             ok = value <= high
         if ok:

@@ -1,4 +1,7 @@
-"""The ``Job`` collection: claim, heartbeat, finish, release, in single round trips.
+"""The ``Job`` collection as the worker uses it: claim, heartbeat, finish, release, in single round trips.
+
+With ``opsstore`` (the operators' queries and updates) this is the store:
+every filter and update of the ``Job`` collection lives in the two.
 
 Every write after a claim is fenced on ``_id``, ``lockedBy`` and
 ``attempts``: a worker that lost its lock matches nothing and writes
@@ -17,13 +20,12 @@ from bson.codec_options import CodecOptions, DatetimeConversion
 from pymongo import ASCENDING, ReturnDocument
 
 from muzo_ops.constants import DEFAULT_MAX_ATTEMPTS, JOB_COLLECTION
-from muzo_ops.queue.jobs import JobStatus, JobType
+from muzo_ops.queue.jobs import JobStatus, JobType, is_whole
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.client_session import AsyncClientSession
     from pymongo.asynchronous.collection import AsyncCollection
     from pymongo.asynchronous.database import AsyncDatabase
-    from pymongo.collection import Collection
 
 Doc = dict[str, Any]
 
@@ -67,10 +69,6 @@ UNDATED: Doc = {"availableAt": None}  # missing or null: due now
 # A present availableAt that is not a date (a string, a number…): never due by
 # date, so only this filter finds it, for the worker to fail it with the reason.
 MISDATED: Doc = {"availableAt": {"$exists": True, "$not": {"$type": ["date", "null"]}}}
-
-
-def _is_whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def utcnow() -> dt.datetime:
@@ -187,6 +185,13 @@ class JobStore:
         when = doc.get("availableAt") if doc else None
         return when if isinstance(when, dt.datetime) else None
 
+    async def scheduled(self, types: Sequence[JobType]) -> tuple[int, dt.datetime | None]:
+        """How many PENDING jobs of ``types`` are not due yet (retries waiting), and the earliest one's time."""
+        count = await self.jobs.count_documents(
+            {"type": {"$in": [t.value for t in types]}, "status": JobStatus.PENDING.value,
+             "availableAt": {"$gt": utcnow()}})
+        return count, (await self.next_due(types) if count else None)
+
     async def _claim_one(self, query: Doc, worker_id: str, lock_s: float) -> tuple[Doc, Doc] | None:
         now = utcnow()
         until = now + dt.timedelta(seconds=lock_s)
@@ -206,7 +211,7 @@ class JobStore:
         attempts = before.get("attempts", 0)
         after.update(status=JobStatus.RUNNING.value, lockedBy=worker_id, lockedAt=now,
                      lockedUntil=until, updatedAt=now,
-                     attempts=attempts + 1 if _is_whole(attempts) else attempts)
+                     attempts=attempts + 1 if is_whole(attempts) else attempts)
         return before, after
 
     async def heartbeat(self, doc: Doc, lock_s: float) -> dt.datetime | None:
@@ -240,7 +245,7 @@ class JobStore:
         released = []
         now = utcnow()
         for doc in docs:
-            undo: Doc = {"$inc": {"attempts": -1}} if _is_whole(doc.get("attempts")) else {}
+            undo: Doc = {"$inc": {"attempts": -1}} if is_whole(doc.get("attempts")) else {}
             outcome = await self.jobs.update_one(
                 fence(doc), {"$set": unlocked(JobStatus.PENDING, now, availableAt=now), **undo},
                 session=session,
@@ -270,7 +275,7 @@ class JobStore:
         async for doc in found:
             attempts = doc.get("attempts")
             error = {"name": "MaxAttemptsExceeded", "message": "Maximum attempts exhausted",
-                     "stack": None, "attempts": attempts if _is_whole(attempts) else None,
+                     "stack": None, "attempts": attempts if is_whole(attempts) else None,
                      "lockedBy": doc.get("lockedBy")}
             outcome = await self.jobs.update_one(
                 {"_id": doc["_id"], "status": JobStatus.RUNNING.value,
@@ -281,15 +286,6 @@ class JobStore:
             if outcome.matched_count:
                 failed.append(doc)
         return failed
-
-    async def enqueue(self, job_type: JobType, payload: Doc, run_at: dt.datetime | None = None,
-                      max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-                      project_id: str | None = None) -> ObjectId:
-        """Insert a PENDING job the way the web app does; its id."""
-        now = utcnow()
-        doc = new_job_document(job_type, payload, now, run_at, max_attempts, project_id)
-        result = await self.jobs.insert_one(doc)
-        return result.inserted_id  # type: ignore[no-any-return]
 
 
 def new_job_document(job_type: JobType, payload: Doc, now: dt.datetime,
@@ -340,127 +336,14 @@ def error_document(exc: BaseException, attempts: int | None,
     }
 
 
-# ---------------------------------------------------------------- operators' queries
-
-
-def status_pipeline() -> list[Doc]:
-    """Counts by (type, status) of the whole collection."""
-    return [{"$group": {"_id": {"type": "$type", "status": "$status"}, "n": {"$sum": 1}}}]
-
-
-def known_types_query() -> Doc:
-    """Jobs of a type muzo knows (a worker can run them)."""
-    return {"type": {"$in": [t.value for t in JobType]}}
-
-
-def due_pending_query(now: dt.datetime) -> Doc:
-    """PENDING jobs due by ``now`` by date (any type); add ``undated_pending_query()`` for the
-    jobs without availableAt, which are due too."""
-    return {"status": JobStatus.PENDING.value, "availableAt": due_condition(now)}
-
-
-def undated_pending_query() -> Doc:
-    """PENDING jobs without availableAt (missing or null): due now (any type)."""
-    return {"status": JobStatus.PENDING.value, **UNDATED}
-
-
-def scheduled_pending_query(now: dt.datetime) -> Doc:
-    """PENDING jobs not due yet (scheduled jobs and retries waiting), any type."""
-    return {"status": JobStatus.PENDING.value, "availableAt": {"$gt": now}}
-
-
-def unknown_type_pending_query() -> Doc:
-    """PENDING jobs of a type no worker knows (they never run)."""
-    return {"status": JobStatus.PENDING.value, "type": {"$nin": [t.value for t in JobType]}}
-
-
-def type_status_query(job_type: JobType, status: JobStatus) -> Doc:
-    """Jobs of one type in one status: equality, equality (the first index's prefix)."""
-    return {"type": job_type.value, "status": status.value}
-
-
-def running_past_lock_query(now: dt.datetime) -> Doc:
-    """RUNNING jobs whose lock expired (their worker died or stalled)."""
-    return {"status": JobStatus.RUNNING.value, "lockedUntil": {"$lt": now}}
-
-
-def failed_query(job_type: JobType | None = None, updated_before: dt.datetime | None = None) -> Doc:
-    """FAILED jobs, of one type and last updated before a time when given."""
-    query: Doc = {"status": JobStatus.FAILED.value}
-    if job_type is not None:
-        query["type"] = job_type.value
-    if updated_before is not None:
-        query["updatedAt"] = {"$lt": updated_before}
-    return query
-
-
-class AdminStore:
-    """The operators' view of the ``Job`` collection (synchronous pymongo)."""
-
-    def __init__(self, jobs: Collection[Doc]) -> None:
-        self.jobs = jobs
-
-    @classmethod
-    def connect(cls, url: str, timeout_s: float = 10.0) -> AdminStore:
-        """DATABASE_URL's ``Job`` collection; the client connects on first use."""
-        from pymongo import MongoClient
-
-        ms = int(timeout_s * 1000)
-        client: MongoClient[Doc] = MongoClient(url, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms,
-                                               appname="muzo-ops jobs")
-        db = client.get_default_database(default="muzo")
-        return cls(db.get_collection(JOB_COLLECTION, codec_options=CODEC_OPTIONS))
-
-    def counts(self) -> list[tuple[str, str, int]]:
-        """(type, status, count) for every pair present."""
-        return [(str(row["_id"].get("type")), str(row["_id"].get("status")), int(row["n"]))
-                for row in self.jobs.aggregate(status_pipeline())]
-
-    def oldest_due(self, now: dt.datetime) -> dt.datetime | None:
-        """Since when the oldest due PENDING job (of a known type) has been due.
-
-        A job without ``availableAt`` has been due since it was created.
-        """
-        dated = self.jobs.find_one(
-            {**due_pending_query(now), **known_types_query(), "availableAt": {"$lte": now}},
-            sort=[("availableAt", ASCENDING)], projection={"availableAt": 1})
-        undated = self.jobs.find_one(
-            {**undated_pending_query(), **known_types_query()},
-            sort=[("createdAt", ASCENDING)], projection={"createdAt": 1})
-        found = [d for d in ((dated or {}).get("availableAt"), (undated or {}).get("createdAt"))
-                 if isinstance(d, dt.datetime)]
-        return min((d if d.tzinfo else d.replace(tzinfo=dt.UTC) for d in found), default=None)
-
-    def count(self, query: Doc) -> int:
-        return int(self.jobs.count_documents(query))
-
-    def insert(self, doc: Doc) -> str:
-        return str(self.jobs.insert_one(doc).inserted_id)
-
-    def retry_failed(self, job_type: JobType | None = None) -> int:
-        """FAILED jobs back to PENDING, due now, attempts reset; how many."""
-        now = utcnow()
-        result = self.jobs.update_many(failed_query(job_type), {"$set": unlocked(
-            JobStatus.PENDING, now, attempts=0, availableAt=now)})
-        return int(result.modified_count)
-
-    def clear_failed(self, updated_before: dt.datetime, job_type: JobType | None = None) -> int:
-        """Delete FAILED jobs last updated before ``updated_before``; how many."""
-        return int(self.jobs.delete_many(failed_query(job_type, updated_before)).deleted_count)
-
-
 __all__ = [
-    "AdminStore",
+    "UNDATED",
     "JobStore",
     "change_stream_pipeline",
     "due_condition",
     "error_document",
     "fence",
-    "known_types_query",
     "new_job_document",
-    "type_status_query",
-    "undated_pending_query",
-    "unknown_type_pending_query",
     "unlocked",
     "utcnow",
 ]

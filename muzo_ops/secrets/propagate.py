@@ -25,7 +25,7 @@ from typing import Any
 from muzo_ops.errors import MuzoOpsError
 
 NEW_STATUSES = ("deployed", "unchanged")
-OLD_STATUSES = ("rolled-back", "not-reached")
+OLD_STATUSES = ("rolled-back", "not-reached", "refused")
 
 
 @dataclass
@@ -69,61 +69,57 @@ class Propagation:
         return out
 
 
-# The deploy runs in its own process: pyinfra patches threading with gevent, which breaks the
-# pymongo threads a DATABASE_URL rotation has just used in this one.
-_CHILD = """
-import json, sys
-from pathlib import Path
-from muzo_ops.errors import MuzoOpsError
-try:
-    from muzo_ops.deploy import driver
-except ImportError as exc:
-    print(f"error: --deploy needs pyinfra ({exc.name} is missing): pip install 'muzo-ops[deploy]'", file=sys.stderr)
-    sys.exit(2)
-inventory, env_file, serial, source, lock = sys.argv[1:6]
-def progress(line):
-    print(line, file=sys.stderr, flush=True)
-try:
-    result = driver.deploy(inventory, env_file, serial=int(serial), source=Path(source) if source else None,
-                           lock=Path(lock) if lock else None, progress=progress)
-except MuzoOpsError as exc:
-    print(f"error: {exc}", file=sys.stderr)
-    sys.exit(exc.exit_code)
-print(json.dumps({"seconds": result.seconds, "hosts": {n: {"status": h.status, "detail": h.detail}
-                                                       for n, h in result.hosts.items()}}))
-"""
+def _deploy_in_child(inventory: str, env_file: str, serial: int, source: str | None,
+                     lock: str | None) -> dict[str, Any]:
+    """Runs in a spawned process: the deploy's library API, its result as plain data.
+
+    pyinfra patches threading with gevent when it is imported, which would break the pymongo
+    threads a DATABASE_URL rotation has just used in the parent; a spawned child keeps it out.
+    """
+    import sys
+    from pathlib import Path
+
+    try:
+        from muzo_ops.deploy import driver
+    except ImportError as exc:
+        return {"error": f"--deploy needs pyinfra ({exc.name} is missing): pip install 'muzo-ops[deploy]'",
+                "exit": 2}
+    try:
+        result = driver.deploy(inventory, env_file, serial=serial, source=Path(source) if source else None,
+                               lock=Path(lock) if lock else None,
+                               progress=lambda line: print(line, file=sys.stderr, flush=True))
+    except MuzoOpsError as exc:
+        return {"error": str(exc), "exit": exc.exit_code}
+    return {"seconds": result.seconds,
+            "hosts": {n: {"status": h.status, "detail": h.detail} for n, h in result.hosts.items()}}
 
 
 def deploy(env_path: str, inventory: str, changes: Mapping[str, tuple[str | None, str | None]], *,
            serial: int = 1, source: str | None = None, lock: str | None = None,
            progress: Callable[[str], None] = lambda _line: None) -> Propagation:
     """Deploy ``env_path`` to ``inventory``; ``changes`` maps each rotated variable to (old fp, new fp)."""
-    import json
-    import subprocess
-    import sys
-
     from muzo_ops.env import schema
 
     worker_vars = {v.name for v in schema.for_app(schema.App.WORKER)}
     shipped = [n for n in changes if n in worker_vars or n not in schema.BY_NAME]
     result = Propagation(web_only=[n for n in changes if n not in shipped])
-    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, inventory, env_path, str(serial), source or "", lock or ""],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    assert proc.stderr is not None and proc.stdout is not None
-    last_error = ""
-    for line in proc.stderr:
-        line = line.rstrip("\n")
-        if line.startswith("error: "):
-            last_error = line[len("error: "):]
-        elif line:
-            progress(line)
-    out = proc.stdout.read()
-    proc.wait()
-    if proc.returncode != 0 or not out.strip():
-        raise MuzoOpsError(f"the deploy stopped ({last_error or f'exit {proc.returncode}'}); the env file "
-                           "is rotated: fix it and run `muzo-ops deploy`, or `muzo-ops secrets rollback` first")
-    deployed = json.loads(out)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    saved = os.environ.pop("NOTIFY_SOCKET", None)  # the child is not the service systemd watches
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            deployed = pool.submit(_deploy_in_child, inventory, env_path, serial, source, lock).result()
+    except Exception as exc:  # the child died (killed, out of memory): nothing to read
+        raise MuzoOpsError(f"the deploy stopped ({type(exc).__name__}); the env file is rotated: fix it and run "
+                           "`muzo-ops deploy`, or `muzo-ops secrets rollback` first") from None
+    finally:
+        if saved is not None:
+            os.environ["NOTIFY_SOCKET"] = saved
+    if "error" in deployed:
+        raise MuzoOpsError(f"the deploy stopped ({deployed['error']}); the env file is rotated: fix it and run "
+                           "`muzo-ops deploy`, or `muzo-ops secrets rollback` first")
+    del progress
     result.seconds = float(deployed.get("seconds", 0.0))
     for name, host in deployed["hosts"].items():
         status = str(host["status"])
