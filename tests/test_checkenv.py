@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -357,3 +358,23 @@ def test_check_env_imports_only_what_it_uses(tmp_path: Path) -> None:
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stderr.strip().splitlines()[-1] == "[]", proc.stderr[-2000:]
     assert "All checks passed" in proc.stdout
+
+
+def test_every_grace_period_secret_is_checked_and_env_reads_no_audit_log_itself() -> None:
+    """The pairs come from the schema (X and X_PREVIOUS), the same ones rotation uses; the age rule
+    needs the caller's audit-log reader (check_values without one checks equality only)."""
+    from muzo_ops.secrets import rotation
+
+    assert rotation.previous_of() == schema.PREVIOUS_OF
+    assert "MUZO_HANDLER_SIGNING_SECRET" in schema.PREVIOUS_OF
+    for current, previous in schema.PREVIOUS_OF.items():
+        secret = "s" * 43
+        found = {(p.variable, p.code, p.severity.value)
+                 for p in checks.check({**FULL, current: secret, previous: secret}).problems}
+        assert (previous, "previous-secret-equal", "error") in found, current
+        def age(name: str, rotated: str = current) -> dt.timedelta:
+            return dt.timedelta(days=31 if name == rotated else 1)
+
+        old = checks.check({**FULL, current: secret, previous: "t" * 43}, secret_age=age)
+        assert [(p.variable, p.code) for p in old.problems] == [(previous, "previous-secret-old")]
+        assert checks.check({**FULL, current: secret, previous: "t" * 43}).problems == []

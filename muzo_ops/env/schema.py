@@ -403,8 +403,11 @@ def for_app(app: App | None) -> tuple[Variable, ...]:
     return tuple(v for v in VARIABLES if v.needed_by(app))
 
 
-# Rotation's grace period: a current secret and the variable that holds its previous value.
-PREVIOUS_OF: dict[str, str] = {"NEXTAUTH_SECRET": "NEXTAUTH_SECRET_PREVIOUS"}
+# Rotation's grace period: every secret ``X`` the schema also has ``X_PREVIOUS`` for, and that
+# variable (it holds the secret before the last rotation).
+PREVIOUS_SUFFIX = "_PREVIOUS"
+PREVIOUS_OF: dict[str, str] = {v.name: v.name + PREVIOUS_SUFFIX for v in VARIABLES
+                               if v.name + PREVIOUS_SUFFIX in BY_NAME}
 
 # The schema's word on sensitivity, fed to the one rule (``muzo_ops.redact.sensitivity``):
 # declared-sensitive names, declared-public ones, and URLs whose secrets are parts of them.
