@@ -480,7 +480,7 @@ def decrypted_values(values: Mapping[str, str], path: str, text: str | None = No
 
 class LineWriter:
     """Formats ``NAME=…`` lines for one env file: encrypted (single-quoted) when the file is and the
-    value is sensitive (a name the schema does not know counts as sensitive)."""
+    value is sensitive (``schema.is_sensitive``, the one rule)."""
 
     def __init__(self, text: str) -> None:
         found = file_public_key(text)
@@ -493,9 +493,7 @@ class LineWriter:
     def line(self, name: str, value: str) -> str:
         from muzo_ops.env import schema
 
-        var = schema.BY_NAME.get(name)
-        if self.public_hex is not None and value and not is_encrypted(value) and (
-                var is None or var.sensitive):
+        if self.public_hex is not None and value and not is_encrypted(value) and schema.is_sensitive(name):
             return encrypted_line(name, self.public_hex, value)
         if is_encrypted(value):
             return f"{name}='{value}'\n"

@@ -22,14 +22,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from muzo_ops.env import dotenvx
+from muzo_ops.env import dotenvx, schema
 from muzo_ops.errors import UsageError
 from muzo_ops.files import backups
 from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
 from muzo_ops.secrets.commit import commit
 from muzo_ops.secrets.rotation import DEFAULT_KEEP, read_env_text
-
-_SECRET_WORDS = ("SECRET", "PASSWORD", "TOKEN", "KEY")
 
 
 @dataclass
@@ -56,18 +54,6 @@ class CryptResult:
                 "keys_backup": self.keys_backup, "audit_error": self.audit_error}
 
 
-def is_sensitive(name: str) -> bool:
-    """Schema-sensitive variables; unknown names that look like secrets (KEY, TOKEN, …)."""
-    from muzo_ops.env import schema
-
-    if name.startswith(dotenvx.PUBLIC_KEY_NAME):
-        return False
-    var = schema.BY_NAME.get(name)
-    if var is not None:
-        return var.sensitive
-    return any(word in name.upper() for word in _SECRET_WORDS)
-
-
 def _commit(path: str, new_text: str, keep: int, command: str, names: list[str], result: CryptResult,
             extra: Mapping[str, Any] | None = None) -> None:
     done = commit(path, new_text, keep=keep, command=command, changes=dict.fromkeys(names, (None, None)),
@@ -77,7 +63,7 @@ def _commit(path: str, new_text: str, keep: int, command: str, names: list[str],
 
 def encrypt_file(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float = DEFAULT_TIMEOUT_S,
                  environ: Mapping[str, str] | None = None,
-                 should_encrypt: Callable[[str], bool] = is_sensitive) -> CryptResult:
+                 should_encrypt: Callable[[str], bool] = schema.is_sensitive) -> CryptResult:
     """Encrypt every sensitive value; a new key pair goes to ``.env.keys`` (0600) when none exists.
 
     Invariant: the key is in ``.env.keys`` before the file holds a value

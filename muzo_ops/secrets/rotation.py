@@ -30,12 +30,12 @@ private key. No function returns or logs a value.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from muzo_ops.constants import SESSION_LIFETIME_DAYS
 from muzo_ops.env import dotenvx, schema
 from muzo_ops.env.envfile import parse_text, with_lines
 from muzo_ops.errors import EnvFileError, MuzoOpsError, UsageError
@@ -46,17 +46,12 @@ from muzo_ops.secrets import audit
 from muzo_ops.secrets.commit import commit
 
 # next-auth's default session maxAge (30 days): a previous secret is needed this long.
-SESSION_LIFETIME = dt.timedelta(days=30)
+SESSION_LIFETIME = dt.timedelta(days=SESSION_LIFETIME_DAYS)
 DEFAULT_KEEP = 5
-PREVIOUS_SUFFIX = "_PREVIOUS"
-
-
-@functools.cache
 def previous_of() -> dict[str, str]:
-    """Each secret with a grace period and the variable holding its previous value: every schema
-    variable ``X`` for which the schema also has ``X_PREVIOUS``."""
-    return {v.name: v.name + PREVIOUS_SUFFIX for v in schema.VARIABLES
-            if v.name + PREVIOUS_SUFFIX in schema.BY_NAME}
+    """Each secret with a grace period and the variable holding its previous value: the schema's
+    pairs (``schema.PREVIOUS_OF``: every ``X`` it also has ``X_PREVIOUS`` for)."""
+    return schema.PREVIOUS_OF
 
 
 class RotationRefused(MuzoOpsError):
@@ -413,32 +408,3 @@ def _refuse_dead_database_password(path: str, chosen: str, restored_raw: str, cu
         "its password was replaced on the server by `secrets rotate DATABASE_URL`, so restoring it would lock "
         "the apps out. Nothing changed. To change the password again, run `muzo-ops secrets rotate "
         "DATABASE_URL`; to undo other changes, edit them with `muzo-ops init-env --set`")
-
-
-# ----- for check-env ------------------------------------------------------------------------
-
-
-def previous_secret_problems(path: str, values: Mapping[str, str],
-                             now: dt.datetime | None = None) -> list[tuple[str, str, str]]:
-    """``(level, variable, message)`` for check-env: ``error`` when a previous secret equals
-    the current one, ``warning`` when it was replaced longer ago than the session lifetime.
-
-    ``values`` are the file's values as the apps see them (decrypted when
-    possible; two equal ciphertexts are also caught). Messages hold no value.
-    """
-    now = now or dt.datetime.now(dt.UTC)
-    problems: list[tuple[str, str, str]] = []
-    for current, previous in previous_of().items():
-        held, active = values.get(previous, ""), values.get(current, "")
-        if not held:
-            continue
-        if held == active:
-            problems.append(("error", previous, f"equals {current}: it must hold the secret before the "
-                             f"last rotation; run `muzo-ops secrets retire {previous}`"))
-            continue
-        age = audit.previous_secret_age(path, current, now)
-        if age is not None and age > SESSION_LIFETIME:
-            problems.append(("warning", previous, f"replaced {age.days} days ago, longer than the "
-                             f"{SESSION_LIFETIME.days}-day session lifetime: no session needs it any "
-                             f"more; run `muzo-ops secrets retire {previous}`"))
-    return problems
