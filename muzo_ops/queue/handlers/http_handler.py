@@ -27,6 +27,7 @@ import httpx
 from muzo_ops.constants import HANDLER_ERROR_BODY_CHARS, HANDLER_HTTP_CONNECT_TIMEOUT_S, SIGNATURE_HEADER, VERSION
 from muzo_ops.errors import ConfigError
 from muzo_ops.queue.handlers import protocol, signing
+from muzo_ops.queue.handlers.masking import OutputMask
 from muzo_ops.queue.jobs import FatalJobError, Job, RetryJob
 
 RETRY_STATUSES = frozenset({409, 425, 429})
@@ -63,13 +64,15 @@ def _where(url: str) -> str:
 class HttpHandler:
     """POSTs each job to ``url``; ``run(job)`` is the worker's coroutine handler."""
 
-    def __init__(self, url: str, *, secret: str, connect_timeout_s: float = HANDLER_HTTP_CONNECT_TIMEOUT_S) -> None:
+    def __init__(self, url: str, *, secret: str, connect_timeout_s: float = HANDLER_HTTP_CONNECT_TIMEOUT_S,
+                 mask: OutputMask | None = None) -> None:
         if not secret:
             raise ConfigError(f"HTTP handler {_where(url)} signs every call: set {signing.SECRET_VARIABLE} "
                               "(muzo-ops secrets generate) in the worker's env file and the web app's")
         self.url = url
         self.where = _where(url)
         self._secret = secret
+        self._mask = mask if mask is not None else OutputMask([secret])
         self._timeout = httpx.Timeout(None, connect=connect_timeout_s)  # the type's timeout bounds the rest
         self._client: httpx.AsyncClient | None = None
 
@@ -97,10 +100,10 @@ class HttpHandler:
         status = response.status_code
         if 200 <= status < 300:
             try:
-                return protocol.parse_result(response.content, f"the answer of {self.where}")
+                return self._mask.value(protocol.parse_result(response.content, f"the answer of {self.where}"))
             except protocol.NotJsonError as exc:
                 raise HandlerResponseError(str(exc)) from None
-        said = response.text[:HANDLER_ERROR_BODY_CHARS].strip()
+        said = self._mask.head(response.text, HANDLER_ERROR_BODY_CHARS).strip()
         said = f": {said}" if said else ""
         if status in RETRY_STATUSES or 500 <= status < 600:
             after = retry_after(response.headers.get("Retry-After"))
