@@ -6,13 +6,22 @@ output or Job field, the protocol's outcome, bounded memory and time, a verifiab
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
+import socket
+import socketserver
+import struct
 import sys
+import threading
 import time
+import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests import handlers_support
 from tests.handlers_support import all_output, retry_delay, wait_until, worker
@@ -219,3 +228,199 @@ def test_secret_split_encoded_or_at_the_tail_boundary_never_reaches_output(tmp_p
     for form in (SECRET, quote(SECRET, safe=""), quote(SECRET)):
         leaked = [piece for piece in _pieces(form, 10) if piece in text]
         assert leaked == [], (form, leaked[:3])
+
+
+# --- HTTP: a hostile server on 127.0.0.1 -------------------------------------------------------------------
+
+SIGNING_LINE = f"MUZO_HANDLER_SIGNING_SECRET={handlers_support.SIGNING_SECRET}\n"
+
+
+class _Hostile(socketserver.BaseRequestHandler):
+    """Reads one request, then misbehaves as its path says (/hang, /trickle, /huge, /reset, /redirect, …)."""
+
+    server: _HostileServer
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        length = next((int(v) for k, _, v in (h.partition(":") for h in lines[1:]) if k.lower() == "content-length"),
+                      0)
+        while len(body) < length:
+            body += sock.recv(65536)
+        path = lines[0].split()[1]
+        self.server.seen.append(path)
+        stop = self.server.stop
+        if path == "/never":
+            stop.wait(60)
+        elif path == "/hang":  # headers, then the promised body never comes
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+            stop.wait(60)
+        elif path == "/trickle":
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+            while not stop.wait(0.05):
+                try:
+                    sock.sendall(b"1\r\n \r\n")
+                except OSError:
+                    return
+        elif path.startswith("/huge"):
+            mib = int(path.rsplit("/", 1)[1])
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         + f"Content-Length: {mib << 20}\r\n\r\n".encode())
+            block = b" " * (1 << 20)
+            try:
+                for _ in range(mib):
+                    if stop.is_set():
+                        return
+                    sock.sendall(block)
+            except OSError:
+                return
+        elif path == "/reset":
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{\"a\": ")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        elif path == "/redirect":
+            where = f"http://127.0.0.2:{self.server.server_address[1]}/elsewhere"
+            sock.sendall(f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {where}\r\nContent-Length: 0\r\n"
+                         "Connection: close\r\n\r\n".encode())
+        elif path == "/notjson":
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+        elif path == "/retry":
+            value = json.loads(body)["payload"]["retryAfter"]
+            sock.sendall(f"HTTP/1.1 503 Busy\r\nRetry-After: {value}\r\nContent-Length: 4\r\n"
+                         "Connection: close\r\n\r\nbusy".encode())
+        elif path.startswith("/secret/"):
+            pad = int(path.rsplit("/", 1)[1])
+            said = ("e" * pad + SECRET + " and " + urllib.parse.quote(SECRET, safe="")).encode()
+            sock.sendall(b"HTTP/1.1 400 Bad\r\nContent-Length: " + str(len(said)).encode()
+                         + b"\r\nConnection: close\r\n\r\n" + said)
+        elif path == "/result":
+            said = json.dumps({"token": SECRET, SECRET: [SECRET]}).encode()
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(said)).encode()
+                         + b"\r\nConnection: close\r\n\r\n" + said)
+
+
+class _HostileServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("0.0.0.0", 0), _Hostile)
+        self.seen: list[str] = []
+        self.stop = threading.Event()
+
+
+@pytest.fixture
+def hostile() -> Iterator[_HostileServer]:
+    server = _HostileServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+def _http(server: _HostileServer, job_type: str, path: str) -> str:
+    return f"{job_type}=http://127.0.0.1:{server.server_address[1]}{path}"
+
+
+def test_http_server_that_stalls_trickles_or_never_answers_ends_at_the_timeout(
+        tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any, hostile: _HostileServer) -> None:
+    docs = [prisma_job("MOCKUP", mockup_payload(), max_attempts=1),
+            prisma_job("GENERATION", generation_payload(), max_attempts=1),
+            prisma_job("FULFILLMENT", FULFILLMENT_PAYLOAD, max_attempts=1)]
+    jobs.insert_many(docs)
+    w = worker(tmp_path, secantus.url(dbname), "--handler", _http(hostile, "MOCKUP", "/never"),
+               "--handler", _http(hostile, "GENERATION", "/hang"),
+               "--handler", _http(hostile, "FULFILLMENT", "/trickle"),
+               "--concurrency", "3", queues="mockup,generation,fulfillment",
+               env_lines=SIGNING_LINE + "JOB_TIMEOUT_MOCKUP_SECONDS=2\nJOB_TIMEOUT_GENERATION_SECONDS=2\n"
+               "JOB_TIMEOUT_FULFILLMENT_SECONDS=2\n")
+    try:
+        wait_until(lambda: jobs.count_documents({"status": "FAILED"}) == 3, 30, "3 FAILED", w)
+    finally:
+        assert w.terminate(timeout=20) == 0
+    for doc in jobs.find({}):
+        assert doc["lastError"]["name"] == "JobTimeoutError", doc["lastError"]
+
+
+def test_http_huge_answer_keeps_the_worker_small(tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any,
+                                                 hostile: _HostileServer) -> None:
+    jobs.insert_one(prisma_job("MOCKUP", mockup_payload(), max_attempts=1))
+    w = worker(tmp_path, secantus.url(dbname), "--handler", _http(hostile, "MOCKUP", "/huge/800"),
+               env_lines=SIGNING_LINE + "JOB_TIMEOUT_MOCKUP_SECONDS=30\n")
+    try:
+        wait_until(lambda: jobs.count_documents({"status": "FAILED"}) == 1, 40, "FAILED", w)
+        peak = _peak_rss_mib(w.proc.pid)
+    finally:
+        assert w.terminate(timeout=20) == 0
+    assert peak < 250, f"the worker's peak RSS was {peak:.0f} MiB for an 800 MiB answer"
+    assert "bytes" in jobs.find_one({})["lastError"]["message"]
+
+
+def test_http_protocol_edges_redirect_reset_not_json(tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any,
+                                                     hostile: _HostileServer) -> None:
+    redirect = prisma_job("MOCKUP", mockup_payload(), max_attempts=1)
+    reset = prisma_job("GENERATION", generation_payload(), max_attempts=2)
+    notjson = prisma_job("FULFILLMENT", FULFILLMENT_PAYLOAD, max_attempts=1)
+    jobs.insert_many([redirect, reset, notjson])
+    w = worker(tmp_path, secantus.url(dbname), "--handler", _http(hostile, "MOCKUP", "/redirect"),
+               "--handler", _http(hostile, "GENERATION", "/reset"), "--handler",
+               _http(hostile, "FULFILLMENT", "/notjson"), "--retry-base", "0.05", "--retry-cap", "0.1",
+               queues="mockup,generation,fulfillment", env_lines=SIGNING_LINE)
+    try:
+        wait_until(lambda: jobs.count_documents({"status": "FAILED"}) == 3, 30, "3 FAILED", w)
+    finally:
+        assert w.terminate() == 0
+    by_id = {d["_id"]: d for d in jobs.find({})}
+    assert "/elsewhere" not in hostile.seen  # not followed
+    assert "307" in by_id[redirect["_id"]]["lastError"]["message"]
+    assert by_id[reset["_id"]]["attempts"] == 2  # a connection cut mid-body is retried
+    assert "was not JSON" in by_id[notjson["_id"]]["lastError"]["message"]
+
+
+def test_http_hostile_retry_after_stays_within_zero_and_the_cap(tmp_path: Path, secantus: Secantus, dbname: str,
+                                                               jobs: Any, hostile: _HostileServer) -> None:
+    values = ["-5", "99999999999999999999999", "Thu, 01 Jan 1970 00:00:00 GMT", "garbage", "1e308", "NaN",
+              "Fri, 31 Dec 9999 23:59:59 GMT", "\u0661\u0662", "0x10", " 7 "]
+    docs = [prisma_job("MOCKUP", mockup_payload(i, retryAfter=value), max_attempts=3) for i, value in enumerate(values)]
+    jobs.insert_many(docs)
+    w = worker(tmp_path, secantus.url(dbname), "--burst", "--handler", _http(hostile, "MOCKUP", "/retry"),
+               "--retry-base", "20", "--retry-cap", "20", "--concurrency", "4", env_lines=SIGNING_LINE)
+    w.proc.wait(30)
+    for got in jobs.find({}):
+        value = got["payload"]["retryAfter"]
+        if got["status"] == "FAILED":  # a delay of 0 (a date in the past): the burst ran all three at once
+            assert got["attempts"] == 3 and "retry after 0 s" in got["lastError"]["message"], (value, got)
+            continue
+        assert got["status"] == "PENDING" and got["attempts"] == 1, (value, got["status"], w.text()[-1500:])
+        assert 0 <= retry_delay(got) <= 20.5, (value, retry_delay(got))
+
+
+def test_http_secret_in_an_error_answer_cut_at_500_chars_or_in_a_result_is_masked(
+        tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any, hostile: _HostileServer) -> None:
+    docs = [prisma_job("MOCKUP", mockup_payload(i), max_attempts=1) for i in range(3)]
+    jobs.insert_many(docs)
+    w = worker(tmp_path, secantus.url(dbname), "--handler", _http(hostile, "MOCKUP", "/secret/490"),
+               "--handler", _http(hostile, "GENERATION", "/secret/10"), "--handler",
+               _http(hostile, "FULFILLMENT", "/result"), queues="mockup,generation,fulfillment",
+               env_lines=SIGNING_LINE + SECRET_LINE)
+    jobs.insert_many([prisma_job("GENERATION", generation_payload(), max_attempts=1),
+                      prisma_job("FULFILLMENT", FULFILLMENT_PAYLOAD, max_attempts=1)])
+    try:
+        wait_until(lambda: jobs.count_documents({"status": {"$in": ["DONE", "FAILED"]}}) == 5, 30, "5 ended", w)
+    finally:
+        assert w.terminate() == 0
+    text = all_output(w, jobs)
+    for form in (SECRET, urllib.parse.quote(SECRET, safe="")):
+        leaked = [piece for piece in _pieces(form, 6) if piece in text]
+        assert leaked == [], (form, leaked[:3])
+    assert jobs.count_documents({"status": "DONE"}) == 1

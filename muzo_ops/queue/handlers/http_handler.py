@@ -24,7 +24,13 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from muzo_ops.constants import HANDLER_ERROR_BODY_CHARS, HANDLER_HTTP_CONNECT_TIMEOUT_S, SIGNATURE_HEADER, VERSION
+from muzo_ops.constants import (
+    HANDLER_ERROR_BODY_CHARS,
+    HANDLER_HTTP_CONNECT_TIMEOUT_S,
+    HANDLER_MAX_OUTPUT_BYTES,
+    SIGNATURE_HEADER,
+    VERSION,
+)
 from muzo_ops.errors import ConfigError
 from muzo_ops.queue.handlers import protocol, signing
 from muzo_ops.queue.handlers.masking import OutputMask
@@ -92,18 +98,23 @@ class HttpHandler:
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signing.header(self._secret, body),
                    "Idempotency-Key": job.id, "User-Agent": f"muzo-ops/{VERSION}"}
         try:
-            response = await self._http().post(self.url, content=body, headers=headers)
+            async with self._http().stream("POST", self.url, content=body, headers=headers) as response:
+                status = response.status_code
+                # Read no more than is kept: a server answering gigabytes must not fill the worker's memory.
+                limit = (HANDLER_MAX_OUTPUT_BYTES + 1 if 200 <= status < 300
+                         else 4 * HANDLER_ERROR_BODY_CHARS + self._mask.reach)
+                content = await _read_at_most(response, limit)
         except httpx.TimeoutException as exc:
             raise RetryJob(f"POST {self.where} timed out ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
             raise RetryJob(f"POST {self.where} failed: {type(exc).__name__}: {exc}") from exc
-        status = response.status_code
         if 200 <= status < 300:
             try:
-                return self._mask.value(protocol.parse_result(response.content, f"the answer of {self.where}"))
+                return self._mask.value(protocol.parse_result(content, f"the answer of {self.where}"))
             except protocol.NotJsonError as exc:
                 raise HandlerResponseError(str(exc)) from None
-        said = self._mask.head(response.text, HANDLER_ERROR_BODY_CHARS).strip()
+        text = content.decode(response.encoding or "utf-8", errors="replace")
+        said = self._mask.head(text, HANDLER_ERROR_BODY_CHARS).strip()
         said = f": {said}" if said else ""
         if status in RETRY_STATUSES or 500 <= status < 600:
             after = retry_after(response.headers.get("Retry-After"))
@@ -113,3 +124,13 @@ class HttpHandler:
             raise FatalJobError(f"POST {self.where} answered {status} (fatal){said}")
         raise HandlerResponseError(f"POST {self.where} answered {status}: handler URLs are not redirected, "
                                    f"configure the final URL{said}")
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
+    """The body's first ``limit`` bytes (decoded from its Content-Encoding); the rest is not read."""
+    kept = bytearray()
+    async for chunk in response.aiter_bytes():
+        kept += chunk[: limit - len(kept)]
+        if len(kept) >= limit:
+            break
+    return bytes(kept)
