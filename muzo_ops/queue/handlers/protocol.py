@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import sys
 from typing import Any
 
 from muzo_ops.constants import HANDLER_MAX_OUTPUT_BYTES
@@ -82,5 +83,8 @@ def retry_after_from(output: bytes) -> float | None:
         return None
     seconds = value.get("retryAfterSeconds") if isinstance(value, dict) else None
     if isinstance(seconds, int | float) and not isinstance(seconds, bool) and 0 <= seconds < float("inf"):
-        return float(seconds)
+        try:
+            return float(seconds)
+        except OverflowError:  # an integer past float's range: the longest delay there is (held to the cap)
+            return sys.float_info.max
     return None
