@@ -86,6 +86,14 @@ def main() -> int:
         write_pids(p["pidFile"], os.getpid(), child.pid)
         time.sleep(300)
         return 0
+    if mode == "record":  # one line per start and per end, in payload.record
+        with open(p["record"], "a") as out_file:
+            out_file.write(f"start {os.getpid()} {job['attempt']}\n")
+        time.sleep(float(p["seconds"]))
+        with open(p["record"], "a") as out_file:
+            out_file.write(f"end {os.getpid()} {job['attempt']}\n")
+        out.write(json.dumps({"pid": os.getpid()}).encode())
+        return 0
     if mode == "sleep":
         time.sleep(float(p["seconds"]))
         out.write(b'{"slept": true}')

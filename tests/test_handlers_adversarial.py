@@ -6,13 +6,16 @@ output or Job field, the protocol's outcome, bounded memory and time, a verifiab
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shlex
 import signal
 import socket
 import socketserver
+import ssl
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -427,3 +430,165 @@ def test_http_secret_in_an_error_answer_cut_at_500_chars_or_in_a_result_is_maske
         leaked = [piece for piece in _pieces(form, 6) if piece in text]
         assert leaked == [], (form, leaked[:3])
     assert jobs.count_documents({"status": "DONE"}) == 1
+
+
+def _tls_server(tmp_path: Path, name: str, san: str) -> tuple[http.server.ThreadingHTTPServer, Path]:
+    """An HTTPS server on 127.0.0.1 whose self-signed certificate names ``san``."""
+    key, cert = tmp_path / f"{name}-key.pem", tmp_path / f"{name}-cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", f"/CN={name}", "-addext", f"subjectAltName={san}"],
+                   check=True, capture_output=True)
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", "12")
+            self.end_headers()
+            self.wfile.write(b'{"ok": true}')
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, cert
+
+
+def test_tls_certificate_for_another_host_name_is_refused_even_when_trusted(
+        tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any) -> None:
+    right, right_cert = _tls_server(tmp_path, "right", "IP:127.0.0.1")
+    wrong, wrong_cert = _tls_server(tmp_path, "wrong", "DNS:wrong.example")
+    trusted = tmp_path / "trusted.pem"
+    trusted.write_bytes(right_cert.read_bytes() + wrong_cert.read_bytes())  # both trusted: only the name differs
+    try:
+        good = prisma_job("MOCKUP", mockup_payload(), max_attempts=1)
+        bad = prisma_job("GENERATION", generation_payload(), max_attempts=1)
+        jobs.insert_many([good, bad])
+        w = worker(tmp_path, secantus.url(dbname), "--burst",
+                   "--handler", f"MOCKUP=https://127.0.0.1:{right.server_address[1]}/x",
+                   "--handler", f"GENERATION=https://127.0.0.1:{wrong.server_address[1]}/x",
+                   queues="mockup,generation", env_lines=SIGNING_LINE, env={"SSL_CERT_FILE": str(trusted)})
+        w.proc.wait(30)
+    finally:
+        for server in (right, wrong):
+            server.shutdown()
+            server.server_close()
+    assert jobs.find_one({"_id": good["_id"]})["status"] == "DONE", w.text()[-1500:]  # the CA file is read
+    refused = jobs.find_one({"_id": bad["_id"]})
+    assert refused["status"] == "FAILED" and refused["lastError"]["name"] == "RetryJob", refused["lastError"]
+    assert "CERTIFICATE_VERIFY_FAILED" in refused["lastError"]["message"]
+
+
+def test_drain_during_a_post_that_never_answers_releases_the_job_unspent(
+        tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any, hostile: _HostileServer) -> None:
+    jobs.insert_one(prisma_job("MOCKUP", mockup_payload(), max_attempts=2))
+    w = worker(tmp_path, secantus.url(dbname), "--handler", _http(hostile, "MOCKUP", "/never"),
+               "--drain-timeout", "1", env_lines=SIGNING_LINE + "JOB_TIMEOUT_MOCKUP_SECONDS=300\n")
+    wait_until(lambda: "/never" in hostile.seen, 20, "the POST", w)
+    assert w.terminate(timeout=20) == 0, w.text()[-1500:]
+    doc = jobs.find_one({})
+    assert doc["status"] == "PENDING" and doc["attempts"] == 0, doc
+
+
+def test_a_tampered_timestamp_with_the_workers_signature_is_refused_by_the_node_verifier(tmp_path: Path) -> None:
+    """The documented verifier (route.ts, compiled) accepts the worker's header and refuses it once t moved."""
+    from muzo_ops.queue.handlers import signing
+
+    body = json.dumps({"id": "65f0a1b2c3d4e5f601234567", "type": "MOCKUP", "payload": {"x": "\u2028\u00e9"},
+                       "attempt": 1, "maxAttempts": 3, "projectId": None}, ensure_ascii=True).encode()
+    now = int(time.time())
+    header = signing.header(handlers_support.SIGNING_SECRET, body, now)
+    t, v1 = (part.split("=", 1)[1] for part in header.split(","))
+    cases = {"as signed": header, "t+1": f"t={now + 1},v1={v1}", "t-1": f"t={now - 1},v1={v1}",
+             "t padded": f"t=0{now},v1={v1}", "t with spaces": f"t= {now} ,v1={v1}",
+             "v1 upper": f"t={now},v1={v1.upper()}", "t float": f"t={now}.0,v1={v1}"}
+    script = tmp_path / "verify.mjs"
+    script.write_text(_VERIFY_JS)
+    out = subprocess.run(["node", str(script)], input=json.dumps({"body": body.decode(), "cases": cases,
+                                                                   "secret": handlers_support.SIGNING_SECRET}),
+                         capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "NODE_PATH": str(handlers_support.NODE_MODULES)})
+    assert out.returncode == 0, out.stderr
+    verdicts = json.loads(out.stdout)
+    assert verdicts["as signed"] is True and t == str(now)
+    # "t padded" and "t with spaces" name the same second: the HMAC is over the number's text as the route
+    # rebuilds it, so they verify only if they are the same t; every other change is refused.
+    refused = {name for name, ok in verdicts.items() if not ok}
+    assert {"t+1", "t-1", "v1 upper", "t float"} <= refused, verdicts
+
+
+# route.ts's verifier, taken from the file at run time (TypeScript types stripped by the compiler in node_modules).
+_VERIFY_JS = r"""
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+const require = createRequire(process.env.NODE_PATH + "/");
+const ts = require("typescript");
+const source = readFileSync(new URL("ROUTE", "file://"), "utf8").replace(/^import \{ JobRefused.*$/m, "");
+const js = ts.transpileModule(source, { compilerOptions: { module: ts.ModuleKind.CommonJS } }).outputText;
+const mod = { exports: {} };
+new Function("require", "module", "exports", js)(require, mod, mod.exports);
+const input = JSON.parse(readFileSync(0, "utf8"));
+const out = {};
+for (const [name, header] of Object.entries(input.cases)) {
+  out[name] = mod.exports.verifyMuzoSignature(Buffer.from(input.body), header, [input.secret]);
+}
+process.stdout.write(JSON.stringify(out));
+""".replace("ROUTE", str(handlers_support.EXAMPLES / "route.ts"))
+
+
+def _stop_database(secantus: Secantus, seconds: float) -> None:
+    os.kill(secantus.proc.pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.kill(secantus.proc.pid, signal.SIGCONT)
+
+
+def test_database_stopped_shorter_than_the_lock_the_exec_job_runs_once(tmp_path: Path, secantus: Secantus,
+                                                                      dbname: str, jobs: Any) -> None:
+    record = tmp_path / "runs.txt"
+    jobs.insert_one(_job("record", max_attempts=3, record=str(record), seconds=4))
+    args = ("--handler", _exec(), "--lock-seconds", "3", "--poll-seconds", "0.2")
+    first = worker(tmp_path, secantus.url(dbname), *args, name="first")
+    wait_until(record.exists, 20, "the first start", first)
+    second = worker(tmp_path, secantus.url(dbname), *args, name="second")
+    try:
+        time.sleep(0.5)
+        _stop_database(secantus, 1.5)  # under the 3 s lock
+        wait_until(lambda: jobs.count_documents({"status": "DONE"}) == 1, 30, "DONE", first)
+        time.sleep(1)
+    finally:
+        assert first.terminate() == 0 and second.terminate() == 0
+    starts = [line for line in record.read_text().splitlines() if line.startswith("start")]
+    assert len(starts) == 1, record.read_text()
+    assert jobs.find_one({})["attempts"] == 1
+
+
+def test_database_stopped_longer_than_the_lock_a_done_job_never_runs_again(tmp_path: Path, secantus: Secantus,
+                                                                          dbname: str, jobs: Any) -> None:
+    """Longer than the lock the job may be taken over and run twice at once (at least once, documented: the
+    first worker's command is not ended when its lock is lost); once DONE the job never starts again, and its
+    result is one run's."""
+    record = tmp_path / "runs.txt"
+    jobs.insert_one(_job("record", max_attempts=5, record=str(record), seconds=5))
+    args = ("--handler", _exec(), "--lock-seconds", "1.5", "--poll-seconds", "0.2", "--handler-grace", "1")
+    first = worker(tmp_path, secantus.url(dbname), *args, name="first")
+    wait_until(record.exists, 20, "the first start", first)
+    second = worker(tmp_path, secantus.url(dbname), *args, name="second")
+    try:
+        time.sleep(0.3)
+        _stop_database(secantus, 3)  # twice the lock
+        wait_until(lambda: jobs.count_documents({"status": "DONE"}) == 1, 40, "DONE", first)
+        done_lines = len(record.read_text().splitlines())
+        time.sleep(3)
+    finally:
+        assert first.terminate() == 0 and second.terminate() == 0
+    lines = record.read_text().splitlines()
+    assert len(lines) == done_lines, lines  # nothing started or ended after DONE
+    doc = jobs.find_one({})
+    ends = [line for line in lines if line.startswith("end")]
+    assert doc["result"]["pid"] in [int(line.split()[1]) for line in ends]
