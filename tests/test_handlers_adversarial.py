@@ -6,14 +6,12 @@ output or Job field, the protocol's outcome, bounded memory and time, a verifiab
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import shlex
 import signal
 import socket
 import socketserver
-import ssl
 import struct
 import subprocess
 import sys
@@ -27,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests import handlers_support
-from tests.handlers_support import all_output, retry_delay, wait_until, worker
+from tests.handlers_support import all_output, retry_delay, tls_server, wait_until, worker
 from tests.servers import Secantus
 from tests.test_handlers_exec import FULFILLMENT_PAYLOAD, _alive
 from tests.workers import generation_payload, mockup_payload, prisma_job
@@ -432,36 +430,10 @@ def test_http_secret_in_an_error_answer_cut_at_500_chars_or_in_a_result_is_maske
     assert jobs.count_documents({"status": "DONE"}) == 1
 
 
-def _tls_server(tmp_path: Path, name: str, san: str) -> tuple[http.server.ThreadingHTTPServer, Path]:
-    """An HTTPS server on 127.0.0.1 whose self-signed certificate names ``san``."""
-    key, cert = tmp_path / f"{name}-key.pem", tmp_path / f"{name}-cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", f"/CN={name}", "-addext", f"subjectAltName={san}"],
-                   check=True, capture_output=True)
-
-    class Answer(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(200)
-            self.send_header("Content-Length", "12")
-            self.end_headers()
-            self.wfile.write(b'{"ok": true}')
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, cert
-
-
 def test_tls_certificate_for_another_host_name_is_refused_even_when_trusted(
         tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any) -> None:
-    right, right_cert = _tls_server(tmp_path, "right", "IP:127.0.0.1")
-    wrong, wrong_cert = _tls_server(tmp_path, "wrong", "DNS:wrong.example")
+    right, right_cert = tls_server(tmp_path, "right", "IP:127.0.0.1")
+    wrong, wrong_cert = tls_server(tmp_path, "wrong", "DNS:wrong.example")
     trusted = tmp_path / "trusted.pem"
     trusted.write_bytes(right_cert.read_bytes() + wrong_cert.read_bytes())  # both trusted: only the name differs
     try:
