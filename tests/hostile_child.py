@@ -79,6 +79,13 @@ def main() -> int:
         write_pids(p["pidFile"], os.getpid(), *others)
         out.write(b"null")
         return 0
+    if mode == "newgroup":
+        # A grandchild moved to a process group of its own (setpgid, as a job-control shell does), same session.
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], process_group=0,
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        write_pids(p["pidFile"], os.getpid(), child.pid)
+        out.write(b"null")
+        return 0
     if mode == "ignore_term":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         child = subprocess.Popen([sys.executable, "-c",

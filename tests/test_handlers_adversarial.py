@@ -564,3 +564,22 @@ def test_database_stopped_longer_than_the_lock_a_done_job_never_runs_again(tmp_p
     doc = jobs.find_one({})
     ends = [line for line in lines if line.startswith("end")]
     assert doc["result"]["pid"] in [int(line.split()[1]) for line in ends]
+
+
+def test_a_grandchild_moved_to_another_group_of_the_session_does_not_outlive_the_job(
+        tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any) -> None:
+    pid_file = tmp_path / "pids.txt"
+    jobs.insert_one(_job("newgroup", pidFile=str(pid_file)))
+    w = worker(tmp_path, secantus.url(dbname), "--handler", _exec(), "--handler-grace", "1")
+    pids: list[int] = []
+    try:
+        wait_until(lambda: jobs.count_documents({"status": "DONE"}) == 1, 30, "DONE", w)
+        pids = [int(p) for p in pid_file.read_text().split()]
+        left = [pid for pid in pids if _alive(pid)]
+    finally:
+        assert w.terminate() == 0
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert os.getpgid(os.getpid()) not in pids
+    assert left == [], "a process the job started outlived it"

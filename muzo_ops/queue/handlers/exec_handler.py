@@ -17,8 +17,9 @@ and a secret the cut goes through dropped whole); the worker redacts it
 again before ``lastError`` and its log line.
 
 Invariant: when ``run`` returns or raises (done, failed, cancelled by the
-type's timeout or the worker's shutdown), no process of the job's group is
-left: the group gets SIGTERM, then SIGKILL after ``grace_s``.
+type's timeout or the worker's shutdown), no process of the job's session is
+left (its group, and a group a process of it moved to with setpgid): they
+get SIGTERM, then SIGKILL after ``grace_s``.
 """
 
 from __future__ import annotations
@@ -62,18 +63,14 @@ def _describe_status(returncode: int) -> str:
     return f"exited with status {returncode}"
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether a live (not zombie) process is in group ``pgid``."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+def _session_members(sid: int) -> list[int]:
+    """Live (not zombie) processes of session ``sid``: the job's group, and any group a process of it
+    moved to with setpgid (a job-control shell's pipelines); only setsid leaves the session."""
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return True
+        return [sid]
+    members = []
     for entry in entries:
         if not entry.isdigit():
             continue
@@ -82,14 +79,23 @@ def _group_alive(pgid: int) -> bool:
                 fields = stat.read().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
-            return True
-    return False
+        if len(fields) > 3 and fields[3] == str(sid) and fields[0] != "Z":
+            members.append(int(entry))
+    return members
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
+def _group_alive(sid: int) -> bool:
+    """Whether a live process is left in the job's session ``sid`` (its leader's group included)."""
+    return bool(_session_members(sid))
+
+
+def _signal_group(sid: int, sig: signal.Signals) -> None:
+    """``sig`` to the job's process group and to every other process of its session."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+        os.killpg(sid, sig)
+    for pid in _session_members(sid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
 
 
 async def _end_group(pgid: int, grace_s: float) -> None:
