@@ -155,20 +155,28 @@ def test_a_grandchild_holding_stdout_open_neither_hangs_the_job_nor_outlives_it(
     assert took < 20  # not the job's 30 s timeout
 
 
-def test_double_forked_grandchild_that_ignores_sigterm_dies_with_the_job(tmp_path: Path, secantus: Secantus,
-                                                                         dbname: str, jobs: Any) -> None:
+def _left_after_done(tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any,
+                     mode: str) -> tuple[list[int], list[int]]:
+    """Runs one ``mode`` job that writes its processes' pids, to DONE: (those pids, those still alive then)."""
     pid_file = tmp_path / "pids.txt"
-    jobs.insert_one(_job("doublefork", pidFile=str(pid_file)))
+    jobs.insert_one(_job(mode, pidFile=str(pid_file)))
     w = worker(tmp_path, secantus.url(dbname), "--handler", _exec(), "--handler-grace", "1")
+    pids: list[int] = []
     try:
         wait_until(lambda: jobs.count_documents({"status": "DONE"}) == 1, 30, "DONE", w)
         pids = [int(p) for p in pid_file.read_text().split()]
         left = [pid for pid in pids if _alive(pid)]
     finally:
         assert w.terminate() == 0
-        for pid in pids if pid_file.exists() else []:
+        for pid in pids:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+    return pids, left
+
+
+def test_double_forked_grandchild_that_ignores_sigterm_dies_with_the_job(tmp_path: Path, secantus: Secantus,
+                                                                         dbname: str, jobs: Any) -> None:
+    pids, left = _left_after_done(tmp_path, secantus, dbname, jobs, "doublefork")
     assert len(pids) == 2, pids
     assert left == []
 
@@ -568,18 +576,6 @@ def test_database_stopped_longer_than_the_lock_a_done_job_never_runs_again(tmp_p
 
 def test_a_grandchild_moved_to_another_group_of_the_session_does_not_outlive_the_job(
         tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any) -> None:
-    pid_file = tmp_path / "pids.txt"
-    jobs.insert_one(_job("newgroup", pidFile=str(pid_file)))
-    w = worker(tmp_path, secantus.url(dbname), "--handler", _exec(), "--handler-grace", "1")
-    pids: list[int] = []
-    try:
-        wait_until(lambda: jobs.count_documents({"status": "DONE"}) == 1, 30, "DONE", w)
-        pids = [int(p) for p in pid_file.read_text().split()]
-        left = [pid for pid in pids if _alive(pid)]
-    finally:
-        assert w.terminate() == 0
-        for pid in pids:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-    assert os.getpgid(os.getpid()) not in pids
+    pids, left = _left_after_done(tmp_path, secantus, dbname, jobs, "newgroup")
+    assert len(pids) == 2, pids
     assert left == [], "a process the job started outlived it"
