@@ -579,3 +579,29 @@ def test_a_grandchild_moved_to_another_group_of_the_session_does_not_outlive_the
     pids, left = _left_after_done(tmp_path, secantus, dbname, jobs, "newgroup")
     assert len(pids) == 2, pids
     assert left == [], "a process the job started outlived it"
+
+
+def test_worker_killed_9_mid_job_a_restarted_worker_runs_it_to_done_once_more(
+        tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any) -> None:
+    """kill -9 cannot end the command (documented: systemd's KillMode=mixed does); the job's lock expires, a
+    restarted worker runs it again (attempt 2) to DONE, and the orphan's end writes nothing."""
+    record = tmp_path / "runs.txt"
+    jobs.insert_one(_job("record", max_attempts=3, record=str(record), seconds=2))
+    args = ("--handler", _exec(), "--lock-seconds", "1.5", "--poll-seconds", "0.2")
+    first = worker(tmp_path, secantus.url(dbname), *args, name="first")
+    wait_until(record.exists, 20, "the first start", first)
+    orphan = int(record.read_text().split()[1])
+    first.kill9()
+    second = worker(tmp_path, secantus.url(dbname), *args, name="second")
+    try:
+        wait_until(lambda: jobs.count_documents({"status": "DONE"}) == 1, 30, "DONE", second)
+        wait_until(lambda: not _alive(orphan), 10, "the orphan's end", second)
+        time.sleep(0.5)
+    finally:
+        assert second.terminate() == 0
+        if _alive(orphan):
+            os.kill(orphan, signal.SIGKILL)
+    doc = jobs.find_one({})
+    starts = [line.split() for line in record.read_text().splitlines() if line.startswith("start")]
+    assert [int(s[2]) for s in starts] == [1, 2], starts
+    assert doc["attempts"] == 2 and doc["result"]["pid"] == int(starts[1][1])
