@@ -266,6 +266,8 @@ class _Hostile(socketserver.BaseRequestHandler):
         while len(body) < length:
             body += sock.recv(65536)
         path = lines[0].split()[1]
+        if path == "/by-payload":  # what to do is the job's payload.behave
+            path = json.loads(body)["payload"]["behave"]
         self.server.seen.append(path)
         stop = self.server.stop
         if path == "/never":
@@ -299,6 +301,16 @@ class _Hostile(socketserver.BaseRequestHandler):
             where = f"http://127.0.0.2:{self.server.server_address[1]}/elsewhere"
             sock.sendall(f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {where}\r\nContent-Length: 0\r\n"
                          "Connection: close\r\n\r\n".encode())
+        elif path == "/ok":
+            sock.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{"ok":true}')
+            self.handle()  # keep-alive: the next request on this connection
+        elif path == "/headers-forever":
+            sock.sendall(b"HTTP/1.1 200 OK\r\n")
+            while not stop.is_set():
+                try:
+                    sock.sendall(b"X-Filler: " + b"a" * 1000 + b"\r\n")
+                except OSError:
+                    return
         elif path == "/notjson":
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
         elif path == "/retry":
@@ -361,6 +373,28 @@ def test_http_server_that_stalls_trickles_or_never_answers_ends_at_the_timeout(
         assert w.terminate(timeout=20) == 0
     for doc in jobs.find({}):
         assert doc["lastError"]["name"] == "JobTimeoutError", doc["lastError"]
+
+
+def test_http_after_cancelled_and_endless_header_calls_the_next_job_still_gets_through(
+        tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any, hostile: _HostileServer) -> None:
+    """A call cancelled by the timeout mid-answer, or an answer whose headers never end, must not poison
+    the handler's kept-alive connection pool for the jobs after it."""
+    behaviours = ["/ok", "/hang", "/ok", "/headers-forever", "/ok", "/never", "/ok"]
+    docs = [prisma_job("MOCKUP", mockup_payload(i, behave=b), max_attempts=1) for i, b in enumerate(behaviours)]
+    w = worker(tmp_path, secantus.url(dbname), "--handler", _http(hostile, "MOCKUP", "/by-payload"),
+               env_lines=SIGNING_LINE + "JOB_TIMEOUT_MOCKUP_SECONDS=1.5\n")
+    try:
+        for doc in docs:  # one after the other, in this order
+            jobs.insert_one(doc)
+            wait_until(lambda d=doc: jobs.count_documents({"_id": d["_id"], "status": {"$in": ["DONE", "FAILED"]}}),
+                       20, f"{doc['payload']['behave']} ended", w)
+        peak = _peak_rss_mib(w.proc.pid)
+    finally:
+        assert w.terminate(timeout=20) == 0
+    outcome = {d["payload"]["behave"] + str(d["payload"]["orderId"]): d["status"] for d in jobs.find({})}
+    assert [d["status"] for d in jobs.find({"payload.behave": "/ok"})] == ["DONE"] * 4, outcome
+    assert jobs.count_documents({"status": "FAILED"}) == 3, outcome
+    assert peak < 250, peak
 
 
 def test_http_huge_answer_keeps_the_worker_small(tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any,
