@@ -47,6 +47,10 @@ def main() -> int:
     if mode == "badutf8":
         out.write(b'"\xff\xfe\x00"')
         return 0
+    if mode == "deep":  # a result nested as deep as a JSON parser takes
+        depth = int(p["depth"])
+        out.write(b"[" * depth + b'"x"' + b"]" * depth)
+        return 0
     if mode == "nan":
         out.write(b'{"x": NaN, "y": Infinity}')
         return 0

@@ -74,11 +74,11 @@ def test_child_that_never_reads_a_huge_job_does_not_wedge_the_worker(tmp_path: P
 
 def test_protocol_edges_closed_stdio_bad_utf8_nan(tmp_path: Path, secantus: Secantus, dbname: str,
                                                   jobs: Any) -> None:
-    closed, bad, nan = _job("closeio"), _job("badutf8"), _job("nan")
-    jobs.insert_many([closed, bad, nan])
+    closed, bad, nan, deep = _job("closeio"), _job("badutf8"), _job("nan"), _job("deep", depth=900)
+    jobs.insert_many([closed, bad, nan, deep])
     w = worker(tmp_path, secantus.url(dbname), "--handler", _exec(), "--concurrency", "3")
     try:
-        wait_until(lambda: jobs.count_documents({"status": {"$in": ["DONE", "FAILED"]}}) == 3, 30, "ended", w)
+        wait_until(lambda: jobs.count_documents({"status": {"$in": ["DONE", "FAILED"]}}) == 4, 30, "ended", w)
     finally:
         assert w.terminate() == 0
     by_id = {d["_id"]: d for d in jobs.find({})}
@@ -88,6 +88,9 @@ def test_protocol_edges_closed_stdio_bad_utf8_nan(tmp_path: Path, secantus: Seca
     # NaN and Infinity are not JSON (RFC 8259): the documented "one JSON value" refuses them.
     assert by_id[nan["_id"]]["status"] == "FAILED", by_id[nan["_id"]]
     assert "was not JSON" in by_id[nan["_id"]]["lastError"]["message"]
+    # JSON the parser takes, nested 900 deep: stored, or refused as unstorable; never a RecursionError of ours
+    nested = by_id[deep["_id"]]
+    assert nested["status"] == "DONE" or nested["lastError"]["name"] != "RecursionError", nested["lastError"]
 
 
 def test_gigantic_stdout_and_stderr_keep_the_worker_small(tmp_path: Path, secantus: Secantus, dbname: str,

@@ -45,14 +45,33 @@ class OutputMask:
         return text
 
     def value(self, value: Any) -> Any:
-        """A parsed JSON result with the secrets masked in every string (keys included)."""
+        """A parsed JSON result with the secrets masked in every string (keys included).
+
+        Iterative: a result nested as deep as the JSON parser allows must not overflow the stack here.
+        """
         if isinstance(value, str):
             return self(value)
-        if isinstance(value, list):
-            return [self.value(item) for item in value]
-        if isinstance(value, dict):
-            return {self(key): self.value(item) for key, item in value.items()}
-        return value
+        if not isinstance(value, list | dict):
+            return value
+        root: list[Any] = [value]
+        # (container read, its masked copy) pairs still to fill
+        pending: list[tuple[Any, Any]] = [(root, root_copy := [None])]
+        while pending:
+            source, copy = pending.pop()
+            items = source.items() if isinstance(source, dict) else enumerate(source)
+            for key, item in items:
+                slot = self(key) if isinstance(key, str) else key
+                if isinstance(item, str):
+                    copy[slot] = self(item)
+                elif isinstance(item, list):
+                    copy[slot] = [None] * len(item)
+                    pending.append((item, copy[slot]))
+                elif isinstance(item, dict):
+                    copy[slot] = {}
+                    pending.append((item, copy[slot]))
+                else:
+                    copy[slot] = item
+        return root_copy[0]
 
     def tail(self, data: bytes, cut: bool, size: int) -> str:
         """The last ``size`` characters of ``data`` masked; ``cut``: ``data`` starts mid-stream, so its first
