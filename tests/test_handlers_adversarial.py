@@ -642,3 +642,22 @@ def test_worker_killed_9_mid_job_a_restarted_worker_runs_it_to_done_once_more(
     starts = [line.split() for line in record.read_text().splitlines() if line.startswith("start")]
     assert [int(s[2]) for s in starts] == [1, 2], starts
     assert doc["attempts"] == 2 and doc["result"]["pid"] == int(starts[1][1])
+
+
+def test_many_jobs_at_once_each_leaving_a_sigterm_proof_grandchild_leave_nothing(
+        tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any) -> None:
+    pid_files = [tmp_path / f"pids-{i}.txt" for i in range(12)]
+    jobs.insert_many([_job("doublefork", pidFile=str(f)) for f in pid_files])
+    w = worker(tmp_path, secantus.url(dbname), "--handler", _exec(), "--handler-grace", "0.5", "--concurrency", "6")
+    pids: list[int] = []
+    try:
+        wait_until(lambda: jobs.count_documents({"status": "DONE"}) == 12, 60, "12 DONE", w)
+        pids = [int(p) for f in pid_files for p in f.read_text().split()]
+        left = [pid for pid in pids if _alive(pid)]
+    finally:
+        assert w.terminate() == 0
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert len(pids) == 24, pids
+    assert left == []
