@@ -661,3 +661,21 @@ def test_many_jobs_at_once_each_leaving_a_sigterm_proof_grandchild_leave_nothing
                 os.kill(pid, signal.SIGKILL)
     assert len(pids) == 24, pids
     assert left == []
+
+
+def test_output_mask_at_every_cut_through_every_form_of_the_secret() -> None:
+    """In process, every offset: the tail and head cuts never keep a piece (6+ chars) of any form of the secret."""
+    from muzo_ops.queue.handlers.masking import OutputMask
+
+    mask = OutputMask({"SMTP_PASSWORD": SECRET, "NOT_SENSITIVE_NAME": "plain"})
+    forms = [SECRET, urllib.parse.quote(SECRET, safe=""), urllib.parse.quote_plus(SECRET), json.dumps(SECRET)[1:-1]]
+    for form in forms:
+        for offset in range(len(form) + 2):
+            stream = ("a" * 5000 + form + "b" * (4096 - len(form) + offset)).encode()
+            kept = stream[-(4096 + mask.reach):]
+            tail = mask.tail(kept, len(stream) > len(kept), 4096)
+            head = mask.head("c" * (500 - offset) + form + "d" * 600, 500)
+            for text, where in ((tail, "tail"), (head, "head")):
+                leaked = [piece for piece in _pieces(form, 6) if piece in text]
+                assert leaked == [], (where, form, offset, leaked[:2])
+    assert mask("plain text") == "plain text"
