@@ -10,9 +10,6 @@ import json
 import os
 import shlex
 import signal
-import socket
-import socketserver
-import struct
 import subprocess
 import sys
 import threading
@@ -26,6 +23,7 @@ import pytest
 
 from tests import handlers_support
 from tests.handlers_support import all_output, retry_delay, tls_server, wait_until, worker
+from tests.hostile_server import SECRET, HostileServer
 from tests.servers import Secantus
 from tests.test_handlers_exec import FULFILLMENT_PAYLOAD, _alive
 from tests.workers import generation_payload, mockup_payload, prisma_job
@@ -34,7 +32,6 @@ dbname = handlers_support.dbname  # fixtures
 jobs = handlers_support.jobs
 
 CHILD = Path(__file__).resolve().parent / "hostile_child.py"
-SECRET = "p@ss/w0rd:with%25 spaces&plus+=semi;colon?x#frag"
 SECRET_LINE = f"SMTP_PASSWORD='{SECRET}'\n"
 
 
@@ -249,101 +246,9 @@ def test_secret_split_encoded_or_at_the_tail_boundary_never_reaches_output(tmp_p
 SIGNING_LINE = f"MUZO_HANDLER_SIGNING_SECRET={handlers_support.SIGNING_SECRET}\n"
 
 
-class _Hostile(socketserver.BaseRequestHandler):
-    """Reads one request, then misbehaves as its path says (/hang, /trickle, /huge, /reset, /redirect, …)."""
-
-    server: _HostileServer
-
-    def handle(self) -> None:
-        sock: socket.socket = self.request
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        length = next((int(v) for k, _, v in (h.partition(":") for h in lines[1:]) if k.lower() == "content-length"),
-                      0)
-        while len(body) < length:
-            body += sock.recv(65536)
-        path = lines[0].split()[1]
-        if path == "/by-payload":  # what to do is the job's payload.behave
-            path = json.loads(body)["payload"]["behave"]
-        self.server.seen.append(path)
-        stop = self.server.stop
-        if path == "/never":
-            stop.wait(60)
-        elif path == "/hang":  # headers, then the promised body never comes
-            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
-            stop.wait(60)
-        elif path == "/trickle":
-            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
-            while not stop.wait(0.05):
-                try:
-                    sock.sendall(b"1\r\n \r\n")
-                except OSError:
-                    return
-        elif path.startswith("/huge"):
-            mib = int(path.rsplit("/", 1)[1])
-            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                         + f"Content-Length: {mib << 20}\r\n\r\n".encode())
-            block = b" " * (1 << 20)
-            try:
-                for _ in range(mib):
-                    if stop.is_set():
-                        return
-                    sock.sendall(block)
-            except OSError:
-                return
-        elif path == "/reset":
-            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{\"a\": ")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        elif path == "/redirect":
-            where = f"http://127.0.0.2:{self.server.server_address[1]}/elsewhere"
-            sock.sendall(f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {where}\r\nContent-Length: 0\r\n"
-                         "Connection: close\r\n\r\n".encode())
-        elif path == "/ok":
-            sock.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{"ok":true}')
-            self.handle()  # keep-alive: the next request on this connection
-        elif path == "/headers-forever":
-            sock.sendall(b"HTTP/1.1 200 OK\r\n")
-            while not stop.is_set():
-                try:
-                    sock.sendall(b"X-Filler: " + b"a" * 1000 + b"\r\n")
-                except OSError:
-                    return
-        elif path == "/notjson":
-            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
-        elif path == "/retry":
-            value = json.loads(body)["payload"]["retryAfter"]
-            sock.sendall(f"HTTP/1.1 503 Busy\r\nRetry-After: {value}\r\nContent-Length: 4\r\n"
-                         "Connection: close\r\n\r\nbusy".encode())
-        elif path.startswith("/secret/"):
-            pad = int(path.rsplit("/", 1)[1])
-            said = ("e" * pad + SECRET + " and " + urllib.parse.quote(SECRET, safe="")).encode()
-            sock.sendall(b"HTTP/1.1 400 Bad\r\nContent-Length: " + str(len(said)).encode()
-                         + b"\r\nConnection: close\r\n\r\n" + said)
-        elif path == "/result":
-            said = json.dumps({"token": SECRET, SECRET: [SECRET]}).encode()
-            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(said)).encode()
-                         + b"\r\nConnection: close\r\n\r\n" + said)
-
-
-class _HostileServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self) -> None:
-        super().__init__(("0.0.0.0", 0), _Hostile)
-        self.seen: list[str] = []
-        self.stop = threading.Event()
-
-
 @pytest.fixture
-def hostile() -> Iterator[_HostileServer]:
-    server = _HostileServer()
+def hostile() -> Iterator[HostileServer]:
+    server = HostileServer()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -354,12 +259,12 @@ def hostile() -> Iterator[_HostileServer]:
         server.server_close()
 
 
-def _http(server: _HostileServer, job_type: str, path: str) -> str:
+def _http(server: HostileServer, job_type: str, path: str) -> str:
     return f"{job_type}=http://127.0.0.1:{server.server_address[1]}{path}"
 
 
 def test_http_server_that_stalls_trickles_or_never_answers_ends_at_the_timeout(
-        tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any, hostile: _HostileServer) -> None:
+        tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any, hostile: HostileServer) -> None:
     docs = [prisma_job("MOCKUP", mockup_payload(), max_attempts=1),
             prisma_job("GENERATION", generation_payload(), max_attempts=1),
             prisma_job("FULFILLMENT", FULFILLMENT_PAYLOAD, max_attempts=1)]
@@ -379,7 +284,7 @@ def test_http_server_that_stalls_trickles_or_never_answers_ends_at_the_timeout(
 
 
 def test_http_after_cancelled_and_endless_header_calls_the_next_job_still_gets_through(
-        tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any, hostile: _HostileServer) -> None:
+        tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any, hostile: HostileServer) -> None:
     """A call cancelled by the timeout mid-answer, or an answer whose headers never end, must not poison
     the handler's kept-alive connection pool for the jobs after it."""
     behaviours = ["/ok", "/hang", "/ok", "/headers-forever", "/ok", "/never", "/ok"]
@@ -401,7 +306,7 @@ def test_http_after_cancelled_and_endless_header_calls_the_next_job_still_gets_t
 
 
 def test_http_huge_answer_keeps_the_worker_small(tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any,
-                                                 hostile: _HostileServer) -> None:
+                                                 hostile: HostileServer) -> None:
     jobs.insert_one(prisma_job("MOCKUP", mockup_payload(), max_attempts=1))
     w = worker(tmp_path, secantus.url(dbname), "--handler", _http(hostile, "MOCKUP", "/huge/800"),
                env_lines=SIGNING_LINE + "JOB_TIMEOUT_MOCKUP_SECONDS=30\n")
@@ -415,7 +320,7 @@ def test_http_huge_answer_keeps_the_worker_small(tmp_path: Path, secantus: Secan
 
 
 def test_http_protocol_edges_redirect_reset_not_json(tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any,
-                                                     hostile: _HostileServer) -> None:
+                                                     hostile: HostileServer) -> None:
     redirect = prisma_job("MOCKUP", mockup_payload(), max_attempts=1)
     reset = prisma_job("GENERATION", generation_payload(), max_attempts=2)
     notjson = prisma_job("FULFILLMENT", FULFILLMENT_PAYLOAD, max_attempts=1)
@@ -436,7 +341,7 @@ def test_http_protocol_edges_redirect_reset_not_json(tmp_path: Path, secantus: S
 
 
 def test_http_hostile_retry_after_stays_within_zero_and_the_cap(tmp_path: Path, secantus: Secantus, dbname: str,
-                                                               jobs: Any, hostile: _HostileServer) -> None:
+                                                               jobs: Any, hostile: HostileServer) -> None:
     values = ["-5", "99999999999999999999999", "Thu, 01 Jan 1970 00:00:00 GMT", "garbage", "1e308", "NaN",
               "Fri, 31 Dec 9999 23:59:59 GMT", "\u0661\u0662", "0x10", " 7 "]
     docs = [prisma_job("MOCKUP", mockup_payload(i, retryAfter=value), max_attempts=3) for i, value in enumerate(values)]
@@ -455,7 +360,7 @@ def test_http_hostile_retry_after_stays_within_zero_and_the_cap(tmp_path: Path, 
 
 
 def test_http_secret_in_an_error_answer_cut_at_500_chars_or_in_a_result_is_masked(
-        tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any, hostile: _HostileServer) -> None:
+        tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any, hostile: HostileServer) -> None:
     docs = [prisma_job("MOCKUP", mockup_payload(i), max_attempts=1) for i in range(3)]
     jobs.insert_many(docs)
     w = worker(tmp_path, secantus.url(dbname), "--handler", _http(hostile, "MOCKUP", "/secret/490"),
@@ -501,7 +406,7 @@ def test_tls_certificate_for_another_host_name_is_refused_even_when_trusted(
 
 
 def test_drain_during_a_post_that_never_answers_releases_the_job_unspent(
-        tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any, hostile: _HostileServer) -> None:
+        tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any, hostile: HostileServer) -> None:
     jobs.insert_one(prisma_job("MOCKUP", mockup_payload(), max_attempts=2))
     w = worker(tmp_path, secantus.url(dbname), "--handler", _http(hostile, "MOCKUP", "/never"),
                "--drain-timeout", "1", env_lines=SIGNING_LINE + "JOB_TIMEOUT_MOCKUP_SECONDS=300\n")
