@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import http.server
 import json
+import ssl
+import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,3 +80,29 @@ def retry_once(job: Any) -> dict[str, Any]:
     if job.attempts == 1:
         raise RetryJob("the provider is busy", after_seconds=float(job.payload["retryAfter"]))
     return {"attempt": job.attempts}
+
+
+def tls_server(tmp_path: Path, name: str, san: str) -> tuple[http.server.ThreadingHTTPServer, Path]:
+    """An HTTPS server on 127.0.0.1 whose self-signed certificate names ``san``."""
+    key, cert = tmp_path / f"{name}-key.pem", tmp_path / f"{name}-cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", f"/CN={name}", "-addext", f"subjectAltName={san}"],
+                   check=True, capture_output=True)
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", "12")
+            self.end_headers()
+            self.wfile.write(b'{"ok": true}')
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, cert

@@ -6,7 +6,6 @@ import http.server
 import json
 import os
 import re
-import ssl
 import subprocess
 import threading
 import time
@@ -27,6 +26,7 @@ from tests.handlers_support import (
     SIGNING_SECRET,
     all_output,
     retry_delay,
+    tls_server,
     wait_until,
     worker,
 )
@@ -181,26 +181,7 @@ def test_connection_refused_is_retried(tmp_path: Path, secantus: Secantus, dbnam
 @pytest.fixture
 def untrusted_tls(tmp_path: Path) -> Iterator[int]:
     """An HTTPS server on 127.0.0.1 with a self-signed certificate nobody trusts."""
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
-
-    class Answer(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b'{"ok": true}')
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server, _ = tls_server(tmp_path, "127.0.0.1", "IP:127.0.0.1")
     try:
         yield int(server.server_address[1])
     finally:

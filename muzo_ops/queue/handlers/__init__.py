@@ -138,13 +138,16 @@ def _coroutine_handler(owner: Any, name: str) -> Handler:
 
 def build(job_type: JobType, spec: HandlerSpec, values: Mapping[str, str], options: HandlerOptions) -> Handler:
     """The handler a spec names; ConfigError says what is wrong."""
+    from muzo_ops.queue.handlers.masking import OutputMask
+
     if spec.kind is SpecKind.EXEC:
         from muzo_ops.queue.handlers.exec_handler import ExecHandler
 
         # The command's environment: the worker's env file values plus the process's own.
         environ = {**os.environ, **values}
         return _coroutine_handler(ExecHandler(spec.argv, environ=environ, cwd=options.cwd,
-                                              grace_s=options.grace_s), f"exec:{spec.target}")
+                                              grace_s=options.grace_s, mask=OutputMask(values)),
+                                  f"exec:{spec.target}")
     if spec.kind is SpecKind.HTTP:
         from muzo_ops.queue.handlers import signing
         from muzo_ops.queue.handlers.http_handler import HttpHandler
@@ -153,7 +156,7 @@ def build(job_type: JobType, spec: HandlerSpec, values: Mapping[str, str], optio
             problem = handlerspec.insecure_http_error(job_type.value, spec)
             if problem:
                 raise ConfigError(f"handler of {problem} (NODE_ENV=production)")
-        owner = HttpHandler(spec.target, secret=values.get(signing.SECRET_VARIABLE, ""))
+        owner = HttpHandler(spec.target, secret=values.get(signing.SECRET_VARIABLE, ""), mask=OutputMask(values))
         return _coroutine_handler(owner, owner.where)
     return resolve(spec.target)
 

@@ -11,12 +11,15 @@ by its exit status:
 - 65 (EX_DATAERR): fatal, FAILED at once;
 - anything else, a signal included: a failure, retried by the type's policy.
 
-The last ``HANDLER_STDERR_TAIL_BYTES`` of stderr go into the error (the
-worker redacts it before ``lastError`` and its log line).
+The last ``HANDLER_STDERR_TAIL_BYTES`` of stderr go into the error, the
+secrets of its environment masked first (``masking``: encoded forms too,
+and a secret the cut goes through dropped whole); the worker redacts it
+again before ``lastError`` and its log line.
 
 Invariant: when ``run`` returns or raises (done, failed, cancelled by the
-type's timeout or the worker's shutdown), no process of the job's group is
-left: the group gets SIGTERM, then SIGKILL after ``grace_s``.
+type's timeout or the worker's shutdown), no process of the job's session is
+left (its group, and a group a process of it moved to with setpgid): they
+get SIGTERM, then SIGKILL after ``grace_s``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from muzo_ops.constants import (
 )
 from muzo_ops.errors import ConfigError
 from muzo_ops.queue.handlers import protocol
+from muzo_ops.queue.handlers.masking import OutputMask
 from muzo_ops.queue.jobs import FatalJobError, Job, RetryJob
 
 # How often the group is looked at while it is given its grace.
@@ -59,18 +63,14 @@ def _describe_status(returncode: int) -> str:
     return f"exited with status {returncode}"
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether a live (not zombie) process is in group ``pgid``."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+def _session_members(sid: int) -> list[int]:
+    """Live (not zombie) processes of session ``sid``: the job's group, and any group a process of it
+    moved to with setpgid (a job-control shell's pipelines); only setsid leaves the session."""
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return True
+        return [sid]
+    members = []
     for entry in entries:
         if not entry.isdigit():
             continue
@@ -79,14 +79,23 @@ def _group_alive(pgid: int) -> bool:
                 fields = stat.read().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
-            return True
-    return False
+        if len(fields) > 3 and fields[3] == str(sid) and fields[0] != "Z":
+            members.append(int(entry))
+    return members
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
+def _group_alive(sid: int) -> bool:
+    """Whether a live process is left in the job's session ``sid`` (its leader's group included)."""
+    return bool(_session_members(sid))
+
+
+def _signal_group(sid: int, sig: signal.Signals) -> None:
+    """``sig`` to the job's process group and to every other process of its session."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+        os.killpg(sid, sig)
+    for pid in _session_members(sid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
 
 
 async def _end_group(pgid: int, grace_s: float) -> None:
@@ -107,22 +116,23 @@ async def _end_group(pgid: int, grace_s: float) -> None:
 
 
 class _Tail:
-    """The last ``size`` bytes of a stream."""
+    """The last ``size`` bytes of a stream (and ``mask.reach`` more: a secret cut at the start is dropped whole)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, mask: OutputMask) -> None:
         self.size = size
+        self.mask = mask
+        self.keep = size + mask.reach
         self.data = bytearray()
         self.total = 0
 
     def add(self, chunk: bytes) -> None:
         self.total += len(chunk)
         self.data += chunk
-        if len(self.data) > self.size:
-            del self.data[: len(self.data) - self.size]
+        if len(self.data) > self.keep:
+            del self.data[: len(self.data) - self.keep]
 
     def text(self) -> str:
-        text = self.data.decode("utf-8", errors="replace").strip()
-        return ("…" + text) if self.total > self.size else text
+        return self.mask.tail(bytes(self.data), self.total > len(self.data), self.size)
 
 
 class _JobProtocol(asyncio.SubprocessProtocol):
@@ -132,9 +142,9 @@ class _JobProtocol(asyncio.SubprocessProtocol):
     still holds its pipes (``Process.wait`` would wait for the pipes too).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, tail_size: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, tail_size: int, mask: OutputMask) -> None:
         self.stdout = bytearray()
-        self.tail = _Tail(tail_size)
+        self.tail = _Tail(tail_size, mask)
         self.exited: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
 
@@ -159,7 +169,8 @@ class ExecHandler:
     """Runs ``argv`` once per job; ``run(job)`` is the worker's coroutine handler."""
 
     def __init__(self, argv: Sequence[str], *, environ: Mapping[str, str], cwd: str | None = None,
-                 grace_s: float = HANDLER_KILL_GRACE_S, stderr_tail: int = HANDLER_STDERR_TAIL_BYTES) -> None:
+                 grace_s: float = HANDLER_KILL_GRACE_S, stderr_tail: int = HANDLER_STDERR_TAIL_BYTES,
+                 mask: OutputMask | None = None) -> None:
         if not argv:
             raise ConfigError("exec handler: no command")
         if cwd is not None and not os.path.isdir(cwd):
@@ -170,6 +181,7 @@ class ExecHandler:
         self.cwd = cwd
         self.grace_s = grace_s
         self.stderr_tail = stderr_tail
+        self.mask = mask if mask is not None else OutputMask(self.environ)
         self.groups: set[int] = set()  # process groups of the jobs running now
 
     def terminate_all(self) -> None:
@@ -182,7 +194,7 @@ class ExecHandler:
         loop = asyncio.get_running_loop()
         try:
             transport, proto = await loop.subprocess_exec(
-                lambda: _JobProtocol(loop, self.stderr_tail), *self.argv, stdin=subprocess.PIPE,
+                lambda: _JobProtocol(loop, self.stderr_tail, self.mask), *self.argv, stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.cwd, env=self.environ,
                 start_new_session=True)
         except FileNotFoundError as exc:
@@ -218,7 +230,7 @@ class ExecHandler:
         said = f"; stderr: {stderr}" if stderr else ""
         if returncode == 0:
             try:
-                return protocol.parse_result(stdout, f"the output of {command}")
+                return self.mask.value(protocol.parse_result(stdout, f"the output of {command}"))
             except protocol.NotJsonError as exc:
                 raise HandlerCommandError(f"{exc}{said}") from None
         if returncode == EXIT_TEMPFAIL:

@@ -24,9 +24,16 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from muzo_ops.constants import HANDLER_ERROR_BODY_CHARS, HANDLER_HTTP_CONNECT_TIMEOUT_S, SIGNATURE_HEADER, VERSION
+from muzo_ops.constants import (
+    HANDLER_ERROR_BODY_CHARS,
+    HANDLER_HTTP_CONNECT_TIMEOUT_S,
+    HANDLER_MAX_OUTPUT_BYTES,
+    SIGNATURE_HEADER,
+    VERSION,
+)
 from muzo_ops.errors import ConfigError
 from muzo_ops.queue.handlers import protocol, signing
+from muzo_ops.queue.handlers.masking import OutputMask
 from muzo_ops.queue.jobs import FatalJobError, Job, RetryJob
 
 RETRY_STATUSES = frozenset({409, 425, 429})
@@ -63,13 +70,15 @@ def _where(url: str) -> str:
 class HttpHandler:
     """POSTs each job to ``url``; ``run(job)`` is the worker's coroutine handler."""
 
-    def __init__(self, url: str, *, secret: str, connect_timeout_s: float = HANDLER_HTTP_CONNECT_TIMEOUT_S) -> None:
+    def __init__(self, url: str, *, secret: str, connect_timeout_s: float = HANDLER_HTTP_CONNECT_TIMEOUT_S,
+                 mask: OutputMask | None = None) -> None:
         if not secret:
             raise ConfigError(f"HTTP handler {_where(url)} signs every call: set {signing.SECRET_VARIABLE} "
                               "(muzo-ops secrets generate) in the worker's env file and the web app's")
         self.url = url
         self.where = _where(url)
         self._secret = secret
+        self._mask = mask if mask is not None else OutputMask([secret])
         self._timeout = httpx.Timeout(None, connect=connect_timeout_s)  # the type's timeout bounds the rest
         self._client: httpx.AsyncClient | None = None
 
@@ -89,18 +98,23 @@ class HttpHandler:
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signing.header(self._secret, body),
                    "Idempotency-Key": job.id, "User-Agent": f"muzo-ops/{VERSION}"}
         try:
-            response = await self._http().post(self.url, content=body, headers=headers)
+            async with self._http().stream("POST", self.url, content=body, headers=headers) as response:
+                status = response.status_code
+                # Read no more than is kept: a server answering gigabytes must not fill the worker's memory.
+                limit = (HANDLER_MAX_OUTPUT_BYTES + 1 if 200 <= status < 300
+                         else 4 * HANDLER_ERROR_BODY_CHARS + self._mask.reach)
+                content = await _read_at_most(response, limit)
         except httpx.TimeoutException as exc:
             raise RetryJob(f"POST {self.where} timed out ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
             raise RetryJob(f"POST {self.where} failed: {type(exc).__name__}: {exc}") from exc
-        status = response.status_code
         if 200 <= status < 300:
             try:
-                return protocol.parse_result(response.content, f"the answer of {self.where}")
+                return self._mask.value(protocol.parse_result(content, f"the answer of {self.where}"))
             except protocol.NotJsonError as exc:
                 raise HandlerResponseError(str(exc)) from None
-        said = response.text[:HANDLER_ERROR_BODY_CHARS].strip()
+        text = content.decode(response.encoding or "utf-8", errors="replace")
+        said = self._mask.head(text, HANDLER_ERROR_BODY_CHARS).strip()
         said = f": {said}" if said else ""
         if status in RETRY_STATUSES or 500 <= status < 600:
             after = retry_after(response.headers.get("Retry-After"))
@@ -110,3 +124,13 @@ class HttpHandler:
             raise FatalJobError(f"POST {self.where} answered {status} (fatal){said}")
         raise HandlerResponseError(f"POST {self.where} answered {status}: handler URLs are not redirected, "
                                    f"configure the final URL{said}")
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
+    """The body's first ``limit`` bytes (decoded from its Content-Encoding); the rest is not read."""
+    kept = bytearray()
+    async for chunk in response.aiter_bytes():
+        kept += chunk[: limit - len(kept)]
+        if len(kept) >= limit:
+            break
+    return bytes(kept)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import sys
 from typing import Any
 
 from muzo_ops.constants import HANDLER_MAX_OUTPUT_BYTES
@@ -51,6 +52,15 @@ class NotJsonError(ValueError):
     """A handler's output that is not one JSON value."""
 
 
+def _not_json_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads(output: bytes) -> Any:
+    """Strict JSON (RFC 8259): NaN, Infinity and -Infinity are refused, as ``request_body`` refuses them."""
+    return json.loads(output, parse_constant=_not_json_constant)
+
+
 def parse_result(output: bytes, where: str) -> Any:
     """One JSON value (empty or blank: None); NotJsonError names ``where`` and never quotes the text."""
     if len(output) > HANDLER_MAX_OUTPUT_BYTES:
@@ -59,7 +69,7 @@ def parse_result(output: bytes, where: str) -> Any:
     if not output.strip():
         return None
     try:
-        return json.loads(output)
+        return _loads(output)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise NotJsonError(f"{where} was not JSON ({len(output)} bytes): print one JSON value, or "
                            "nothing for null") from exc
@@ -68,10 +78,13 @@ def parse_result(output: bytes, where: str) -> Any:
 def retry_after_from(output: bytes) -> float | None:
     """``{"retryAfterSeconds": S}`` in an exec handler's output: S (a number from 0), else None."""
     try:
-        value = json.loads(output) if output.strip() else None
+        value = _loads(output) if output.strip() else None
     except (ValueError, RecursionError):
         return None
     seconds = value.get("retryAfterSeconds") if isinstance(value, dict) else None
     if isinstance(seconds, int | float) and not isinstance(seconds, bool) and 0 <= seconds < float("inf"):
-        return float(seconds)
+        try:
+            return float(seconds)
+        except OverflowError:  # an integer past float's range: the longest delay there is (held to the cap)
+            return sys.float_info.max
     return None
