@@ -25,9 +25,11 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     """Register ``deploy``."""
     p = sub.add_parser("deploy", help="deploy the worker to systemd hosts (pyinfra)", **help_kwargs(
         "Deploy the queue worker to the hosts of a pyinfra inventory as hardened systemd services "
-        "(muzo-worker@QUEUE). Phase 1 stages the release, env file and unit on all hosts in parallel; "
-        "phase 2 switches, restarts and health-checks SERIAL hosts at a time, rolls a failing host "
-        "back and stops the rollout (exit 1). Nothing is restarted when nothing changed. "
+        "(muzo-worker@QUEUE; optionally muzo-jobs-metrics and muzo-dashboard). Phase 1 takes each host's "
+        "deploy lease and stages the release, env file and units on all hosts in parallel; phase 2, SERIAL "
+        "hosts at a time, restarts what runs something else than asked, gates it, rolls a failing host back "
+        "to what ran healthy before and stops the rollout (exit 1). A rerun after any interruption "
+        "finishes the job; nothing is restarted when what runs is what is asked. "
         "Needs the 'deploy' extra: pip install 'muzo-ops[deploy]'.",
         EXAMPLE))
     p.add_argument("--inventory", required=True, metavar="PATH", help="pyinfra inventory file")
@@ -39,7 +41,8 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--limit", action="append", default=[], metavar="HOST",
                    help="only this inventory host (repeatable)")
     p.add_argument("--rollback", action="store_true",
-                   help="switch the hosts back to their previous release, env file and unit")
+                   help="switch the hosts back to what ran before their last deploy (its gate failing: "
+                        "back to what ran before the rollback)")
     p.add_argument("--lock", metavar="PATH",
                    help="dependency lock (default: muzo-worker.lock beside the inventory)")
     p.add_argument("--source", metavar="PATH",
