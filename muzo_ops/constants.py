@@ -48,3 +48,14 @@ TAKEOVER_INTERVAL_S = 5.0  # a busy worker still looks for expired locks this of
 # Logging.
 WORKER_LOGGER_NAME = "muzo-worker"
 QUEUE_INIT_LOGGER_NAME = "muzo-queue-init"
+
+# Handlers in any language (exec and HTTP; docs/HANDLERS.md).
+HANDLER_KILL_GRACE_S = 10.0  # SIGTERM to an exec handler's process group, then SIGKILL after this
+HANDLER_STDERR_TAIL_BYTES = 4096  # the last bytes of an exec handler's stderr kept for lastError
+HANDLER_MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # a result larger than MongoDB's document limit is refused
+HANDLER_ERROR_BODY_CHARS = 500  # the start of an HTTP handler's error response kept for lastError
+HANDLER_HTTP_CONNECT_TIMEOUT_S = 10.0
+EXIT_DATAERR = 65  # exec handler: fatal, no retry (sysexits EX_DATAERR)
+EXIT_TEMPFAIL = 75  # exec handler: retry (sysexits EX_TEMPFAIL)
+SIGNATURE_HEADER = "Muzo-Signature"
+SIGNATURE_TOLERANCE_S = 300  # the verifier refuses a t older (or newer) than this

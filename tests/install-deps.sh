@@ -3,7 +3,9 @@
 # redis-server (check-env --connect tests), Node.js (only if missing), Next.js's
 # env loader @next/env and @dotenvx/dotenvx (env-file round trips and encrypted
 # files), promtool (the alert rules), debootstrap and systemd-nspawn (the deploy
-# tests boot real systemd hosts), shellcheck (the deploy's host script).
+# tests boot real systemd hosts), shellcheck (the deploy's host script), chromium
+# (the dashboard's browser tests drive it with Playwright; Playwright's own browser
+# download is not used).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 need=()
@@ -15,6 +17,7 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v shellcheck >/dev/null || need+=(shellcheck)
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get -o DPkg::Lock::Timeout=300 update -qq

@@ -114,7 +114,8 @@ def test_rotate_and_init_env_together_keep_both_changes(tmp_path: Path) -> None:
 
 def test_backup_from_many_processes_never_picks_a_taken_name(tmp_path: Path) -> None:
     env = write_env(tmp_path / ".env", FULL)
-    code = "import sys\nfrom muzo_ops.env import envfile\nfor _ in range(25): envfile.backup(sys.argv[1])\n"
+    code = ("import sys\nfrom muzo_ops.files import backups\n"
+            "for _ in range(25): backups.make(sys.argv[1], lock_timeout_s=60)\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(env)], stderr=subprocess.PIPE, text=True)
              for _ in range(3)]
     for proc in procs:
@@ -142,10 +143,32 @@ def test_a_second_writer_waits_a_bounded_time_then_fails_with_one_line(tmp_path:
                    "S3_BUCKET=other").returncode == 0
 
 
-def test_the_secrets_lock_is_the_env_lock() -> None:
-    from muzo_ops.files import lock as secrets_lock
+def test_the_lock_is_reentrant_in_its_thread_and_excludes_other_threads(tmp_path: Path) -> None:
+    """Every writer in files/ takes the lock of what it writes: a command holding it already keeps it,
+    while any other holder (thread or process) still waits."""
+    import threading
 
-    assert secrets_lock.locked is filelock.locked and secrets_lock.LockedError is filelock.LockedError
+    env = write_env(tmp_path / ".env", FULL)
+    outcome: list[str] = []
+
+    def other() -> None:
+        try:
+            with filelock.locked(str(env), timeout_s=0.2):
+                outcome.append("got it")
+        except filelock.LockedError:
+            outcome.append("waited, then refused")
+
+    with filelock.locked(str(env)):
+        with filelock.locked(str(env), timeout_s=0):  # the same thread: no wait
+            assert filelock.held(str(env))
+        assert filelock.held(str(env))
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+    assert not filelock.held(str(env))
+    assert outcome == ["waited, then refused"]
+    other()
+    assert outcome[-1] == "got it"
 
 
 # ---------------------------------------------------------------- owner, mode, symlinks
@@ -336,6 +359,79 @@ def test_rotate_keeps_export_indent_and_trailing_comment(tmp_path: Path) -> None
     value = envfile.read(str(env)).values()["NEXTAUTH_SECRET"]
     assert len(value) == 43 and value in lines[2]
     parsed = envfile.parse_text('export K="a b" # c\nL=plain # d\nM="x\ny" # e\n')
-    changed = envfile.with_changes(parsed, {"K": "new", "L": "two words", "M": "z"})
+    changed = envfile.with_lines(parsed, envfile.value_lines({"K": "new", "L": "two words", "M": "z"}))
     assert changed == "export K=new # c\nL=two words # d\nM=z # e\n"
     assert envfile.parse_text(changed).values() == {"K": "new", "L": "two words", "M": "z"}
+
+
+# ---------------------------------------------------------------- the writer, killed at each step
+
+WRITE_DRIVER = textwrap.dedent("""
+    import sys
+    from muzo_ops.files import atomic
+    atomic.write(sys.argv[1], sys.argv[2], keep_backup=True)
+""")
+TRACED = "openat,fsync,rename,renameat,renameat2,link,linkat"
+
+
+def _steps(env: Path) -> dict[str, tuple[str, int]]:
+    """Each step boundary of one ``atomic.write`` as (syscall, n): strace kills on the n-th call's entry."""
+    trace = env.parent / "trace.txt"
+    subprocess.run(["strace", "-qq", "-o", str(trace), "-e", f"trace={TRACED}", sys.executable, "-c",
+                    WRITE_DRIVER, str(env), env.read_text()], check=True, timeout=60)
+    counts: dict[str, int] = {}
+    calls: list[tuple[str, int, str]] = []
+    for line in trace.read_text().splitlines():
+        name = line.split("(", 1)[0].strip()
+        if name in TRACED.split(","):
+            counts[name] = counts.get(name, 0) + 1
+            calls.append((name, counts[name], line))
+    renamed = next(i for i, (name, _n, _l) in enumerate(calls) if name.startswith("rename"))
+    link = next((name, n) for name, n, _l in calls if name in ("link", "linkat"))
+    folder_open = next((name, n) for name, n, line in calls[renamed + 1:] if "O_DIRECTORY" in line)
+    folder_fsync = next((name, n) for name, n, _l in calls[renamed + 1:] if name == "fsync")
+    return {"temporary files complete, before the backup link": link,
+            "backup linked, before the rename": calls[renamed][:2],
+            "after the rename": folder_open,
+            "after the rename, before the folder fsync": folder_fsync}
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_the_writer_killed_at_each_step_leaves_old_or_new_and_a_rerun_completes(tmp_path: Path) -> None:
+    """Invariant of files.atomic.write: the file is the whole old or the whole new content, a backup is
+    the whole old content, and a rerun after the kill completes and leaves no temporary file."""
+    env = write_env(tmp_path / ".env", FULL)
+    old = env.read_bytes()
+    subprocess.run([sys.executable, "-c", WRITE_DRIVER, str(env), old.decode()], check=True)  # warm caches
+    for backup in tmp_path.glob(".env.*.bak"):
+        backup.unlink()
+    steps = _steps(env)
+    for backup in tmp_path.glob(".env.*.bak"):
+        backup.unlink()
+    new = old.decode().replace(FULL["S3_BUCKET"], "after-the-kill")
+    seen = set()
+    for step, (syscall, nth) in steps.items():
+        proc = subprocess.run(["strace", "-qq", "-o", "/dev/null", "-e", f"trace={syscall}",
+                               "-e", f"inject={syscall}:signal=KILL:when={nth}",
+                               sys.executable, "-c", WRITE_DRIVER, str(env), new],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0, f"{step}: not killed"
+        now = env.read_bytes()
+        assert now in (old, new.encode()), step
+        seen.add(now == old)
+        assert mode(env) == 0o600
+        for backup in tmp_path.glob(".env.*.bak"):
+            assert backup.read_bytes() == old and mode(backup) == 0o600, step
+        for leftover in tmp_path.glob("..env.*.tmp"):
+            assert mode(leftover) == 0o600, step
+        # the rerun (the next writer, under the lock) completes and cleans up
+        rerun = run_cli("init-env", "--env-file", str(env), "--non-interactive", "--set", "S3_BUCKET=rerun")
+        assert rerun.returncode == 0, rerun.stderr
+        assert envfile.read(str(env)).values()["S3_BUCKET"] == "rerun"
+        newest = max(tmp_path.glob(".env.*.bak"), key=lambda p: int(p.name.split(".")[2]))
+        assert newest.read_bytes() == now, step  # the newest backup is the file before the rerun
+        assert not list(tmp_path.glob("*.tmp")), step
+        env.write_bytes(old)
+        for backup in tmp_path.glob(".env.*.bak"):
+            backup.unlink()
+    assert seen == {True, False}  # kills landed before and after the rename

@@ -90,7 +90,7 @@ def test_malformed_documents_fail_with_the_reason_and_the_queue_goes_on(
     }
     jobs.insert_many([*bad.values(), *good, no_available])
     code, worker, log = burst(secantus, name, th.raiser, timeout=30)
-    assert code == 0
+    assert code == 1  # malformed documents failed for good
     for doc in [*good, no_available]:
         assert jobs.find_one({"_id": doc["_id"]})["status"] == "DONE"
     expected = {"null-attempts": "attempts is null", "string-attempts": "attempts is a string",
@@ -129,7 +129,7 @@ def test_any_base_exception_from_a_handler_is_a_job_failure(
 
     time.sleep(0.7)
     code, _worker, _ = burst(secantus, db_name, handler, timeout=30)
-    assert code == 0
+    assert code == 1  # the job failed for good
     final = jobs.find_one({"_id": retried["_id"]})
     assert final["status"] == "FAILED" and final["attempts"] == 2 and final["lastError"]["name"] == name
     assert jobs.find_one({"_id": after["_id"]})["status"] == "DONE"
@@ -163,7 +163,7 @@ def test_last_error_is_redacted(secantus: Secantus, db: tuple[str, Any], monkeyp
     doc = prisma_job(payload=mockup_payload(1, **{"raise": "secret"}), max_attempts=1)
     jobs.insert_one(doc)
     code, _, log = burst(secantus, name, th.raiser, redactor=Redactor([secret]))
-    assert code == 0
+    assert code == 1  # the job failed for good
     error = jobs.find_one({"_id": doc["_id"]})["lastError"]
     assert error["message"] == "provider refused key ***"
     assert secret not in error["stack"] and "***" in error["stack"]
@@ -177,7 +177,7 @@ def test_timeouts_cancel_coroutines_and_abandon_threads(secantus: Secantus, db: 
     recorder = Recorder()
     code, _worker, log = burst(secantus, name, th.hang_async, observers=[recorder],
                               job_timeouts={t: 0.5 for t in JobType})
-    assert code == 0
+    assert code == 1  # the job failed for good
     final = jobs.find_one({"_id": doc["_id"]})
     assert final["status"] == "FAILED" and final["lastError"]["name"] == "JobTimeoutError"
     assert "timed out after 0.5 s (JOB_TIMEOUT_MOCKUP_SECONDS)" in final["lastError"]["message"]
@@ -220,9 +220,11 @@ def test_events_reach_every_observer_at_the_right_moments(secantus: Secantus, db
             raise RuntimeError("an observer's bug")
 
     code, worker, _ = burst(secantus, name, th.raiser, observers=[Broken(), recorder])
-    assert code == 0
+    assert code == 1  # the invalid payload failed for good
     names = [event for event, _ in recorder.events]
-    assert names[:2] == ["db_ok", "transactions_decided"] and "worker_ready" in names and names[-1] == "worker_stopped"
+    assert names[:2] == ["db_ok", "transactions_decided"] and "worker_ready" in names
+    assert names[-2:] == ["worker_stopped", "burst_summary"]
+    assert recorder.named("burst_summary") == [(1, 0, None)]
     info = recorder.named("worker_ready")[0][0]
     assert isinstance(info, WorkerInfo) and info.queues == (JobType.MOCKUP,) and info.transactions is True
     assert names.index("worker_ready") < names.index("claim_tick") and "db_ok" in names and "claim_idle" in names

@@ -156,7 +156,7 @@ def admin_uri(server: Secantus, password: str = ADMIN_PASSWORD) -> str:
 
 
 def authenticates(url: str) -> bool:
-    from muzo_ops.secrets.mongo_password import _authenticates
+    from muzo_ops.secrets.mongo_password import authenticates as _authenticates
 
     return _authenticates(url)
 
@@ -303,11 +303,18 @@ def test_an_interrupted_rotation_never_loses_the_pending_password(tmp_path: Path
     admin = {"MUZO_MONGO_ADMIN_URI": admin_uri(mongo_auth)}
     proc = cli("secrets", "rotate", "DATABASE_URL", "--env-file", str(env), "--yes", env=admin)
     assert_one_line_error(proc)
-    assert f"mv {pending} {env}" in proc.stderr
+    assert f"secrets confirm --env-file {env}" in proc.stderr
     assert env.read_bytes() == before and pending.exists()
     assert authenticates(app_url(mongo_auth, set_password))
     assert_no_secret(proc.stderr, [APP_PASSWORD, set_password, ADMIN_PASSWORD])
+    # what the message says to do: confirm finds the live password and moves the pending file in
+    confirmed = cli("secrets", "confirm", "--env-file", str(env))
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert read(env)["DATABASE_URL"] == app_url(mongo_auth, set_password) and not pending.exists()
+    assert_no_secret(confirmed.stdout + confirmed.stderr, [APP_PASSWORD, set_password, ADMIN_PASSWORD])
     # killed before updateUser: the env file's password still works, the pending file is stale
+    env.write_bytes(before)
+    write(pending, {**FULL, "DATABASE_URL": app_url(mongo_auth, set_password)})
     reset_app_password(mongo_auth, APP_PASSWORD)
     proc = cli("secrets", "rotate", "DATABASE_URL", "--env-file", str(env), "--yes", env=admin)
     assert proc.returncode == 0, proc.stderr
@@ -346,3 +353,156 @@ def test_killed_database_url_rotation_always_leaves_a_working_password_on_disk(
             os.replace(pending, env)
     print(f"\nkilled rotations: (env file works, pending file left) seen: {sorted(outcomes)}")
     assert len(outcomes) >= 2  # the kills landed in different steps
+
+
+# ----- issue 15, items 13, 15, 16: DATABASE_URL rotation against the URL parser, a frozen server, rollback ----
+
+
+def test_rotation_keeps_hosts_database_and_options_with_an_at_sign_in_them(
+        tmp_path: Path, mongo_auth: Secantus) -> None:
+    reset_app_password(mongo_auth, APP_PASSWORD)
+    url = app_url(mongo_auth, APP_PASSWORD) + "&appName=ops@muzo"
+    env = write(tmp_path / ".env", {**FULL, "DATABASE_URL": url})
+    proc = cli("secrets", "rotate", "DATABASE_URL", "--env-file", str(env), "--yes",
+               env={"MUZO_MONGO_ADMIN_URI": admin_uri(mongo_auth)})
+    assert proc.returncode == 0, proc.stderr
+    new_url = read(env)["DATABASE_URL"]
+    new_password = new_url.split("muzo_app:", 1)[1].split("@", 1)[0]
+    assert new_password != APP_PASSWORD
+    assert new_url == url.replace(APP_PASSWORD, new_password)  # hosts, database and options byte for byte
+    assert authenticates(new_url) and not authenticates(url)
+
+
+class FreezingProxy:
+    """A TCP proxy to the server. Once a command holding ``word`` went through it, either the whole
+    server is SIGSTOPped (``stop_server``) or the connection that carried it never gets an answer."""
+
+    def __init__(self, server: Secantus, word: bytes, stop_server: bool) -> None:
+        import socket
+        import threading
+
+        self.server, self.word, self.stop_server = server, word, stop_server
+        self.frozen = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.server.port))
+            muted = threading.Event()
+            threading.Thread(target=self._pipe, args=(client, upstream, muted, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, muted, False), daemon=True).start()
+
+    def _pipe(self, src: object, dst: object, muted: object, from_client: bool) -> None:
+        import signal
+        import socket
+        import threading
+
+        assert isinstance(src, socket.socket) and isinstance(dst, socket.socket)
+        assert isinstance(muted, threading.Event)
+        try:
+            while data := src.recv(65536):
+                if not from_client and muted.is_set():
+                    continue  # the answer never comes
+                dst.sendall(data)
+                if from_client and self.word in data and not self.frozen.is_set():
+                    if self.stop_server:
+                        assert self.server.proc is not None
+                        os.kill(self.server.proc.pid, signal.SIGSTOP)
+                    muted.set()
+                    self.frozen.set()
+        except OSError:
+            pass
+
+    def thaw(self) -> None:
+        import signal
+
+        if self.stop_server and self.frozen.is_set() and self.server.proc is not None:
+            os.kill(self.server.proc.pid, signal.SIGCONT)
+        self.listener.close()
+
+
+@pytest.mark.parametrize("stop_server", [True, False], ids=["server-sigstopped", "updateuser-never-answered"])
+def test_a_server_that_stops_answering_updateuser_ends_the_rotation_with_a_way_out(
+        tmp_path: Path, mongo_auth: Secantus, stop_server: bool) -> None:
+    """Invariant: the rotation ends (the lock is released) and a password in the env or pending file works."""
+    from muzo_ops.secrets.mongo_password import _load
+
+    reset_app_password(mongo_auth, APP_PASSWORD)
+    old_url = app_url(mongo_auth, APP_PASSWORD)
+    env = write(tmp_path / ".env", {**FULL, "DATABASE_URL": old_url})
+    pending = tmp_path / ".env.pending"
+    proxy = FreezingProxy(mongo_auth, b"updateUser", stop_server)
+    admin = f"mongodb://root:{ADMIN_PASSWORD}@127.0.0.1:{proxy.port}/admin?directConnection=true"
+    try:
+        proc = subprocess.run([sys.executable, "-m", "muzo_ops", "secrets", "rotate", "DATABASE_URL", "--env-file",
+                               str(env), "--yes", "--lock-timeout", "1"], capture_output=True, text=True,
+                              timeout=150, env={**os.environ, **NO_KEYS, "MUZO_MONGO_ADMIN_URI": admin})
+    finally:
+        proxy.thaw()
+    assert proxy.frozen.is_set()
+    assert_one_line_error(proc)
+    assert "secrets confirm" in proc.stderr and str(pending) in proc.stderr
+    assert_no_secret(proc.stdout + proc.stderr, [APP_PASSWORD, ADMIN_PASSWORD])
+    assert authenticates(_load(str(env), {}).url) or authenticates(_load(str(pending), {}).url)
+    # the lock was released; the server answers again: confirm keeps whichever password is live
+    confirmed = cli("secrets", "confirm", "--env-file", str(env), "--lock-timeout", "1")
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert authenticates(read(env)["DATABASE_URL"])
+    assert not pending.exists()
+
+
+def test_rollback_of_a_database_url_rotation_is_refused_when_the_old_password_is_dead(
+        tmp_path: Path, mongo_auth: Secantus) -> None:
+    reset_app_password(mongo_auth, APP_PASSWORD)
+    env = write(tmp_path / ".env", {**FULL, "DATABASE_URL": app_url(mongo_auth, APP_PASSWORD)})
+    assert cli("secrets", "rotate", "DATABASE_URL", "--env-file", str(env), "--yes",
+               env={"MUZO_MONGO_ADMIN_URI": admin_uri(mongo_auth)}).returncode == 0
+    rotated = env.read_bytes()
+    proc = cli("secrets", "rollback", "--env-file", str(env))
+    assert_one_line_error(proc)
+    assert "DATABASE_URL" in proc.stderr and "Nothing changed" in proc.stderr
+    assert env.read_bytes() == rotated and authenticates(read(env)["DATABASE_URL"])
+    assert_no_secret(proc.stdout + proc.stderr, [APP_PASSWORD, read(env)["DATABASE_URL"]])
+    # when the server takes the old password again, the rollback goes through
+    reset_app_password(mongo_auth, APP_PASSWORD)
+    assert cli("secrets", "rollback", "--env-file", str(env)).returncode == 0
+    assert read(env)["DATABASE_URL"] == app_url(mongo_auth, APP_PASSWORD)
+
+
+# ----- issue 15, item 17: exit 2 means nothing changed; files root makes belong to the env file's owner ----
+
+
+def test_an_audit_failure_after_the_change_is_exit_1_with_one_line(tmp_path: Path) -> None:
+    env = write(tmp_path / ".env", FULL)
+    audit.Fingerprinter(str(env))  # the key exists; the log cannot be opened
+    (tmp_path / audit.LOG_NAME).mkdir()
+    proc = cli("secrets", "rotate", "NEXTAUTH_SECRET", "--env-file", str(env))
+    assert_one_line_error(proc, code=1)
+    assert "audit log" in proc.stderr and "change above was made" in proc.stderr
+    assert "Rotated NEXTAUTH_SECRET" in proc.stdout
+    assert read(env)["NEXTAUTH_SECRET_PREVIOUS"] == FULL["NEXTAUTH_SECRET"]
+    as_json = cli("secrets", "rotate", "NEXTAUTH_SECRET", "--env-file", str(env), "--force", "--format", "json")
+    assert as_json.returncode == 1 and json.loads(as_json.stdout)["audit_error"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown)")
+def test_files_root_makes_beside_another_users_env_file_belong_to_that_user(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    env = write(tmp_path / ".env.production", FULL)
+    os.chown(env, 65534, 65534)
+    assert cli("secrets", "rotate", "NEXTAUTH_SECRET", "--env-file", str(env)).returncode == 0
+    assert cli("secrets", "encrypt", "--env-file", str(env)).returncode == 0
+    for name in (".env.production", ".env.keys", audit.LOG_NAME, audit.KEY_NAME):
+        info = (tmp_path / name).stat()
+        assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (65534, 65534, 0o600), name
+    for lock in tmp_path.glob("*.lock"):  # the owner can lock every file again
+        assert (lock.stat().st_uid, lock.stat().st_gid) == (65534, 65534), lock.name

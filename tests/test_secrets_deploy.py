@@ -74,7 +74,7 @@ def app_url(server: Secantus, password: str) -> str:
 
 
 def authenticates(url: str) -> bool:
-    from muzo_ops.secrets.mongo_password import _authenticates
+    from muzo_ops.secrets.mongo_password import authenticates as _authenticates
 
     return _authenticates(url)
 

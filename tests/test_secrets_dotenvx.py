@@ -319,3 +319,45 @@ def test_decrypting_a_command_substitution_keeps_it_literal(tmp_path: Path) -> N
     assert dotenvx_get(tmp_path, ".env")["RUN"] == "$(touch PWNED)"
     assert dict(dotenv_values(stream=io.StringIO(plain.text)))["RUN"] == "$(touch PWNED)"
     assert not (tmp_path / "PWNED").exists()
+
+
+# ----- issue 15, item 14: .env.keys shared by the env files of one folder ------------------------------
+
+ENCRYPT_RACER = """
+import os, sys, time
+from muzo_ops.secrets import encryption
+path, go = sys.argv[1], sys.argv[2]
+print("ready", flush=True)
+while not os.path.exists(go):
+    time.sleep(0.001)
+encryption.encrypt_file(path, environ={}, lock_timeout_s=60)
+"""
+
+
+def test_concurrent_encrypts_of_one_folder_keep_every_private_key(tmp_path: Path) -> None:
+    """Invariant: after any number of concurrent encrypts, .env.keys opens every file (no key lost)."""
+    import sys
+
+    names = ["staging", "production", "preview", "ci", "test", "demo"]
+    for round_ in range(4):
+        folder = tmp_path / f"round{round_}"
+        folder.mkdir()
+        for name in names:
+            (folder / f".env.{name}").write_text(format_line("STRIPE_SECRET_KEY", f"sk_live_{name}_0000000001"))
+        go = folder / "go"
+        procs = [subprocess.Popen([sys.executable, "-c", ENCRYPT_RACER, str(folder / f".env.{name}"), str(go)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in names]
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        go.touch()
+        for proc in procs:
+            _out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+        assert (folder / ".env.keys").stat().st_mode & 0o777 == 0o600
+        for name in names:
+            path = folder / f".env.{name}"
+            text = path.read_text()
+            _private_name, keys = dotenvx.private_keys_for(str(path), text, environ={})
+            assert keys, f"round {round_}: the private key of .env.{name} was lost"
+            plain = dotenvx.decrypt_text(text, str(path), keys)
+            assert dotenv_values(stream=io.StringIO(plain.text))["STRIPE_SECRET_KEY"] == f"sk_live_{name}_0000000001"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import itertools
@@ -12,7 +13,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,7 @@ from hypothesis import strategies as st
 from muzo_ops.env import dotenvx
 from muzo_ops.env.envfile import format_line
 from muzo_ops.errors import EnvFileError, SchemaError
+from muzo_ops.files import backups
 from muzo_ops.files import lock as filelock
 from muzo_ops.secrets import audit, encryption, rotation
 from muzo_ops.secrets.rotation import RotationRefused
@@ -48,10 +52,30 @@ def all_text(folder: Path, skip_env: bool = True) -> str:
                    if p.is_file() and not (skip_env and p.name.startswith(".env")))
 
 
+@contextlib.contextmanager
+def held_elsewhere(path: Path) -> Iterator[None]:
+    """The lock of ``path`` held by another thread (this thread's own lock is re-entrant)."""
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with filelock.locked(str(path)):
+            taken.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    taken.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
 def test_rotate_keeps_the_old_secret_as_previous(tmp_path: Path) -> None:
     env = write(tmp_path / ".env", FULL)
     seen: list[str] = []
-    result = rotation.rotate(str(env), on_values=seen.extend)
+    result = rotation.rotate(str(env), ["NEXTAUTH_SECRET"], on_values=seen.extend)
     values = read(env)
     assert values["NEXTAUTH_SECRET_PREVIOUS"] == OLD_SECRET
     assert values["NEXTAUTH_SECRET"] != OLD_SECRET and len(values["NEXTAUTH_SECRET"]) == 43
@@ -79,7 +103,7 @@ def test_a_second_rotation_inside_the_session_lifetime_is_refused(tmp_path: Path
     before = env.read_bytes()
     with pytest.raises(RotationRefused, match="NEXTAUTH_SECRET_PREVIOUS still holds the secret replaced 3 days ago"):
         rotation.rotate(str(env), now=t0 + dt.timedelta(days=3))
-    assert env.read_bytes() == before and len(rotation.backups(str(env))) == 1
+    assert env.read_bytes() == before and len(backups.numbered(str(env))) == 1
     # after the lifetime it goes through, and --force goes through at once
     rotation.rotate(str(env), now=t0 + dt.timedelta(days=31))
     rotation.rotate(str(env), now=t0 + dt.timedelta(days=32), force=True)
@@ -102,8 +126,8 @@ def test_unknown_or_ungenerated_names_are_refused(tmp_path: Path) -> None:
 def test_dry_run_changes_nothing(tmp_path: Path) -> None:
     env = write(tmp_path / ".env", FULL)
     before = env.read_bytes()
-    result = rotation.rotate(str(env), dry_run=True)
-    assert env.read_bytes() == before and rotation.backups(str(env)) == [] and audit.read(str(env)) == []
+    result = rotation.rotate(str(env), ["NEXTAUTH_SECRET"], dry_run=True)
+    assert env.read_bytes() == before and backups.numbered(str(env)) == [] and audit.read(str(env)) == []
     assert [(c.name, c.action) for c in result.changes] == [
         ("NEXTAUTH_SECRET_PREVIOUS", "moved from NEXTAUTH_SECRET"), ("NEXTAUTH_SECRET", "rotated")]
     assert result.changes[1].old == audit.fingerprint(str(env), OLD_SECRET) and result.changes[1].new is None
@@ -147,7 +171,7 @@ def test_only_the_last_keep_backups_stay(tmp_path: Path) -> None:
     env = write(tmp_path / ".env", FULL)
     for _ in range(7):
         rotation.rotate(str(env), force=True, keep=3)
-    assert [n for n, _p in rotation.backups(str(env))] == [5, 6, 7]
+    assert [n for n, _p in backups.numbered(str(env))] == [5, 6, 7]
     with pytest.raises(Exception, match="at least 1"):
         rotation.rotate(str(env), force=True, keep=0)
 
@@ -155,7 +179,7 @@ def test_only_the_last_keep_backups_stay(tmp_path: Path) -> None:
 def test_a_locked_file_fails_with_one_line_and_stays_unchanged(tmp_path: Path) -> None:
     env = write(tmp_path / ".env", FULL)
     before = env.read_bytes()
-    with filelock.locked(str(env)):
+    with held_elsewhere(env):
         started = time.monotonic()
         with pytest.raises(filelock.LockedError) as info:
             rotation.rotate(str(env), lock_timeout_s=0.3)
@@ -171,7 +195,7 @@ DRIVER = textwrap.dedent("""
     path, count = sys.argv[1], int(sys.argv[2])
     print("ready", flush=True)
     for _ in range(count):
-        rotation.rotate(path, force=True, keep=int(sys.argv[3]), lock_timeout_s=60)
+        rotation.rotate(path, ["NEXTAUTH_SECRET"], force=True, keep=int(sys.argv[3]), lock_timeout_s=60)
 """)
 
 
@@ -182,7 +206,7 @@ def test_concurrent_rotations_never_lose_an_update(tmp_path: Path) -> None:
     for proc in procs:
         _out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
-    chain = [read(p) for _n, p in rotation.backups(str(env))] + [read(env)]
+    chain = [read(p) for _n, p in backups.numbered(str(env))] + [read(env)]
     assert len(chain) == 21  # the original and 20 rotations, each backed up
     for before, after in itertools.pairwise(chain):
         assert after["NEXTAUTH_SECRET_PREVIOUS"] == before["NEXTAUTH_SECRET"]
@@ -207,14 +231,14 @@ def test_killed_at_any_point_the_file_is_complete_old_or_new(tmp_path: Path) -> 
         proc.wait(30)
         assert env.stat().st_mode & 0o777 == 0o600
         current = read(env)
-        newest = read(rotation.backups(str(env))[-1][1]) if rotation.backups(str(env)) else FULL
+        newest = read(backups.numbered(str(env))[-1][1]) if backups.numbered(str(env)) else FULL
         complete_old = current == newest
         complete_new = (current["NEXTAUTH_SECRET_PREVIOUS"] == newest["NEXTAUTH_SECRET"]
                         and len(current["NEXTAUTH_SECRET"]) == 43
                         and {k: v for k, v in current.items() if not k.startswith("NEXTAUTH_SECRET")}
                         == {k: v for k, v in FULL.items() if k != "NEXTAUTH_SECRET"})
         assert complete_old or complete_new, f"torn file after signal {attempt}"
-        for _n, backup in rotation.backups(str(env)):
+        for _n, backup in backups.numbered(str(env)):
             assert Path(backup).stat().st_mode & 0o777 == 0o600
             assert read(Path(backup))["NEXTAUTH_SECRET"]
         for leftover in tmp_path.glob(".*.tmp"):
@@ -264,7 +288,7 @@ def test_encrypt_rotate_rollback_decrypt_an_encrypted_file(tmp_path: Path) -> No
 
     # rotation needs only the public key: hide the private one
     (tmp_path / ".env.keys").rename(tmp_path / "keys.saved")
-    result = rotation.rotate(str(env), environ={})
+    result = rotation.rotate(str(env), ["NEXTAUTH_SECRET"], environ={})
     assert result.encrypted and any("fingerprint is not recorded" in w for w in result.warnings)
     raw = read(env)
     assert dotenvx.is_encrypted(raw["NEXTAUTH_SECRET"]) and dotenvx.is_encrypted(raw["NEXTAUTH_SECRET_PREVIOUS"])
@@ -298,7 +322,7 @@ def test_a_wrong_key_writes_nothing(tmp_path: Path) -> None:
         with pytest.raises(dotenvx.DecryptionError, match="wrong private key"):
             action()
         assert env.read_bytes() == before
-    assert len(rotation.backups(str(env))) == 1  # only the one encrypt made
+    assert len(backups.numbered(str(env))) == 1  # only the one encrypt made
 
 
 def test_rotate_keeps_export_indent_comments_and_other_lines(tmp_path: Path) -> None:
@@ -374,3 +398,91 @@ def test_rotation_changes_only_its_two_lines(tmp_path_factory: pytest.TempPathFa
     assert [line for line in after.splitlines(keepends=True) if "NEXTAUTH_SECRET" not in line
             and not line.startswith("# The secret before the last rotation")][:len(kept)] == kept
     assert f"{prefix}NEXTAUTH_SECRET={values['NEXTAUTH_SECRET']} # s\n" in after
+
+
+# ----- the handler signing secret: grace period from the schema ----------------------------------------
+
+
+def test_the_handler_signing_secret_rotates_with_a_grace_period_like_nextauth(tmp_path: Path) -> None:
+    old = "h" * 43
+    env = write(tmp_path / ".env", {**FULL, "MUZO_HANDLER_SIGNING_SECRET": old})
+    t0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    result = rotation.rotate(str(env), ["MUZO_HANDLER_SIGNING_SECRET"], now=t0)
+    values = read(env)
+    assert values["MUZO_HANDLER_SIGNING_SECRET_PREVIOUS"] == old
+    assert values["MUZO_HANDLER_SIGNING_SECRET"] != old and len(values["MUZO_HANDLER_SIGNING_SECRET"]) == 43
+    assert [(c.name, c.action) for c in result.changes] == [
+        ("MUZO_HANDLER_SIGNING_SECRET_PREVIOUS", "moved from MUZO_HANDLER_SIGNING_SECRET"),
+        ("MUZO_HANDLER_SIGNING_SECRET", "rotated")]
+    with pytest.raises(RotationRefused, match="MUZO_HANDLER_SIGNING_SECRET_PREVIOUS still holds"):
+        rotation.rotate(str(env), ["MUZO_HANDLER_SIGNING_SECRET"], now=t0 + dt.timedelta(days=2))
+    (level, name, _message), = rotation.previous_secret_problems(str(env), read(env), now=t0 + dt.timedelta(days=40))
+    assert (level, name) == ("warning", "MUZO_HANDLER_SIGNING_SECRET_PREVIOUS")
+    rotation.retire(str(env), "MUZO_HANDLER_SIGNING_SECRET_PREVIOUS", now=t0 + dt.timedelta(days=3))
+    assert read(env)["MUZO_HANDLER_SIGNING_SECRET_PREVIOUS"] == ""
+    rolled = rotation.rollback(str(env))
+    assert rolled.undid is not None and rolled.undid["command"] == "retire"
+    assert read(env)["MUZO_HANDLER_SIGNING_SECRET_PREVIOUS"] == old
+    assert [r.command for r in audit.read(str(env))] == ["rotate", "retire", "rollback"]
+    assert audit.read(str(env))[0].variables == ["MUZO_HANDLER_SIGNING_SECRET_PREVIOUS",
+                                                 "MUZO_HANDLER_SIGNING_SECRET"]
+    assert old not in all_text(tmp_path)
+
+
+def test_every_secret_with_a_previous_variable_in_the_schema_gets_a_grace_period() -> None:
+    from muzo_ops.env import schema
+
+    assert rotation.previous_of() == {v.name: v.name + "_PREVIOUS" for v in schema.VARIABLES
+                                      if v.name + "_PREVIOUS" in schema.BY_NAME}
+    assert rotation.previous_of()["MUZO_HANDLER_SIGNING_SECRET"] == "MUZO_HANDLER_SIGNING_SECRET_PREVIOUS"
+
+
+# ----- issue 15, items 18 and 19: one audit trail per real file; rekey can be rolled back ---------------
+
+
+def test_a_symlink_and_its_target_share_one_audit_trail(tmp_path: Path) -> None:
+    real = write(tmp_path / "muzo.env", FULL)
+    link = tmp_path / ".env"
+    link.symlink_to(real.name)
+    rotation.rotate(str(link), ["NEXTAUTH_SECRET"])
+    assert [r.command for r in audit.read(str(real))] == ["rotate"]
+    rolled = rotation.rollback(str(real))  # through the other path
+    assert rolled.undid is not None and rolled.undid["command"] == "rotate"
+    assert read(real) == FULL and link.is_symlink()
+    assert [r.command for r in audit.read(str(link))] == ["rotate", "rollback"]
+
+
+def test_rekey_then_rollback_then_decrypt(tmp_path: Path) -> None:
+    env = write(tmp_path / ".env.production", FULL)
+    encryption.encrypt_file(str(env), environ={})
+    encrypted = env.read_bytes()
+    encryption.rekey_file(str(env), environ={})
+    rolled = rotation.rollback(str(env), environ={})
+    assert rolled.undid is not None and rolled.undid["command"] == "rekey"
+    assert env.read_bytes() == encrypted
+    encryption.decrypt_file(str(env), environ={})  # with the key rollback put back
+    assert {k: v for k, v in read(env).items() if not k.startswith("DOTENV_")} == FULL
+    # the old key was kept by rekey in a numbered 0600 backup of the keys file
+    assert sorted(p.name for p in tmp_path.glob(".env.keys*.bak")) == [".env.keys.1.bak", ".env.keys.2.bak"]
+    assert {p.stat().st_mode & 0o777 for p in tmp_path.glob(".env.keys*")} == {0o600}
+
+
+def test_rollback_refuses_a_backup_no_key_at_hand_opens(tmp_path: Path) -> None:
+    env = write(tmp_path / ".env.production", FULL)
+    encryption.encrypt_file(str(env), environ={})
+    encryption.decrypt_file(str(env), environ={})
+    (tmp_path / ".env.keys").unlink()  # the key of the encrypted backup is gone
+    before = env.read_bytes()
+    with pytest.raises(RotationRefused, match="no longer at hand"):
+        rotation.rollback(str(env), environ={})
+    assert env.read_bytes() == before
+    # the undone rekey whose kept key is gone is refused as well
+    env = write(tmp_path / ".env.staging", FULL)
+    encryption.encrypt_file(str(env), environ={})
+    encryption.rekey_file(str(env), environ={})
+    for kept in tmp_path.glob(".env.keys.*.bak"):
+        kept.unlink()
+    before = env.read_bytes()
+    with pytest.raises(RotationRefused, match="nothing changed"):
+        rotation.rollback(str(env), environ={})
+    assert env.read_bytes() == before

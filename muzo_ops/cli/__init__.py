@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from muzo_ops.cli import dashboard as dashboard_commands
 from muzo_ops.cli import deploy as deploy_commands
 from muzo_ops.cli import env as env_commands
 from muzo_ops.cli import queue as queue_commands
 from muzo_ops.cli import secrets as secrets_commands
 from muzo_ops.cli.common import Parser, help_kwargs
 from muzo_ops.cli.output import Output
-from muzo_ops.constants import EXIT_OK, EXIT_PROBLEMS
+from muzo_ops.constants import EXIT_OK, EXIT_PROBLEMS, VERSION
 from muzo_ops.errors import MuzoOpsError
 
 __all__ = ["build_parser", "main"]
@@ -33,12 +34,15 @@ def build_parser() -> Parser:
                       "muzo-ops init-env && muzo-ops check-env"),
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"muzo-ops {VERSION}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     env_commands.add_parsers(sub)
     secrets_commands.add_parsers(sub)
     queue_commands.add_parsers(sub)
     deploy_commands.add_parser(sub)
+    dashboard_commands.add_parser(sub)
     return parser
 
 

@@ -43,7 +43,8 @@ def cmd_worker(args: argparse.Namespace, out: Output) -> int:
         values, queues=args.queues, concurrency=args.concurrency, lock_s=args.lock_seconds,
         poll_s=args.poll_seconds, drain_timeout_s=args.drain_timeout, retry_base_s=args.retry_base,
         retry_cap_s=args.retry_cap, change_streams=False if args.no_change_streams else None,
-        burst=args.burst)
+        burst=args.burst, policies=args.policy or (), handler_cwd=args.handler_cwd,
+        handler_grace_s=args.handler_grace, log_format=args.log_format)
     observers: list[Observer] = []
     server = None
     if args.metrics_port is not None or values.get("WORKER_METRICS_PORT"):
@@ -155,7 +156,8 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         "overrides its variable (and is held to its range). A job past its type's timeout is "
         "retried or failed; at 3 abandoned handler threads the worker drains and exits 1. "
         "SIGTERM/SIGINT drain running jobs, release the rest and exit 0. "
-        "Logs are pino JSON lines on stdout. Works with MongoDB 6.0-8.x.",
+        "Logs go to stdout: pino JSON lines, or readable lines on a terminal (--log-format). Handlers in "
+        "any language: exec commands and signed HTTP endpoints (docs/HANDLERS.md). Works with MongoDB 6.0-8.x.",
         "muzo-ops worker --queues generation,mockup --concurrency 4 "
         "--handler GENERATION=muzo_ops.queue.handlers.demo:echo "
         "--handler MOCKUP=muzo_ops.queue.handlers.demo:sleep"))
@@ -164,9 +166,22 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
                    "(default: WORKER_QUEUES, else generation)")
     p.add_argument("--concurrency", type=positive_int, metavar="N",
                    help="jobs run at once (default: WORKER_CONCURRENCY, else 1)")
-    p.add_argument("--handler", action="append", metavar="TYPE=module:callable",
-                   help="handler for a job type (repeatable); also MUZO_WORKER_HANDLERS and "
-                   "entry points in group muzo_ops.handlers")
+    p.add_argument("--handler", action="append", metavar="TYPE=SPEC",
+                   help="handler for a job type (repeatable): TYPE=module:callable, TYPE=exec:COMMAND ARG... "
+                   "(a command per job) or TYPE=https://URL (a signed POST per job); also MUZO_WORKER_HANDLERS "
+                   "and entry points in group muzo_ops.handlers (see docs/HANDLERS.md)")
+    p.add_argument("--handler-cwd", metavar="DIR",
+                   help="working directory of exec handlers' commands (default: the current folder)")
+    p.add_argument("--handler-grace", type=positive, metavar="SECONDS",
+                   help="after SIGTERM (timeout, shutdown), seconds before an exec handler's process group "
+                   "gets SIGKILL (default 10)")
+    p.add_argument("--policy", action="append", metavar="TYPE:KEY=VALUE,...",
+                   help="retry policy of one job type (repeatable): timeout, retry-base, retry-cap (seconds), "
+                   "max-attempts (overrides the documents' maxAttempts), e.g. "
+                   "GENERATION:timeout=1800,retry-base=10,retry-cap=600,max-attempts=5")
+    p.add_argument("--log-format", choices=("json", "pretty"),
+                   help="log lines: pino JSON, or one readable line (default: pretty on a terminal, "
+                   "JSON otherwise and under systemd)")
     p.add_argument("--lock-seconds", type=positive,
                    help="lock duration, renewed by heartbeats (default: WORKER_LOCK_SECONDS, else 300)")
     p.add_argument("--poll-seconds", type=positive,
@@ -180,7 +195,8 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--no-change-streams", action="store_true",
                    help="poll only, even where the server offers change streams")
     p.add_argument("--burst", action="store_true",
-                   help="process what is due, then exit 0 once no job is due (for cron and tests)")
+                   help="process what is due, then exit once no job is due (for cron and tests): 0, or 1 when "
+                   "a job failed for good; the last line counts the retries waiting and when the next is due")
     p.add_argument("--metrics-port", type=port, metavar="N",
                    help="serve /metrics, /healthz and /readyz on this base port (a single-queue process "
                    "adds its queue's offset: generation 0, mockup 1, fulfillment 2); default: "
@@ -230,6 +246,7 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     q.add_argument("--type", metavar="TYPE")
     q.set_defaults(func=cmd_jobs_clear_failed)
     metrics_commands.add_parser(jsub)
+    add_job_parsers(jsub)
 
     p = sub.add_parser("dev-db", help="run a local MongoDB-compatible server (SecantusDB)", **help_kwargs(
         "Start SecantusDB (optional extra, GPL-2.0: pip install 'muzo-ops[devdb]') in the "
@@ -244,3 +261,91 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
                    "when missing; the old one kept as a backup)")
     add_env_file(p)
     p.set_defaults(func=cmd_dev_db)
+
+
+# ---------------------------------------------------------------- jobs list | show | cancel | retry | delete
+# One job at a time, the same operations as the dashboard's (muzo_ops.queue.operators), masked and fenced alike.
+
+
+def cmd_jobs_list(args: argparse.Namespace, out: Output) -> int:
+    from muzo_ops.queue import operators
+
+    filters = operators.ListFilter.parse(args.status, args.type, None, args.after)
+    page = operators.list_jobs(_store(args, out).jobs, filters, out.redactor, size=args.limit)
+    if args.format == "json":
+        out.json(page.to_dict())
+        return EXIT_OK
+    out.out(f"{'id':<26}{'type':<13}{'status':<9}{'attempts':>9}  {'updatedAt':<26}last error")
+    for job in page.rows:
+        error = f"{job.last_error.get('name')}: {str(job.last_error.get('message'))[:60]}" \
+            if isinstance(job.last_error, dict) else ""
+        out.out(f"{job.id:<26}{job.type[:12]:<13}{job.status[:8]:<9}{f'{job.attempts}/{job.max_attempts}':>9}  "
+                f"{job.timeline.get('updatedAt') or '-':<26}{error}")
+    if page.next_after:
+        out.out(f"older jobs: --after {page.next_after}")
+    return EXIT_OK
+
+
+def cmd_jobs_show(args: argparse.Namespace, out: Output) -> int:
+    import json
+
+    from muzo_ops.queue import operators
+
+    job = operators.show(_store(args, out).jobs, operators.parse_job_id(args.id), out.redactor)
+    if args.format == "json":
+        out.json(job.to_dict())
+        return EXIT_OK
+    out.out(f"{job.type} job {job.id}: {job.status}, attempts {job.attempts}/{job.max_attempts}")
+    for name, when in job.timeline.items():
+        out.out(f"  {name:<12} {when or '-'}")
+    if job.locked_by:
+        out.out(f"  lockedBy     {job.locked_by}")
+    for title, value in (("payload", job.payload), ("result", job.result), ("lastError", job.last_error)):
+        out.out(f"{title}: {json.dumps(value, indent=2, ensure_ascii=False, default=str)}")
+    return EXIT_OK
+
+
+def cmd_jobs_act(args: argparse.Namespace, out: Output) -> int:
+    import getpass
+
+    from muzo_ops.queue import operators
+
+    action = operators.Action(args.jobs_command)
+    job = operators.act_now(_store(args, out).jobs, action, operators.parse_job_id(args.id),
+                            f"{getpass.getuser()} (muzo-ops jobs {action.value})")
+    out.out({"retry": f"job {job.id} back to PENDING, due now", "cancel": f"job {job.id} cancelled (FAILED)",
+             "delete": f"job {job.id} deleted"}[action.value])
+    return EXIT_OK
+
+
+def add_job_parsers(jsub: argparse._SubParsersAction[Parser]) -> None:
+    """Register ``jobs list | show | cancel | retry | delete`` under ``jobs``."""
+    q = jsub.add_parser("list", help="jobs newest first, filtered, one page", **help_kwargs(
+        "List jobs newest first (by _id), one page on an index; --after continues from a job id (the "
+        "last line of the previous page names it). Payloads are not listed; last errors are masked.",
+        "muzo-ops jobs list --status FAILED --type MOCKUP --limit 20"))
+    add_env_file(q)
+    add_format(q)
+    q.add_argument("--status", metavar="STATUS", help="PENDING, RUNNING, DONE or FAILED")
+    q.add_argument("--type", metavar="TYPE", help="GENERATION, MOCKUP or FULFILLMENT")
+    q.add_argument("--limit", type=int_range(1, 500), default=50, metavar="N", help="jobs per page, 1 to 500 "
+                   "(default 50)")
+    q.add_argument("--after", metavar="ID", help="list jobs older than this job id")
+    q.set_defaults(func=cmd_jobs_list)
+    q = jsub.add_parser("show", help="one job: timeline, payload, result, last error (masked)", **help_kwargs(
+        "Show one job as the dashboard does: secret-named keys' values and every known secret masked.",
+        "muzo-ops jobs show 6b0cfea76fd7fe601a9bec16 --format json"))
+    add_env_file(q)
+    add_format(q)
+    q.add_argument("id", metavar="ID", help="the job's id (24 hexadecimal characters)")
+    q.set_defaults(func=cmd_jobs_show)
+    for name, what in (("cancel", "a PENDING job to FAILED (\"cancelled by USER\")"),
+                       ("retry", "a FAILED job back to due PENDING, attempts 0 (lastError kept in errorHistory)"),
+                       ("delete", "delete a DONE or FAILED job")):
+        q = jsub.add_parser(name, help=what, **help_kwargs(
+            f"{what[0].upper()}{what[1:]}. Fenced: a RUNNING job is never touched and a job that changes "
+            "between the read and the write is left alone (exit 1, nothing written).",
+            f"muzo-ops jobs {name} 6b0cfea76fd7fe601a9bec16"))
+        add_env_file(q)
+        q.add_argument("id", metavar="ID", help="the job's id (24 hexadecimal characters)")
+        q.set_defaults(func=cmd_jobs_act)

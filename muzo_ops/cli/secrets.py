@@ -39,6 +39,16 @@ def _print_result(args: argparse.Namespace, out: Output, result: Any, lines: lis
         out.err(f"warning: {warning}")
 
 
+def _done(out: Output, result: Any, code: int = EXIT_OK) -> int:
+    """``code``, or 1 with one ``error:`` line when the change was made but not audited (exit 2
+    always means nothing changed)."""
+    audit_error = getattr(result, "audit_error", None)
+    if audit_error:
+        out.err(f"error: {audit_error}")
+        return EXIT_PROBLEMS
+    return code
+
+
 def cmd_secrets_rotate(args: argparse.Namespace, out: Output) -> int:
     names = list(args.names)
     if "DATABASE_URL" in names:
@@ -54,7 +64,7 @@ def cmd_secrets_rotate(args: argparse.Namespace, out: Output) -> int:
         if args.deploy and mongo.ok:
             return _deploy(args, out, mongo, mongo.lines(), {"DATABASE_URL": (mongo.old, mongo.new)})
         _print_result(args, out, mongo, mongo.lines())
-        return EXIT_OK if mongo.ok or mongo.dry_run else EXIT_PROBLEMS
+        return _done(out, mongo, EXIT_OK if mongo.ok or mongo.dry_run else EXIT_PROBLEMS)
     if args.swap_users:
         out.err("error: --swap-users applies to DATABASE_URL only (see: muzo-ops secrets rotate --help)")
         return EXIT_USAGE
@@ -78,7 +88,7 @@ def cmd_secrets_rotate(args: argparse.Namespace, out: Output) -> int:
     if args.deploy and not result.dry_run:
         return _deploy(args, out, result, lines, {c.name: (c.old, c.new) for c in result.changes})
     _print_result(args, out, result, lines)
-    return EXIT_OK
+    return _done(out, result)
 
 
 def _deploy(args: argparse.Namespace, out: Output, rotated: Any, lines: list[str],
@@ -100,7 +110,7 @@ def _deploy(args: argparse.Namespace, out: Output, rotated: Any, lines: list[str
     else:
         for line in result.lines():
             out.out(line)
-    return EXIT_OK if result.ok else EXIT_PROBLEMS
+    return _done(out, rotated, EXIT_OK if result.ok else EXIT_PROBLEMS)
 
 
 def cmd_secrets_confirm(args: argparse.Namespace, out: Output) -> int:
@@ -108,7 +118,7 @@ def cmd_secrets_confirm(args: argparse.Namespace, out: Output) -> int:
 
     result = mongo_password.confirm_cli(args.env_file, lock_timeout_s=args.lock_timeout, on_values=out.redactor.add)
     _print_result(args, out, result, result.lines())
-    return EXIT_OK
+    return _done(out, result)
 
 
 def cmd_secrets_retire(args: argparse.Namespace, out: Output) -> int:
@@ -119,7 +129,7 @@ def cmd_secrets_retire(args: argparse.Namespace, out: Output) -> int:
     lines = [f"Retired {c.name} ({_fp(c.old)}) in {args.env_file}; backup {result.backup} (0600). "
              "Restart the web app." for c in result.changes]
     _print_result(args, out, result, lines)
-    return EXIT_OK
+    return _done(out, result)
 
 
 def cmd_secrets_rollback(args: argparse.Namespace, out: Output) -> int:
@@ -134,7 +144,7 @@ def cmd_secrets_rollback(args: argparse.Namespace, out: Output) -> int:
     lines += [f"  {c.name}: {_fp(c.old)} → {_fp(c.new)}" for c in result.changes]
     lines.append(f"The file before the rollback is kept as {result.backup} (0600). Restart the apps that read it.")
     _print_result(args, out, result, lines)
-    return EXIT_OK
+    return _done(out, result)
 
 
 def cmd_secrets_log(args: argparse.Namespace, out: Output) -> int:
@@ -160,7 +170,7 @@ def cmd_secrets_encrypt(args: argparse.Namespace, out: Output) -> int:
     if result.backup:
         lines.append(f"Backup: {result.backup} (0600).")
     _print_result(args, out, result, lines)
-    return EXIT_OK
+    return _done(out, result)
 
 
 def cmd_secrets_decrypt(args: argparse.Namespace, out: Output) -> int:
@@ -174,7 +184,7 @@ def cmd_secrets_decrypt(args: argparse.Namespace, out: Output) -> int:
     lines = [f"Decrypted {len(result.names)} values in {args.env_file} (mode 0600)"
              + (f"; backup {result.backup} (0600)." if result.backup else ".")]
     _print_result(args, out, result, lines)
-    return EXIT_OK
+    return _done(out, result)
 
 
 def cmd_secrets_rekey(args: argparse.Namespace, out: Output) -> int:
@@ -185,7 +195,7 @@ def cmd_secrets_rekey(args: argparse.Namespace, out: Output) -> int:
              f"the new private key is in {result.keys_file} (0600). Give it to every app that reads the file.",
              f"Backup: {result.backup} (0600)."]
     _print_result(args, out, result, lines)
-    return EXIT_OK
+    return _done(out, result)
 
 
 def cmd_secrets_scan(args: argparse.Namespace, out: Output) -> int:
@@ -234,8 +244,9 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     g.set_defaults(func=cmd_secrets_generate)
 
     r = ssub.add_parser("rotate", help="replace secrets in the env file (old one kept as …_PREVIOUS)", **help_kwargs(
-        "Replace generated secrets (default: all of them) with fresh ones; NEXTAUTH_SECRET's old value "
-        "moves to NEXTAUTH_SECRET_PREVIOUS so sessions survive. Locked, backed up (0600), atomic, "
+        "Replace generated secrets (default: all of them) with fresh ones; the old value of a secret with a "
+        "…_PREVIOUS variable (NEXTAUTH_SECRET, MUZO_HANDLER_SIGNING_SECRET) moves there for the grace period. "
+        "Locked, backed up (0600), atomic, "
         "audited; values are never printed. DATABASE_URL changes the database user's password "
         "(admin connection from MUZO_MONGO_ADMIN_URI or a hidden prompt).",
         "muzo-ops secrets rotate NEXTAUTH_SECRET --env-file /etc/muzo/.env --dry-run"))
@@ -255,8 +266,10 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
                         "the active user keeps working until `secrets confirm`")
     r.set_defaults(func=cmd_secrets_rotate)
 
-    c = ssub.add_parser("confirm", help="finish a --swap-users rotation", **help_kwargs(
-        "Once every app runs with the swapped DATABASE_URL (workers deployed, web app redeployed), retire "
+    c = ssub.add_parser("confirm", help="finish an interrupted or --swap-users DATABASE_URL rotation", **help_kwargs(
+        "After an interrupted DATABASE_URL rotation (MongoDB stopped answering): find out which password "
+        "MongoDB accepts and keep that one (the pending file moves in, or is removed). After --swap-users, "
+        "once every app runs with the swapped DATABASE_URL (workers deployed, web app redeployed): retire "
         "the previously active MongoDB user's password.", "muzo-ops secrets confirm --env-file /etc/muzo/.env"))
     add_env_file(c)
     add_format(c)
@@ -265,7 +278,8 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     c.set_defaults(func=cmd_secrets_confirm)
 
     t = ssub.add_parser("retire", help="remove a secret's previous value", **help_kwargs(
-        "Empty NEXTAUTH_SECRET_PREVIOUS: sessions signed with the old secret end.",
+        "Empty a secret's …_PREVIOUS variable (NEXTAUTH_SECRET_PREVIOUS, MUZO_HANDLER_SIGNING_SECRET_PREVIOUS): "
+        "sessions and signatures made with the old secret stop being accepted.",
         "muzo-ops secrets retire NEXTAUTH_SECRET_PREVIOUS --env-file /etc/muzo/.env"))
     t.add_argument("name", metavar="NAME")
     _add_write_options(t)
@@ -273,7 +287,9 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
 
     b = ssub.add_parser("rollback", help="restore the last backup", **help_kwargs(
         "Restore the newest backup not yet restored (the current file is backed up first) and say "
-        "which change it undid.", "muzo-ops secrets rollback --env-file /etc/muzo/.env"))
+        "which change it undid. Refused when the backup's DATABASE_URL no longer logs in to MongoDB; "
+        "undoing a rekey puts the old private key back into .env.keys.",
+        "muzo-ops secrets rollback --env-file /etc/muzo/.env"))
     _add_write_options(b)
     b.set_defaults(func=cmd_secrets_rollback)
 

@@ -132,6 +132,8 @@ _RULE_LIST: tuple[Rule, ...] = (
          "nor tls=true/ssl=true."),
     Rule("nextauth-url-not-https", "error", "In production: NEXTAUTH_URL is not https://."),
     Rule("s3-endpoint-not-https", "error", "In production: S3_ENDPOINT is plain http://."),
+    Rule("production-handler-http", "error", "In production: MUZO_WORKER_HANDLERS posts jobs over plain "
+         "http:// to a host other than localhost or a loopback address."),
     Rule("stripe-test-in-production", "warning", "In production: Stripe test keys (sk_test_/pk_test_)."),
     Rule("secret-in-public", "error", "A Stripe secret key (sk_…/rk_…) in a NEXT_PUBLIC_* variable."),
     Rule("stripe-mode-mixed", "error", "Stripe test and live keys mixed."),
@@ -225,7 +227,6 @@ def is_placeholder(var: Variable | None, value: str) -> bool:
 
 _DIGITS_RE = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() accepts superscripts
 _NUMBER_RE = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?|\.[0-9]{1,9}")
-_HANDLER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_.]*")
 
 
 def number_error(var: Variable, value: str) -> str | None:
@@ -241,17 +242,10 @@ def number_error(var: Variable, value: str) -> str | None:
 
 
 def handlers_error(value: str) -> str | None:
-    """Why ``value`` is not a ``TYPE=module:function`` comma list of known job types, or None."""
-    known = ("GENERATION", "MOCKUP", "FULFILLMENT")
-    for item in value.split(","):
-        if not item.strip():
-            continue
-        name, sep, spec = item.partition("=")
-        if not sep or not _HANDLER_RE.fullmatch(spec.strip()):
-            return "must be a comma list of TYPE=module:function (e.g. GENERATION=myapp.jobs:generate)"
-        if name.strip().upper() not in known:
-            return f"names job type {name.strip()[:40]!r}: use one of {', '.join(known)}"
-    return None
+    """Why ``value`` is not a ``MUZO_WORKER_HANDLERS`` list (the worker's own grammar), or None."""
+    from muzo_ops.env import handlerspec
+
+    return handlerspec.list_error(value)
 
 
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
@@ -596,6 +590,14 @@ def _check_production(report: Report, values: Mapping[str, str], names: set[str]
         report.add("S3_ENDPOINT", Severity.ERROR, "s3-endpoint-not-https",
                    f"S3_ENDPOINT is plain http:// in production ({why}): production expects an "
                    "https:// endpoint", special=True)
+    handler_list = values.get("MUZO_WORKER_HANDLERS", "")
+    if "MUZO_WORKER_HANDLERS" in names and handler_list:
+        from muzo_ops.env import handlerspec
+
+        problem = handlerspec.production_error(handler_list)
+        if problem:
+            report.add("MUZO_WORKER_HANDLERS", Severity.ERROR, "production-handler-http",
+                       f"MUZO_WORKER_HANDLERS: {problem} ({why})", special=True)
     test_keys = [n for n in ("STRIPE_SECRET_KEY", "STRIPE_PUBLISHABLE_KEY", "NEXT_PUBLIC_STRIPE_PUBLISHABLE_KEY")
                  if n in names and _stripe_mode(values.get(n, "")) == "test"]
     if test_keys:

@@ -34,12 +34,8 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from muzo_ops.errors import MuzoOpsError
-
-if TYPE_CHECKING:
-    from muzo_ops.env.envfile import Entry
 
 PREFIX = "encrypted:"
 PUBLIC_KEY_NAME = "DOTENV_PUBLIC_KEY"
@@ -235,14 +231,14 @@ def decrypt_value(name: str, value: str, private_keys: Iterable[str], public_hex
 
 def read_keys_file(path: str) -> dict[str, str]:
     """Bindings of a ``.env.keys`` file ({} when it does not exist)."""
+    from muzo_ops.errors import EnvFileError
+    from muzo_ops.files.reading import read_text_or_none
+
     try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            text = handle.read()
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise DotenvxError(f"{path}: cannot read: {exc.strerror}") from exc
-    return dict(bindings(text))
+        text = read_text_or_none(path)
+    except EnvFileError as exc:
+        raise DotenvxError(str(exc)) from exc
+    return dict(bindings(text or ""))
 
 
 def private_keys_for(env_path: str, text: str | None = None,
@@ -257,29 +253,30 @@ def private_keys_for(env_path: str, text: str | None = None,
     return private_name, [k.strip() for k in raw.split(",") if k.strip()]
 
 
-def set_private_key(keys_file: str, private_name: str, private_hex: str, comment: str) -> None:
-    """Write ``private_name=private_hex`` into ``keys_file`` (created 0600, atomic).
+def set_private_key(keys_file: str, private_name: str, private_hex: str, comment: str,
+                    owner_of: str | None = None) -> None:
+    """Write ``private_name=private_hex`` into ``keys_file`` (created 0600, atomic, under its lock).
 
     An existing binding of that name is replaced in place; others are kept.
+    Invariant: the read-modify-write holds the keys file's own lock, so two
+    commands adding keys for two env files of one folder keep both keys. A
+    new keys file gets the owner of ``owner_of`` (the env file).
     """
-    from muzo_ops.env.envfile import write_atomic
+    from muzo_ops.files import atomic
 
-    try:
-        with open(keys_file, encoding="utf-8", newline="") as handle:
-            text = handle.read()
-    except FileNotFoundError:
-        text = ""
     line = f"{private_name}={private_hex}\n"
     pattern = re.compile(rf"^{re.escape(private_name)}=.*$\n?", re.MULTILINE)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: line, text, count=1)
-    else:
+
+    def change(text: str) -> str:
+        if pattern.search(text):
+            return pattern.sub(lambda _m: line, text, count=1)
         if not text:
             text = "\n".join(KEYS_HEADER_LINES) + "\n"
         if not text.endswith("\n"):
             text += "\n"
-        text += f"\n# {comment}\n{line}"
-    write_atomic(keys_file, text)
+        return text + f"\n# {comment}\n{line}"
+
+    atomic.update(keys_file, change, owner_of=owner_of)
 
 
 def keys_file_committable(env_path: str) -> str | None:
@@ -359,17 +356,6 @@ def plain_line(name: str, value: str) -> str:
     return format_line(name, value)
 
 
-def reframe(entry: Entry, line: str) -> str:
-    """``line`` (``NAME=…``) in place of ``entry`` (an ``envfile.Entry``), keeping its indent,
-    ``export `` prefix and trailing comment, and its line end (none at the end of a file)."""
-    from muzo_ops.env.envfile import replace_statement
-
-    assert entry.key is not None
-    head, _sep, tail = replace_statement(entry, "").partition(f"{entry.key}=")
-    out = head + line.rstrip("\n") + tail
-    return out if entry.text.endswith("\n") else out.rstrip("\n")
-
-
 def encrypt_text(text: str, path: str, should_encrypt: Callable[[str], bool],
                  public_hex: str | None = None) -> Transformed:
     """Encrypt every non-empty value whose name ``should_encrypt`` accepts.
@@ -379,7 +365,7 @@ def encrypt_text(text: str, path: str, should_encrypt: Callable[[str], bool],
     the header is prepended. Already encrypted values, comments, order and
     every other line are kept byte for byte.
     """
-    from muzo_ops.env.envfile import parse_text
+    from muzo_ops.env.envfile import parse_text, replace_line
 
     existing = file_public_key(text)
     public_name, _private = key_names(path, text)
@@ -397,7 +383,7 @@ def encrypt_text(text: str, path: str, should_encrypt: Callable[[str], bool],
         if (entry.key is not None and entry.value not in (None, "") and not entry.key.startswith(PUBLIC_KEY_NAME)
                 and not is_encrypted(entry.value) and should_encrypt(entry.key)):
             assert entry.value is not None
-            parts.append(reframe(entry, encrypted_line(entry.key, public_hex, entry.value)))
+            parts.append(replace_line(entry, encrypted_line(entry.key, public_hex, entry.value)))
             if entry.key not in names:
                 names.append(entry.key)
         else:
@@ -415,7 +401,7 @@ def decrypt_text(text: str, path: str, private_keys: Iterable[str]) -> Transform
     uses the same key. DecryptionError names the first value that fails;
     nothing is returned in that case.
     """
-    from muzo_ops.env.envfile import parse_text
+    from muzo_ops.env.envfile import parse_text, replace_line
 
     keys = list(private_keys)
     existing = file_public_key(text)
@@ -428,7 +414,7 @@ def decrypt_text(text: str, path: str, private_keys: Iterable[str]) -> Transform
         if entry.key is not None and is_encrypted(entry.value):
             assert entry.value is not None
             plain = decrypt_value(entry.key, entry.value, keys, public_hex, path, entry.line)
-            parts.append(reframe(entry, plain_line(entry.key, plain)))
+            parts.append(replace_line(entry, plain_line(entry.key, plain)))
             if entry.key not in names:
                 names.append(entry.key)
         else:
@@ -443,7 +429,7 @@ def reencrypt_text(text: str, path: str, old_keys: Iterable[str], new_public_hex
     Used by ``secrets rekey``; all values are decrypted first, so a bad one
     stops the whole change before anything is written.
     """
-    from muzo_ops.env.envfile import parse_text
+    from muzo_ops.env.envfile import parse_text, replace_line
 
     keys = list(old_keys)
     existing = file_public_key(text)
@@ -456,11 +442,11 @@ def reencrypt_text(text: str, path: str, old_keys: Iterable[str], new_public_hex
     names: list[str] = []
     for entry in parsed.entries:
         if entry.key == public_name:
-            parts.append(reframe(entry, f'{public_name}="{new_public_hex}"'))
+            parts.append(replace_line(entry, f'{public_name}="{new_public_hex}"'))
         elif entry.key is not None and is_encrypted(entry.value):
             assert entry.value is not None
             plain = decrypt_value(entry.key, entry.value, keys, old_public, path, entry.line)
-            parts.append(reframe(entry, encrypted_line(entry.key, new_public_hex, plain)))
+            parts.append(replace_line(entry, encrypted_line(entry.key, new_public_hex, plain)))
             if entry.key not in names:
                 names.append(entry.key)
         else:
@@ -489,3 +475,38 @@ def decrypted_values(values: Mapping[str, str], path: str, text: str | None = No
     for key in encrypted:
         out[key] = decrypt_value(key, values[key], keys, public_hex, path)
     return out, []
+
+
+class LineWriter:
+    """Formats ``NAME=…`` lines for one env file: encrypted (single-quoted) when the file is and the
+    value is sensitive (a name the schema does not know counts as sensitive)."""
+
+    def __init__(self, text: str) -> None:
+        found = file_public_key(text)
+        self.public_hex = found[1] if found else None
+
+    @property
+    def encrypted(self) -> bool:
+        return self.public_hex is not None
+
+    def line(self, name: str, value: str) -> str:
+        from muzo_ops.env import schema
+
+        var = schema.BY_NAME.get(name)
+        if self.public_hex is not None and value and not is_encrypted(value) and (
+                var is None or var.sensitive):
+            return encrypted_line(name, self.public_hex, value)
+        if is_encrypted(value):
+            return f"{name}='{value}'\n"
+        return plain_line(name, value)
+
+    def addition(self, name: str, value: str) -> str:
+        """``line`` under the schema's comment for a variable the file does not have yet."""
+        from muzo_ops.env import schema
+
+        var = schema.BY_NAME.get(name)
+        head = ""
+        if var is not None:
+            flag = "REQUIRED" if var.required else "OPTIONAL"
+            head = f"# {var.description} [{flag}; {var.apps_label}]\n"
+        return head + self.line(name, value)

@@ -10,26 +10,16 @@ is refused with a reason instead of being written wrong.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import io
-import os
 import re
-import stat
-import tempfile
 from collections import ChainMap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from muzo_ops.constants import BACKUP_SUFFIX, SECRET_FILE_MODE
 from muzo_ops.errors import EnvFileError, UnrepresentableValueError
+from muzo_ops.files.reading import MAX_FILE_BYTES, read_text
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-# An env file is a few kB; anything over this is the wrong file (and would
-# only make every command slow).
-MAX_FILE_BYTES = 1 << 20
-_TEMP_MARK = ".muzo-ops-"
 
 # `$` before a name or `{`: Next.js expands it and python-dotenv cannot read
 # the backslash that would escape it for Next.js, so no quoting carries it.
@@ -160,36 +150,10 @@ def parse_text(text: str, path: str = ".env") -> EnvFile:
 
 
 def read(path: str, *, max_bytes: int = MAX_FILE_BYTES) -> EnvFile:
-    """Read and parse ``path``; EnvFileError says why it cannot be used.
-
-    Files over ``max_bytes`` (1 MiB) are refused before they are parsed.
-    """
-    try:
-        # O_NONBLOCK: a named pipe without a writer must not hang the open (it then reads empty).
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if stat.S_ISDIR(info.st_mode):
-                raise IsADirectoryError(errno.EISDIR, "is a directory", path)
-            size = info.st_size
-            data = handle.read(max_bytes + 1)
-        if max(size, len(data)) > max_bytes:
-            raise EnvFileError(path, f"is {max(size, len(data))} bytes, over the {max_bytes // 1024} KiB an "
-                               "env file may have: is this the right file?")
-        text = data.decode("utf-8")
-    except FileNotFoundError as exc:
-        raise EnvFileError(path, "no such file: create it with `muzo-ops init-env`") from exc
-    except IsADirectoryError as exc:
-        raise EnvFileError(path, "is a folder, not an env file") from exc
-    except PermissionError as exc:
-        raise EnvFileError(path, "permission denied: run as the file's owner") from exc
-    except UnicodeDecodeError as exc:
-        line = exc.object[: exc.start].count(b"\n") + 1 if isinstance(exc.object, bytes) else None
-        raise EnvFileError(path, "not UTF-8 text: save the file as UTF-8", line) from exc
-    except OSError as exc:
-        raise EnvFileError(path, f"cannot read: {exc.strerror}") from exc
+    """Read (``files.reading``: bounded, 1 MiB) and parse ``path``; EnvFileError says why it
+    cannot be used."""
+    text = read_text(path, max_bytes=max_bytes, what="an env file",
+                     missing="no such file: create it with `muzo-ops init-env`")
     return parse_text(text, path)
 
 
@@ -314,28 +278,30 @@ def _statement_frame(text: str) -> tuple[str, str, str]:
     return before, export, comment.group(0) if comment else ""
 
 
-def replace_statement(entry: Entry, value: str) -> str:
-    """``entry`` rewritten with ``value``, keeping its ``export `` prefix, indent and comment."""
+def replace_line(entry: Entry, line: str) -> str:
+    """``line`` (``NAME=…``, already encoded) in place of ``entry``, keeping its indent, ``export ``
+    prefix and trailing comment, and its line end (none at the end of a file)."""
     assert entry.key is not None
     before, export, comment = _statement_frame(entry.text)
-    return before + export + format_line(entry.key, value).rstrip("\n") + comment + "\n"
+    out = before + export + line.rstrip("\n") + comment + "\n"
+    return out if entry.text.endswith("\n") else out.rstrip("\n")
 
 
-def with_changes(
-    envfile: EnvFile, changes: Mapping[str, str], additions: Iterable[str] = ()
-) -> str:
-    """The file's text with ``changes`` applied in place and ``additions`` appended.
+def with_lines(envfile: EnvFile, lines: Mapping[str, str], additions: Iterable[str] = ()) -> str:
+    """The file's text with the statement of each name in ``lines`` replaced by that full line
+    (``format_line``, or an encrypted line) and ``additions`` (full lines) appended after a blank line.
 
-    Comments, order and every untouched statement are kept byte for byte; a
-    changed statement keeps its ``export `` prefix and trailing comment. A
+    The one editor of env-file text: comments, order and every untouched
+    statement are kept byte for byte; a changed statement keeps its
+    ``export `` prefix, indent and trailing comment (``replace_line``). A
     key bound several times is changed at its last binding (the one both
     loaders use).
     """
     last_index = {e.key: i for i, e in enumerate(envfile.entries) if e.key is not None}
     parts: list[str] = []
     for index, entry in enumerate(envfile.entries):
-        if entry.key is not None and entry.key in changes and last_index[entry.key] == index:
-            parts.append(replace_statement(entry, changes[entry.key]))
+        if entry.key is not None and entry.key in lines and last_index[entry.key] == index:
+            parts.append(replace_line(entry, lines[entry.key]))
         else:
             parts.append(entry.text)
     text = "".join(parts)
@@ -349,221 +315,6 @@ def with_changes(
     return text
 
 
-# ---------------------------------------------------------------- writing
-
-_CAUSES = {
-    errno.ENOSPC: "the disk is full",
-    errno.EDQUOT: "the disk quota is exhausted",
-    errno.EROFS: "the file system is read-only",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
-}
-
-
-def _write_error(path: str, exc: OSError) -> EnvFileError:
-    cause = _CAUSES.get(exc.errno or 0, exc.strerror or type(exc).__name__)
-    folder = os.path.dirname(os.path.realpath(path))
-    return EnvFileError(path, f"cannot write in {folder}: {cause}; nothing was changed")
-
-
-def _user(uid: int) -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def _group(gid: int) -> str:
-    import grp
-
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
-
-
-def _fsync_folder(folder: str) -> None:
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _temp_copy(path: str, target: str, data: bytes, mode: int, owner: os.stat_result | None) -> str:
-    """``data`` in a fsynced temporary file beside ``target`` with ``mode`` and ``owner``'s ids."""
-    folder = os.path.dirname(target)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(target) + _TEMP_MARK, suffix=".tmp",
-                               dir=folder)
-    try:
-        os.fchmod(fd, mode & 0o600)  # nobody else can open it while it fills
-        if owner is not None:
-            mine = os.fstat(fd)
-            if (mine.st_uid, mine.st_gid) != (owner.st_uid, owner.st_gid):
-                try:
-                    os.fchown(fd, owner.st_uid, owner.st_gid)
-                except PermissionError:
-                    raise EnvFileError(
-                        path, f"is owned by {_user(owner.st_uid)}:{_group(owner.st_gid)} and "
-                        f"{_user(os.geteuid())} cannot give a rewritten file that owner: run as "
-                        f"{_user(owner.st_uid)} (or as root); nothing was changed") from None
-        with os.fdopen(fd, "wb", closefd=False) as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.fchmod(fd, mode)  # after fchown, which clears set-id bits
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    return tmp
-
-
-def _backup_numbers(target: str) -> list[int]:
-    folder, name = os.path.split(target)
-    pattern = re.compile(re.escape(name) + r"\.([0-9]{1,9})" + re.escape(BACKUP_SUFFIX) + r"\Z")
-    found: list[int] = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            match = pattern.match(entry.name)
-            if match:
-                found.append(int(match.group(1)))
-    return found
-
-
-def _link_backup(tmp: str, target: str) -> str:
-    """Link ``tmp`` as the next free ``target.N.bak`` (highest N + 1); never overwrites."""
-    number = max(_backup_numbers(target), default=0) + 1
-    while True:
-        name = f"{target}.{number}{BACKUP_SUFFIX}"
-        try:
-            os.link(tmp, name)
-            return name
-        except FileExistsError:
-            number += 1
-
-
-def _secret_mode(requested: int, current: int | None) -> int:
-    """The mode a rewritten file gets: its current one (never looser than 0600 for secrets)."""
-    if current is None:
-        return requested
-    if requested & 0o077:
-        return current
-    return current & ~0o077
-
-
-def replace_file(path: str, text: str, mode: int = SECRET_FILE_MODE, *, keep_backup: bool = False) -> str | None:
-    """Write ``text`` to ``path`` atomically; with ``keep_backup`` first keep the old file as a backup.
-
-    A symlink is followed: its target is rewritten, through a temporary file
-    in the target's own folder. An existing file keeps its owner, group and
-    mode (for secret files, ``mode`` without group/other bits, never looser
-    than 0600); a writer that cannot keep the owner is refused. Either
-    everything happens or nothing does: the temporary file and the backup
-    are complete before the rename, and an error (disk full, read-only,
-    permission) is one EnvFileError line with the file left as it was.
-    Returns the backup's path.
-    """
-    target = os.path.realpath(path)
-    folder = os.path.dirname(target)
-    try:
-        current: os.stat_result | None = os.stat(target)
-    except FileNotFoundError:
-        current = None
-    except OSError as exc:
-        raise _write_error(path, exc) from exc
-    if current is not None and not stat.S_ISREG(current.st_mode):
-        raise EnvFileError(path, "is not a regular file: point --env-file at the env file")
-    data = str.encode(text, "utf-8")
-    final_mode = _secret_mode(mode, stat.S_IMODE(current.st_mode) if current else None)
-    made: list[str] = []  # removed again if anything fails
-    temps: list[str] = []  # removed in any case
-    backup_path = None
-    try:
-        try:
-            tmp = _temp_copy(path, target, data, final_mode, current)
-            made.append(tmp)
-            if keep_backup and current is not None:
-                with open(target, "rb") as old:
-                    old_data = old.read()
-                old_tmp = _temp_copy(path, target, old_data, SECRET_FILE_MODE, current)
-                temps.append(old_tmp)
-                backup_path = _link_backup(old_tmp, target)
-                made.append(backup_path)
-            os.replace(tmp, target)
-            made.remove(tmp)
-            _fsync_folder(folder)
-        except BaseException:
-            _unlink_quietly(made)
-            raise
-    except OSError as exc:
-        raise _write_error(path, exc) from exc
-    finally:
-        _unlink_quietly(temps)
-    return backup_path
-
-
-def _unlink_quietly(paths: Iterable[str]) -> None:
-    for leftover in paths:
-        with contextlib.suppress(OSError):
-            os.unlink(leftover)
-
-
-def backup(path: str) -> str | None:
-    """Keep ``path`` as the next ``<target>.N.bak`` (mode 0600, the file's owner); its path, or None.
-
-    The copy is complete before it gets its name (temporary file, fsync,
-    link), two writers never pick the same name, and a failure (disk full)
-    leaves nothing behind.
-    """
-    target = os.path.realpath(path)
-    try:
-        current = os.stat(target)
-        with open(target, "rb") as old:
-            data = old.read()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise _write_error(path, exc) from exc
-    tmp = None
-    try:
-        tmp = _temp_copy(path, target, data, SECRET_FILE_MODE, current)
-        name = _link_backup(tmp, target)
-        _fsync_folder(os.path.dirname(target))
-        return name
-    except OSError as exc:
-        raise _write_error(path, exc) from exc
-    finally:
-        if tmp is not None:
-            _unlink_quietly([tmp])
-
-
-def write_atomic(path: str, text: str, mode: int = SECRET_FILE_MODE) -> None:
-    """Write ``text`` to ``path``: temporary file in the target's folder, fsync, rename.
-
-    The file has ``mode`` (0600) from its first byte; an existing file keeps
-    its owner, group and mode (see ``replace_file``); a symlink is written
-    through; the folder is fsynced so the rename survives a crash.
-    """
-    replace_file(path, text, mode)
-
-
-def remove_stale_temps(path: str) -> list[str]:
-    """Delete temporary files a killed writer left beside ``path``'s target (hold the lock)."""
-    target = os.path.realpath(path)
-    folder, name = os.path.split(target)
-    prefix = "." + name + _TEMP_MARK
-    removed: list[str] = []
-    try:
-        with os.scandir(folder) as entries:
-            stale = [e.path for e in entries if e.name.startswith(prefix) and e.name.endswith(".tmp")]
-    except OSError:
-        return removed
-    for leftover in stale:
-        with contextlib.suppress(OSError):
-            os.unlink(leftover)
-            removed.append(leftover)
-    return removed
+def value_lines(changes: Mapping[str, str]) -> dict[str, str]:
+    """``{name: format_line(name, value)}`` for ``with_lines``."""
+    return {name: format_line(name, value) for name, value in changes.items()}

@@ -17,7 +17,8 @@ from muzo_ops.constants import EXAMPLE_ENV_FILE, SECRET_FILE_MODE
 from muzo_ops.env import checks, envfile, schema
 from muzo_ops.env import generate as secretgen
 from muzo_ops.env.schema import Environment, Variable
-from muzo_ops.errors import SchemaError, UsageError
+from muzo_ops.errors import MuzoOpsError, SchemaError, UsageError
+from muzo_ops.files import atomic, reading, temp
 from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
 from muzo_ops.redact.redactor import secret_values, shaped_secrets
 
@@ -115,11 +116,14 @@ def init_env(
 
     The whole read-modify-write holds the env file's lock (``<file>.lock``):
     a concurrent writer waits up to ``lock_timeout_s``, then LockedError.
+    Invariant (``files.atomic.write``): the env file is the complete old or
+    the complete new file, and a changed file's old content is its newest
+    0600 backup.
     """
     supplied = dict(supplied or {})
     validate_supplied(supplied)
     with locked(path, lock_timeout_s):
-        envfile.remove_stale_temps(path)
+        temp.remove_stale(path)
         return _init_locked(path, environment, supplied, force, prompt, write_example)
 
 
@@ -174,11 +178,11 @@ def _init_locked(path: str, environment: Environment | None, supplied: dict[str,
         additions = [_addition(schema.BY_NAME[n], final[n]) for n in result.added]
         if additions:
             additions.insert(0, "# ===== Added by muzo-ops init-env =====\n")
-        text = keep_encrypted(envfile.with_changes(existing, changes, additions), path)
+        text = keep_encrypted(envfile.with_lines(existing, envfile.value_lines(changes), additions), path)
         if text == existing.text():
             text = ""
     if text:
-        result.backup = envfile.replace_file(path, text, keep_backup=existing is not None)
+        result.backup = atomic.write(path, text, keep_backup=existing is not None)
         result.written = True
     elif existing is not None and os.stat(path).st_mode & 0o077:
         _tighten(path)
@@ -233,8 +237,9 @@ def _render_new(values: Mapping[str, str], environment: Environment) -> str:
 
 
 def _addition(var: Variable, value: str) -> str:
-    flag = "REQUIRED" if var.required else "OPTIONAL"
-    return f"# {var.description} [{flag}; {var.apps_label}]\n" + envfile.format_line(var.name, value)
+    from muzo_ops.env import dotenvx
+
+    return dotenvx.LineWriter("").addition(var.name, value)  # plain: keep_encrypted encrypts it after
 
 
 def _write_example(env_path: str) -> str | None:
@@ -245,12 +250,11 @@ def _write_example(env_path: str) -> str | None:
     if os.path.abspath(target) == os.path.abspath(env_path):
         return None
     text = render.render_committed(EXAMPLE_ENV_FILE)
-    envfile.remove_stale_temps(target)  # a killed init-env's (this runs under the env file's lock)
+    temp.remove_stale(target)  # a killed init-env's (this runs under the env file's lock)
     try:
-        with open(target, encoding="utf-8", newline="") as handle:
-            if handle.read() == text:
-                return target
-    except OSError:
-        pass
-    envfile.write_atomic(target, text, mode=0o644)
+        if reading.read_text_or_none(target) == text:
+            return target
+    except MuzoOpsError:
+        pass  # unreadable: rewritten
+    atomic.write(target, text, mode=0o644, owner_of=env_path, lock_of=env_path)
     return target

@@ -106,7 +106,8 @@ def drifted(root: str) -> list[str]:
 
 def write_all(root: str) -> list[str]:
     """Write every committed rendered file under ``root``; the names written."""
-    from muzo_ops.env.envfile import write_atomic
+    from muzo_ops.constants import DEFAULT_ENV_FILE
+    from muzo_ops.files import atomic
 
     _check_root(root)
     written = []
@@ -114,6 +115,7 @@ def write_all(root: str) -> list[str]:
         path = os.path.join(root, name)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         text = render_committed(name)
-        write_atomic(path, text, mode=0o644)
+        # under the lock of the folder's env file, as init-env writes .env.example
+        atomic.write(path, text, mode=0o644, lock_of=os.path.join(root, DEFAULT_ENV_FILE))
         written.append(name)
     return written

@@ -47,7 +47,7 @@ class Kind(enum.StrEnum):
     PORT = "port"  # integer 1..65535
     POSITIVE_INT = "positive-integer"  # integer >= 1 (and <= ``maximum`` when set)
     NUMBER = "number"  # decimal number within [``minimum``, ``maximum``]
-    HANDLERS = "handler-list"  # comma list of TYPE=module:function
+    HANDLERS = "handler-list"  # comma list of TYPE=SPEC (module:function, exec:COMMAND or a URL)
     CHOICE = "choice"  # one of ``choices``
     CHOICE_LIST = "choice-list"  # comma list of ``choices``
     EMAIL = "email"  # address, or ``Name <address>``
@@ -314,7 +314,8 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable(
         "MUZO_WORKER_HANDLERS", Group.WORKER, False, WORKER,
-        "Handlers per job type: comma list of TYPE=module:function (e.g. GENERATION=myapp.jobs:generate).",
+        "Handlers per job type: comma list of TYPE=SPEC, SPEC being module:function, exec:COMMAND ARG... or "
+        "https://URL; quote like a shell (a quoted comma stays in its entry). See docs/HANDLERS.md.",
         Kind.HANDLERS, "",
     ),
     Variable(

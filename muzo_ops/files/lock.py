@@ -8,6 +8,11 @@ writers that reach one file through different links still exclude each
 other. The lock file is left in place (it holds nothing but a pid):
 removing it while another process waits would let two writers hold "the"
 lock on different inodes.
+
+The lock is re-entrant within a thread: every writer in ``files`` takes
+the lock of what it writes, and a command that already holds it for a
+whole read-modify-write keeps holding it (a second ``flock`` on a new
+descriptor would wait for itself).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +29,8 @@ from muzo_ops.errors import MuzoOpsError
 
 DEFAULT_TIMEOUT_S = 10.0
 _POLL_S = 0.05
+# (thread, lock file) -> how many ``locked`` blocks of that thread hold it
+_HELD: dict[tuple[int, str], int] = {}
 
 
 class LockedError(MuzoOpsError):
@@ -34,20 +42,28 @@ def lock_path(path: str) -> str:
     return os.path.realpath(path) + ".lock"
 
 
-def _give_to_owner(fd: int, path: str) -> None:
-    """A lock file root creates for another user's env file belongs to that user (or they
-    could never lock their own file again)."""
-    try:
-        owner = os.stat(path)
-        mine = os.fstat(fd)
-        if (mine.st_uid, mine.st_gid) != (owner.st_uid, owner.st_gid):
-            os.fchown(fd, owner.st_uid, owner.st_gid)
-    except OSError:
-        pass  # no env file yet, or no CAP_CHOWN: the lock still works for this user
+def _give_to_owner(fd: int, path: str, owner_of: str | None) -> None:
+    """A lock file root creates for another user's file belongs to that user (or they could never
+    lock their own file again): the owner of ``path``, or of ``owner_of`` while ``path`` does not
+    exist yet (``.env.keys`` or the audit log beside another user's env file)."""
+    for reference in (path, owner_of):
+        if reference is None:
+            continue
+        try:
+            owner = os.stat(reference)
+        except OSError:
+            continue  # not there (yet)
+        try:
+            mine = os.fstat(fd)
+            if (mine.st_uid, mine.st_gid) != (owner.st_uid, owner.st_gid):
+                os.fchown(fd, owner.st_uid, owner.st_gid)
+        except OSError:
+            pass  # no CAP_CHOWN: the lock still works for this user
+        return
 
 
 @contextmanager
-def locked(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
+def locked(path: str, timeout_s: float = DEFAULT_TIMEOUT_S, owner_of: str | None = None) -> Iterator[None]:
     """Hold the exclusive lock of ``path`` for the ``with`` block.
 
     Waits at most ``timeout_s`` seconds (0: try once), then raises
@@ -57,6 +73,16 @@ def locked(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
     change the file): the block runs as is.
     """
     target = lock_path(path)
+    mine = (threading.get_ident(), target)
+    if mine in _HELD:
+        _HELD[mine] += 1
+        try:
+            yield
+        finally:
+            _HELD[mine] -= 1
+            if not _HELD[mine]:
+                del _HELD[mine]
+        return
     try:
         fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
@@ -71,7 +97,7 @@ def locked(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
                               "--env-file") from exc
         raise LockedError(f"{path}: cannot create its lock file in {folder} ({exc.strerror}): "
                           "run as the env file's owner, on a writable folder") from exc
-    _give_to_owner(fd, path)
+    _give_to_owner(fd, path, owner_of)
     deadline = time.monotonic() + max(timeout_s, 0.0)
     try:
         while True:
@@ -91,6 +117,15 @@ def locked(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
             os.write(fd, f"{os.getpid()}\n".encode())
         except OSError:
             pass  # the pid is only a hint for people (a full disk must not stop a lock)
-        yield
+        _HELD[mine] = 1
+        try:
+            yield
+        finally:
+            del _HELD[mine]
     finally:
         os.close(fd)  # releases the lock
+
+
+def held(path: str) -> bool:
+    """Whether this thread holds the lock of ``path``."""
+    return (threading.get_ident(), lock_path(path)) in _HELD

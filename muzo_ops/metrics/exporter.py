@@ -17,16 +17,23 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
-from pymongo import ASCENDING
 
 from muzo_ops.metrics.server import DEFAULT_HOST, MetricsServer
-from muzo_ops.queue.jobs import JobStatus, JobType
-from muzo_ops.queue.opsstore import due_pending_query, failed_query, scheduled_pending_query, type_status_query
+from muzo_ops.queue.jobs import JobType
+from muzo_ops.queue.opsstore import (
+    DEFAULT_CACHE_S,
+    DEFAULT_CAP,
+    PENDING_DUE,
+    PENDING_SCHEDULED,
+    STATUSES,
+    QueueCounts,
+    Snapshot,
+    status_query,
+)
 from muzo_ops.queue.store import utcnow
 
 if TYPE_CHECKING:
@@ -34,87 +41,27 @@ if TYPE_CHECKING:
 
 Doc = dict[str, Any]
 
-DEFAULT_CACHE_S = 5.0
-DEFAULT_CAP = 100_000  # index keys a count walks at most: a few milliseconds on MongoDB
 DB_TIMEOUT_S = 5.0  # a scrape must answer within Prometheus's scrape_timeout (10 s by default)
-
-# The ``status`` label: PENDING split into due and scheduled (not yet due: scheduled jobs, retries waiting).
-PENDING_DUE = "PENDING_DUE"
-PENDING_SCHEDULED = "PENDING_SCHEDULED"
-STATUSES: tuple[str, ...] = (PENDING_DUE, PENDING_SCHEDULED, JobStatus.RUNNING.value, JobStatus.DONE.value,
-                             JobStatus.FAILED.value)
-
-
-def status_query(job_type: JobType, status: str, now: dt.datetime) -> Doc:
-    """The filter counted for one (type, status) label pair; every one starts on the first index."""
-    if status == PENDING_DUE:
-        query = due_pending_query(now)
-    elif status == PENDING_SCHEDULED:
-        query = scheduled_pending_query(now)
-    elif status == JobStatus.FAILED.value:
-        return failed_query(job_type)
-    else:  # RUNNING, DONE
-        return type_status_query(job_type, JobStatus(status))
-    return {"type": job_type.value, **query}
-
-
-@dataclass
-class Snapshot:
-    """One scrape's answer: counts, the oldest due ages, whether MongoDB answered."""
-
-    up: bool
-    counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (type, status) -> n, at most cap
-    oldest_due_age_s: dict[str, float] = field(default_factory=dict)  # type -> seconds (0: none due)
-    duration_s: float = 0.0
 
 
 class QueueExporter:
-    """A prometheus_client collector over a ``Job`` collection, with a short cache."""
+    """A prometheus_client collector over a ``Job`` collection's cached, capped counts.
+
+    The counts are ``muzo_ops.queue.opsstore.QueueCounts``: the same
+    code (and, in one process, the same cache) as the job dashboard's overview.
+    """
 
     def __init__(self, jobs: Collection[Doc], cache_s: float = DEFAULT_CACHE_S, cap: int = DEFAULT_CAP,
                  types: Iterable[JobType] = tuple(JobType),
                  clock: Callable[[], float] = time.monotonic,
-                 now: Callable[[], dt.datetime] = utcnow) -> None:
-        self.jobs = jobs
-        self.cache_s = cache_s
-        self.cap = cap
-        self.types = tuple(types)
-        self._clock = clock
-        self._now = now
-        self._lock = threading.Lock()
-        self._snapshot: Snapshot | None = None
-        self._taken_at = 0.0
+                 now: Callable[[], dt.datetime] = utcnow, counts: QueueCounts | None = None) -> None:
+        self.counts = counts or QueueCounts(jobs, cache_s=cache_s, cap=cap, types=types, clock=clock, now=now)
+        self.jobs = self.counts.jobs
+        self.cap = self.counts.cap
 
     def snapshot(self) -> Snapshot:
         """The cached answer, or a fresh one when older than ``cache_s`` (one refresh at a time)."""
-        with self._lock:
-            if self._snapshot is None or self._clock() - self._taken_at >= self.cache_s:
-                self._snapshot = self._query()
-                self._taken_at = self._clock()
-            return self._snapshot
-
-    def _query(self) -> Snapshot:
-        started = time.monotonic()
-        now = self._now()
-        snap = Snapshot(up=True)
-        try:
-            for job_type in self.types:
-                for status in STATUSES:
-                    snap.counts[(job_type.value, status)] = int(self.jobs.count_documents(
-                        status_query(job_type, status, now), limit=self.cap))
-                oldest = self.jobs.find_one(status_query(job_type, PENDING_DUE, now),
-                                            sort=[("availableAt", ASCENDING)], projection={"availableAt": 1, "_id": 0})
-                when = oldest.get("availableAt") if oldest else None
-                age = 0.0
-                if isinstance(when, dt.datetime):
-                    age = max(0.0, (now - (when if when.tzinfo else when.replace(tzinfo=dt.UTC))).total_seconds())
-                snap.oldest_due_age_s[job_type.value] = age
-        except Exception as exc:
-            if not _is_pymongo(exc):
-                raise
-            snap = Snapshot(up=False)
-        snap.duration_s = time.monotonic() - started
-        return snap
+        return self.counts.snapshot()
 
     def describe(self) -> list[Metric]:
         return self._families(Snapshot(up=False), with_samples=False)
@@ -144,10 +91,6 @@ class QueueExporter:
         for job_type, age in sorted(snap.oldest_due_age_s.items()):
             oldest.add_metric([job_type], age)
         return families
-
-
-def _is_pymongo(exc: BaseException) -> bool:
-    return type(exc).__module__.startswith(("pymongo", "bson"))
 
 
 def exporter_registry(exporter: QueueExporter) -> CollectorRegistry:
@@ -183,5 +126,5 @@ def serve(values: Mapping[str, str], host: str = DEFAULT_HOST, port: int = 0,
     return 0
 
 
-__all__ = ["DEFAULT_CACHE_S", "DEFAULT_CAP", "STATUSES", "QueueExporter", "Snapshot", "exporter_registry",
-           "serve", "status_query"]
+__all__ = ["DEFAULT_CACHE_S", "DEFAULT_CAP", "PENDING_DUE", "PENDING_SCHEDULED", "STATUSES", "QueueExporter",
+           "Snapshot", "exporter_registry", "serve", "status_query"]

@@ -9,6 +9,7 @@ the worker go on.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -149,6 +150,9 @@ class Observer:
     def worker_stopped(self, stats: dict[str, int]) -> None:
         """Drained and disconnected."""
 
+    def burst_summary(self, failed: int, retries_waiting: int, next_due: dt.datetime | None) -> None:
+        """``--burst``, the last event: jobs failed for good, retries scheduled and the earliest one's time."""
+
 
 class Observers(Observer):
     """Fans every event out to several observers; one that raises is skipped, not fatal."""
@@ -255,3 +259,6 @@ class Observers(Observer):
 
     def worker_stopped(self, stats: dict[str, int]) -> None:
         self._each("worker_stopped", stats)
+
+    def burst_summary(self, failed: int, retries_waiting: int, next_due: dt.datetime | None) -> None:
+        self._each("burst_summary", failed, retries_waiting, next_due)

@@ -61,6 +61,21 @@ class MalformedJobError(FatalJobError):
     """The document itself breaks the Job contract (``attempts: null``, a string ``availableAt``…)."""
 
 
+class RetryJob(Exception):
+    """Raised by a handler to ask for another attempt, not before ``after_seconds``.
+
+    The delay is held to the type's retry cap; without one the retry policy
+    decides. An attempt is spent as for any failure, so ``maxAttempts``
+    still bounds the job.
+    """
+
+    def __init__(self, message: str = "the handler asked for a retry", *, after_seconds: float | None = None) -> None:
+        super().__init__(message)
+        ok = isinstance(after_seconds, int | float) and not isinstance(after_seconds, bool) and (
+            0 <= after_seconds < float("inf"))
+        self.after_seconds: float | None = float(after_seconds) if ok and after_seconds is not None else None
+
+
 class JobTimeoutError(Exception):
     """The handler ran longer than its type's timeout (retried or failed like any error)."""
 

@@ -7,6 +7,7 @@ only reports events.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 
 from muzo_ops.constants import QUEUE_INIT_LOGGER_NAME
@@ -138,3 +139,16 @@ class LogObserver(Observer):
 
     def worker_stopped(self, stats: dict[str, int]) -> None:
         self.log.info("Worker stopped", **stats)
+
+    def burst_summary(self, failed: int, retries_waiting: int, next_due: dt.datetime | None) -> None:
+        if next_due is not None:
+            moment = next_due if next_due.tzinfo else next_due.replace(tzinfo=dt.UTC)
+            in_s = max(0.0, (moment - dt.datetime.now(dt.UTC)).total_seconds())
+            when = f", the next due at {moment.isoformat(timespec='seconds').replace('+00:00', 'Z')} (in {in_s:.0f} s)"
+            due: str | None = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        else:
+            when, due = "", None
+        failures = f"{failed} job(s) failed for good" if failed else "no job failed for good"
+        self.log.log("error" if failed else "info", f"Burst run finished: {failures}; {retries_waiting} "
+                     f"retr{'y' if retries_waiting == 1 else 'ies'} waiting{when}",
+                     failed=failed, retriesWaiting=retries_waiting, nextRetryDue=due)

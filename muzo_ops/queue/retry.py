@@ -4,7 +4,8 @@ A ``RetryPolicy`` per job type (``WorkerSettings.policy_for``): the
 handler's timeout, the back-off base and cap, and an optional override of
 the documents' ``maxAttempts``. ``decide`` is the one rule: a fatal error, a
 malformed ``attempts`` or attempts used up fail the job; anything else
-retries it after ``backoff_delay``.
+retries it after ``backoff_delay``, or after the delay a ``RetryJob`` asked
+for (an exec handler's exit 75, an HTTP handler's Retry-After), held to the cap.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from muzo_ops.queue.jobs import FatalJobError, max_attempts_of
+from muzo_ops.queue.jobs import FatalJobError, RetryJob, max_attempts_of
 
 
 def backoff_delay(attempt: int, base_s: float, cap_s: float) -> float:
@@ -43,6 +44,8 @@ class RetryPolicy:
         """The retry delay after ``error`` on attempt ``attempts`` (None: malformed); None: fail now."""
         if isinstance(error, FatalJobError) or attempts is None or attempts >= maximum:
             return None
+        if isinstance(error, RetryJob) and error.after_seconds is not None:
+            return min(self.retry_cap_s, error.after_seconds)
         return self.delay(attempts)
 
 

@@ -6,7 +6,7 @@ import math
 import os
 import random
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from muzo_ops.constants import (
@@ -17,11 +17,13 @@ from muzo_ops.constants import (
     DEFAULT_RETRY_BASE_S,
     DEFAULT_RETRY_CAP_S,
     ERROR_BACKOFF_CAP_S,
+    HANDLER_KILL_GRACE_S,
     STALE_SWEEP_INTERVAL_S,
     TAKEOVER_INTERVAL_S,
 )
 from muzo_ops.env import checks, database_url, schema
 from muzo_ops.errors import ConfigError
+from muzo_ops.queue import policyspec
 from muzo_ops.queue.jobs import JobType
 from muzo_ops.queue.retry import RetryPolicy
 
@@ -71,6 +73,9 @@ class WorkerSettings:
     burst: bool = False  # exit once no job is due (cron, tests)
     job_timeouts: dict[JobType, float] = field(default_factory=_default_timeouts)  # per type, seconds
     policies: dict[JobType, RetryPolicy] = field(default_factory=dict)  # per type, overriding the above
+    handler_cwd: str | None = None  # exec handlers' working directory (None: the worker's)
+    handler_grace_s: float = HANDLER_KILL_GRACE_S  # exec handlers: SIGTERM, then SIGKILL after this
+    log_format: str | None = None  # json or pretty (None: pretty on a terminal)
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:"
                                                    f"{random.getrandbits(24):06x}")
 
@@ -79,6 +84,7 @@ class WorkerSettings:
                      "retry_cap_s": self.retry_cap_s, "drain_timeout_s": self.drain_timeout_s,
                      "error_backoff_cap_s": self.error_backoff_cap_s,
                      "sweep_interval_s": self.sweep_interval_s, "takeover_interval_s": self.takeover_interval_s,
+                     "handler_grace_s": self.handler_grace_s,
                      **{f"job_timeouts[{t.value}]": v for t, v in self.job_timeouts.items()}}
         for name, value in durations.items():
             low_ok = value >= 0 if name == "drain_timeout_s" else value > 0
@@ -110,13 +116,16 @@ class WorkerSettings:
                     concurrency: int | None = None, lock_s: float | None = None,
                     poll_s: float | None = None, drain_timeout_s: float | None = None,
                     retry_base_s: float | None = None, retry_cap_s: float | None = None,
-                    change_streams: bool | None = None, burst: bool = False) -> WorkerSettings:
+                    change_streams: bool | None = None, burst: bool = False, policies: Sequence[str] = (),
+                    handler_cwd: str | None = None, handler_grace_s: float | None = None,
+                    log_format: str | None = None) -> WorkerSettings:
         """Settings from env values, each keyword (a command-line flag) overriding its variable.
 
         ConfigError (one line) names an invalid value; a flag's value is held
         to its variable's range. Only the variables the worker itself reads
         are checked here; the API keys handlers need are ``check-env --app
-        worker``'s business.
+        worker``'s business. ``policies``: ``--policy TYPE:KEY=VALUE,…`` flags
+        (``policyspec``), each over the worker-wide timeout, base, cap for its type.
         """
         def checked(name: str) -> str | None:
             value = values.get(name, "")
@@ -162,6 +171,15 @@ class WorkerSettings:
         if base > cap:
             raise ConfigError(f"the retry base ({base:g} s) is longer than the retry cap ({cap:g} s): raise "
                               "WORKER_RETRY_CAP_SECONDS / --retry-cap or lower the base")
+        overrides = policyspec.parse_all(policies, MAX_DURATION_S)
+        per_type = {}
+        for job_type, override in overrides.items():
+            policy = RetryPolicy(
+                timeout_s=override.timeout_s or timeouts[job_type],
+                retry_base_s=override.retry_base_s or min(base, override.retry_cap_s or cap),
+                retry_cap_s=override.retry_cap_s or max(cap, override.retry_base_s or 0.0),
+                max_attempts=override.max_attempts)
+            per_type[job_type] = policy
         return cls(
             url=url, queues=types, concurrency=concurrency,
             transactions=checked("QUEUE_TRANSACTIONS"),
@@ -175,6 +193,10 @@ class WorkerSettings:
                 schema.parse_bool(streams_text) if streams_text is not None else True),
             burst=burst,
             job_timeouts=timeouts,
+            policies=per_type,
+            handler_cwd=handler_cwd,
+            handler_grace_s=handler_grace_s if handler_grace_s is not None else HANDLER_KILL_GRACE_S,
+            log_format=log_format,
         )
 
 

@@ -185,6 +185,13 @@ class JobStore:
         when = doc.get("availableAt") if doc else None
         return when if isinstance(when, dt.datetime) else None
 
+    async def scheduled(self, types: Sequence[JobType]) -> tuple[int, dt.datetime | None]:
+        """How many PENDING jobs of ``types`` are not due yet (retries waiting), and the earliest one's time."""
+        count = await self.jobs.count_documents(
+            {"type": {"$in": [t.value for t in types]}, "status": JobStatus.PENDING.value,
+             "availableAt": {"$gt": utcnow()}})
+        return count, (await self.next_due(types) if count else None)
+
     async def _claim_one(self, query: Doc, worker_id: str, lock_s: float) -> tuple[Doc, Doc] | None:
         now = utcnow()
         until = now + dt.timedelta(seconds=lock_s)

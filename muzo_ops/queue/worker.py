@@ -77,7 +77,8 @@ class Worker:
                  redactor: Redactor | None = None, observers: Sequence[Observer] = ()) -> None:
         self.settings = settings
         self.handlers = dict(handlers)
-        self.log = logger or Logger(WORKER_LOGGER_NAME, settings.log_level, redactor=redactor)
+        self.log = logger or Logger(WORKER_LOGGER_NAME, settings.log_level, redactor=redactor,
+                                    log_format=settings.log_format)
         self.redactor: Redactor = redactor if redactor is not None else self.log.redactor
         self.events = Observers([LogObserver(self.log), *observers])
         self.notifier = notifier or Notifier()
@@ -92,6 +93,8 @@ class Worker:
         self.runner = HandlerRunner(settings.concurrency, self.events, self._too_many_abandoned)
         self.change_streams_active = False
         self.stats = {"done": 0, "failed": 0, "retried": 0, "lost": 0, "released": 0}
+        self.failed_here = 0  # jobs this worker ran that failed for good (--burst exits 1)
+        self._burst_scheduled: tuple[int, dt.datetime | None] | None = None  # retries waiting at the end
         self._rotation = 0  # which queue is tried first: rotates for fairness
         self._next_takeover = 0.0  # monotonic time of the next expired-first claim
         self.db = DatabaseLink(settings.lock_s, settings.error_backoff_cap_s, self.events, self.stop)
@@ -185,6 +188,11 @@ class Worker:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await self._shutdown()
+        if self.settings.burst:
+            if self.failed_here and self.exit_code == 0:
+                self.exit_code = 1  # a one-off run that failed a job for good says so
+            waiting, next_due = self._burst_scheduled or (0, None)
+            self.events.burst_summary(self.failed_here, waiting, next_due)
         return self.exit_code
 
     # ---------------------------------------------------------------- loops
@@ -234,6 +242,8 @@ class Worker:
                     tasks = {e.task for e in self.running.values() if e.task is not None}
                     if not tasks:
                         self.events.burst_finished(dict(self.stats))
+                        with contextlib.suppress(Exception):  # the summary line says nothing of retries then
+                            self._burst_scheduled = await self._store.scheduled(self.settings.queues)
                         self.request_stop()
                         return
                     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -509,6 +519,7 @@ class Worker:
             written = await self.db.retrying("fail", lambda: self._store.fail(doc, error))
             if written:
                 self.stats["failed"] += 1
+                self.failed_here += 1
                 reason = ("malformed document" if isinstance(exc, MalformedJobError)
                           else "invalid payload" if isinstance(exc, PayloadError)
                           else "fatal error" if isinstance(exc, FatalJobError) else "Maximum attempts exhausted")
@@ -569,11 +580,12 @@ def run_process(settings: WorkerSettings, cli_handlers: Sequence[str], values: M
                 redactor: Redactor | None = None, observers: Sequence[Observer] = ()) -> tuple[int, bool]:
     """Run a worker in this process until stopped: (exit code, whether handler threads still run).
 
-    Handlers come from ``cli_handlers`` (``TYPE=module:callable``), then
+    Handlers come from ``cli_handlers`` (``TYPE=SPEC``: module:callable, exec:COMMAND or a URL), then
     MUZO_WORKER_HANDLERS in ``values``, then entry points. SIGTERM and
     SIGINT stop it.
     """
-    loaded = handlers_module.load(settings.queues, cli_handlers, values)
+    loaded = handlers_module.load(settings.queues, cli_handlers, values, handlers_module.HandlerOptions(
+        cwd=settings.handler_cwd, grace_s=settings.handler_grace_s))
     runner = Worker(settings, loaded, redactor=redactor, observers=observers)
 
     async def main() -> int:

@@ -7,13 +7,20 @@ value under a random 32-byte key kept beside the log (``.muzo-secrets-audit.key`
 mode 0600), cut to 12 hex digits: it tells two generations of a secret apart
 and matches the same value across hosts sharing the key, while a plain hash
 of a weak password could be guessed offline.
+
+Records are keyed by the env file's real name (a symlink is followed), so a
+change made through a link and one made through its target share one
+trail. The log and the key are written through ``files.atomic`` (locked;
+a new one gets the env file's owner, as its backups do).
+
+Invariant of ``append``: the log is its old records plus this whole one, or
+its old records; a record is never half-written into the middle of another.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import errno
 import getpass
 import hashlib
 import hmac
@@ -24,8 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from muzo_ops.constants import SECRET_FILE_MODE
-from muzo_ops.errors import MuzoOpsError
+from muzo_ops.errors import EnvFileError, MuzoOpsError
+from muzo_ops.files import atomic
 
 LOG_NAME = ".muzo-secrets-audit.jsonl"
 KEY_NAME = ".muzo-secrets-audit.key"
@@ -50,35 +57,27 @@ def key_path(env_path: str) -> str:
     return os.path.join(_folder(env_path), KEY_NAME)
 
 
-def _load_or_create_key(path: str) -> bytes:
-    """The fingerprint key at ``path``, created on first use (0600).
+def env_file_name(env_path: str) -> str:
+    """The name records are keyed by: the env file's real name (through any symlink)."""
+    return os.path.basename(os.path.realpath(env_path))
 
-    A new key is written to a temporary file and hard-linked into place,
-    so a reader never sees a half-written key and two first users agree.
+
+def _load_or_create_key(path: str, env_path: str) -> bytes:
+    """The fingerprint key at ``path``, created on first use (0600, the env file's owner).
+
+    A new key is written to a temporary file and hard-linked into place
+    (``files.atomic.create_once``), so a reader never sees a half-written
+    key and two first users agree.
     """
-    import tempfile
-
     if not os.path.exists(path):
-        folder = os.path.dirname(path)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".muzo-ops-", suffix=".tmp", dir=folder)
-        except OSError as exc:
-            raise AuditError(f"{path}: cannot create the fingerprint key: {exc.strerror}") from exc
-        try:
-            os.fchmod(fd, SECRET_FILE_MODE)
-            os.write(fd, os.urandom(_KEY_BYTES).hex().encode("ascii") + b"\n")
-            os.fsync(fd)
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)
-        except OSError as exc:
-            why = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror
-            raise AuditError(f"{path}: cannot create the fingerprint key: {why}") from exc
-        finally:
-            os.close(fd)
-            os.unlink(tmp)
+            atomic.create_once(path, os.urandom(_KEY_BYTES).hex().encode("ascii") + b"\n",
+                               owner_of=os.path.realpath(env_path))
+        except EnvFileError as exc:
+            raise AuditError(f"{path}: cannot create the fingerprint key: {exc}") from exc
     try:
         with open(path, encoding="ascii") as handle:
-            text = handle.read().strip()
+            text = handle.read(4096).strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise AuditError(f"{path}: cannot read the fingerprint key: restore it from a backup, "
                          "or delete it (old fingerprints then no longer match)") from exc
@@ -96,7 +95,7 @@ class Fingerprinter:
     """HMAC-SHA256 fingerprints under the key beside an env file's audit log."""
 
     def __init__(self, env_path: str) -> None:
-        self._key = _load_or_create_key(key_path(env_path))
+        self._key = _load_or_create_key(key_path(env_path), env_path)
 
     def __repr__(self) -> str:
         return "Fingerprinter(<key hidden>)"
@@ -163,12 +162,13 @@ def append(env_path: str, command: str, changes: Mapping[str, tuple[str | None, 
            now: dt.datetime | None = None) -> Record:
     """Append one record: ``changes`` maps each variable to ``(old value, new value)``.
 
-    Only fingerprints are written. The line goes out in one ``write`` on a
-    file opened with O_APPEND (mode 0600) and is fsynced.
+    Only fingerprints are written, through ``files.atomic.append_line``:
+    one fsynced ``write`` on a file opened with O_APPEND (0600), under the
+    log's lock.
     """
     fingerprinter = fingerprinter or Fingerprinter(env_path)
     record = Record(
-        command=command, env_file=os.path.basename(env_path), variables=list(changes),
+        command=command, env_file=env_file_name(env_path), variables=list(changes),
         fingerprints={name: {"old": fingerprinter(old), "new": fingerprinter(new)}
                       for name, (old, new) in changes.items()},
         time=(now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds"),
@@ -177,19 +177,9 @@ def append(env_path: str, command: str, changes: Mapping[str, tuple[str | None, 
     line = json.dumps(record.to_json(), sort_keys=False, ensure_ascii=False) + "\n"
     path = log_path(env_path)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, SECRET_FILE_MODE)
-    except OSError as exc:
-        raise AuditError(f"{path}: cannot open the audit log: {exc.strerror}") from exc
-    try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            line = "\n" + line  # a line torn by a crash stays apart from this one
-        os.write(fd, line.encode("utf-8"))
-        os.fsync(fd)
-    except OSError as exc:
-        raise AuditError(f"{path}: cannot write the audit log: {exc.strerror}") from exc
-    finally:
-        os.close(fd)
+        atomic.append_line(path, line, owner_of=os.path.realpath(env_path))
+    except EnvFileError as exc:
+        raise AuditError(f"cannot append to the audit log: {exc}") from exc
     return record
 
 
@@ -221,7 +211,7 @@ def read(env_path: str, only_this_file: bool = True) -> list[Record]:
     except OSError as exc:
         raise AuditError(f"{path}: cannot read the audit log: {exc.strerror}") from exc
     if only_this_file:
-        name = os.path.basename(env_path)
+        name = env_file_name(env_path)
         records = [r for r in records if r.env_file == name]
     return records
 

@@ -2,7 +2,17 @@
 
 Each holds the env file's lock, decrypts or encrypts everything in memory
 first (a wrong key or a damaged value stops it before anything is written),
-backs the file up (0600) and writes it atomically, like ``rotation``.
+backs the file up (0600) and writes it atomically (``secrets.commit``).
+``.env.keys`` is written only through ``dotenvx.set_private_key``, under the
+keys file's own lock (two env files of one folder share it).
+
+Invariants. encrypt: the private key is in ``.env.keys`` (0600) before any
+value is encrypted for it, so no instant has a file nobody can open; two
+encrypt runs on two files of one folder keep both keys. decrypt: the file is
+the complete encrypted one or the complete plain one (0600). rekey: at every
+instant the keys at hand open the env file, and the old key stays in a
+numbered ``.env.keys.N.bak`` (0600) named in the audit record, so
+``rollback`` can undo the rekey.
 """
 
 from __future__ import annotations
@@ -14,17 +24,10 @@ from typing import Any
 
 from muzo_ops.env import dotenvx
 from muzo_ops.errors import UsageError
+from muzo_ops.files import backups
 from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
-from muzo_ops.secrets import audit
-from muzo_ops.secrets.rotation import (
-    DEFAULT_KEEP,
-    decode_text,
-    make_backup,
-    prune_backups,
-    read_bytes,
-    remove_stale_temps,
-    write_atomic,
-)
+from muzo_ops.secrets.commit import commit
+from muzo_ops.secrets.rotation import DEFAULT_KEEP, read_env_text
 
 _SECRET_WORDS = ("SECRET", "PASSWORD", "TOKEN", "KEY")
 
@@ -43,11 +46,14 @@ class CryptResult:
     warnings: list[str] = field(default_factory=list)
     created_key: bool = False
     text: str | None = None  # decrypt --stdout only: the plain text, for standard output
+    keys_backup: str | None = None  # rekey: the old .env.keys, kept for rollback
+    audit_error: str | None = None  # the change was made but not recorded (exit 1)
 
     def to_json(self) -> dict[str, Any]:
         return {"command": self.command, "env_file": self.path, "variables": self.names,
                 "public_key_name": self.public_key_name, "keys_file": self.keys_file, "backup": self.backup,
-                "pruned_backups": self.pruned, "created_key": self.created_key, "warnings": self.warnings}
+                "pruned_backups": self.pruned, "created_key": self.created_key, "warnings": self.warnings,
+                "keys_backup": self.keys_backup, "audit_error": self.audit_error}
 
 
 def is_sensitive(name: str) -> bool:
@@ -62,13 +68,11 @@ def is_sensitive(name: str) -> bool:
     return any(word in name.upper() for word in _SECRET_WORDS)
 
 
-def _commit(path: str, new_text: str, keep: int, command: str,
-            names: list[str], result: CryptResult) -> None:
-    result.backup = make_backup(path)
-    write_atomic(path, new_text)
-    result.pruned = prune_backups(path, keep)
-    audit.append(path, command, dict.fromkeys(names, (None, None)),
-                 extra={"backup": os.path.basename(result.backup)})
+def _commit(path: str, new_text: str, keep: int, command: str, names: list[str], result: CryptResult,
+            extra: Mapping[str, Any] | None = None) -> None:
+    done = commit(path, new_text, keep=keep, command=command, changes=dict.fromkeys(names, (None, None)),
+                  extra=extra)
+    result.backup, result.pruned, result.audit_error = done.backup, done.pruned, done.audit_error
 
 
 def encrypt_file(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -76,13 +80,11 @@ def encrypt_file(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float =
                  should_encrypt: Callable[[str], bool] = is_sensitive) -> CryptResult:
     """Encrypt every sensitive value; a new key pair goes to ``.env.keys`` (0600) when none exists.
 
-    The key is written before the file, so no crash leaves values nobody
-    can decrypt.
+    Invariant: the key is in ``.env.keys`` before the file holds a value
+    encrypted for it, so no crash leaves values nobody can decrypt.
     """
     with locked(path, lock_timeout_s):
-        remove_stale_temps(path)
-        data = read_bytes(path)
-        text = decode_text(path, data)
+        text = read_env_text(path)
         public_name, private_name = dotenvx.key_names(path, text)
         result = CryptResult("encrypt", path, public_key_name=public_name)
         found = dotenvx.file_public_key(text)
@@ -94,7 +96,8 @@ def encrypt_file(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float =
             else:
                 pair = dotenvx.KeyPair.generate()
                 result.keys_file = dotenvx.keys_path(path)
-                dotenvx.set_private_key(result.keys_file, private_name, pair.private_hex, os.path.basename(path))
+                dotenvx.set_private_key(result.keys_file, private_name, pair.private_hex, os.path.basename(path),
+                                        owner_of=path)
                 public_hex = pair.public_hex
                 result.created_key = True
         transformed = dotenvx.encrypt_text(text, path, should_encrypt, public_hex)
@@ -111,11 +114,12 @@ def encrypt_file(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float =
 def decrypt_file(path: str, *, to_stdout: bool = False, keep: int = DEFAULT_KEEP,
                  lock_timeout_s: float = DEFAULT_TIMEOUT_S, environ: Mapping[str, str] | None = None,
                  on_values: Callable[[Iterable[str]], None] | None = None) -> CryptResult:
-    """Decrypt every value: into the file (0600, backed up), or only into ``result.text``."""
+    """Decrypt every value: into the file (0600, backed up), or only into ``result.text``.
+
+    Invariant: the file is the complete encrypted one or the complete plain one (0600).
+    """
     with locked(path, lock_timeout_s):
-        remove_stale_temps(path)
-        data = read_bytes(path)
-        text = decode_text(path, data)
+        text = read_env_text(path)
         private_name, keys = dotenvx.private_keys_for(path, text, environ)
         if not keys and any(dotenvx.is_encrypted(v) for _k, v in dotenvx.bindings(text)):
             raise UsageError(f"{path}: no private key: set {private_name} in the environment or put "
@@ -139,13 +143,13 @@ def rekey_file(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float = D
                environ: Mapping[str, str] | None = None) -> CryptResult:
     """A new key pair; every value re-encrypted for it in one atomic write.
 
-    ``.env.keys`` holds ``new,old`` while the env file is replaced, then only
-    the new key: at every instant the keys file opens the env file.
+    ``.env.keys`` is first kept as ``.env.keys.N.bak`` (0600; it holds the
+    old key, for ``rollback``), then holds ``new,old`` while the env file is
+    replaced, then only the new key. Invariant: at every instant the keys
+    at hand open the env file, and the old key stays where rollback finds it.
     """
     with locked(path, lock_timeout_s):
-        remove_stale_temps(path)
-        data = read_bytes(path)
-        text = decode_text(path, data)
+        text = read_env_text(path)
         public_name, private_name = dotenvx.key_names(path, text)
         _name, old_keys = dotenvx.private_keys_for(path, text, environ)
         if dotenvx.file_public_key(text) is None:
@@ -158,10 +162,21 @@ def rekey_file(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float = D
         keys_file = dotenvx.keys_path(path)
         result = CryptResult("rekey", path, names=transformed.names, public_key_name=public_name,
                              keys_file=keys_file, created_key=True)
+        # the old key stays in a numbered backup of the keys file (0600, locked) for rollback
+        result.keys_backup = backups.make(keys_file)
+        if result.keys_backup is None or old_keys[0] not in dotenvx.read_keys_file(result.keys_backup).get(
+                private_name, ""):
+            # the old key came from the environment: the kept copy must hold it all the same
+            dotenvx.set_private_key(keys_file, private_name, ",".join(old_keys), os.path.basename(path),
+                                    owner_of=path)
+            result.keys_backup = backups.make(keys_file)
         dotenvx.set_private_key(keys_file, private_name, ",".join([pair.private_hex, *old_keys]),
-                                os.path.basename(path))
-        _commit(path, transformed.text, keep, "rekey", result.names, result)
-        dotenvx.set_private_key(keys_file, private_name, pair.private_hex, os.path.basename(path))
+                                os.path.basename(path), owner_of=path)
+        _commit(path, transformed.text, keep, "rekey", result.names, result,
+                extra={"keys_backup": os.path.basename(result.keys_backup or ""),
+                       "private_key_name": private_name})
+        dotenvx.set_private_key(keys_file, private_name, pair.private_hex, os.path.basename(path), owner_of=path)
+        backups.prune(keys_file, keep)
         env = os.environ if environ is None else environ
         if env.get(private_name):
             result.warnings.append(f"{private_name} is set in the environment: replace it there with the new "

@@ -15,6 +15,17 @@ the password was not changed, and kept (with a message saying so) when the
 server may already hold the new password. The result says which password
 works now. Atlas clusters refuse ``updateUser`` (their users are managed
 through the Atlas API) and are refused here with that explanation.
+
+Every call to the server is bounded (``TIMEOUT_MS`` to select a server, to
+connect and for each reply), so a server that stops answering (SIGSTOP, a
+dead link) ends the rotation within seconds and releases the lock; the
+message then says which password may be live and that ``muzo-ops secrets
+confirm`` finds out and finishes the rotation (it moves the pending file in
+when its password works, removes it when the env file's works).
+
+Invariant: some password in the env file or in the pending file always
+works (is the server's), and a pending file that may hold the only working
+one is never removed or overwritten.
 """
 
 from __future__ import annotations
@@ -29,25 +40,20 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from muzo_ops.env import dotenvx
+from muzo_ops.env.envfile import parse_text, with_lines
 from muzo_ops.errors import MuzoOpsError, UsageError
+from muzo_ops.files import atomic, reading, temp
 from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
+from muzo_ops.mongo.url import with_credentials
 from muzo_ops.secrets import audit
-from muzo_ops.secrets.rotation import (
-    DEFAULT_KEEP,
-    LineWriter,
-    apply_lines,
-    decode_text,
-    make_backup,
-    prune_backups,
-    read_bytes,
-    remove_stale_temps,
-    write_atomic,
-)
+from muzo_ops.secrets.commit import commit, record
+from muzo_ops.secrets.rotation import DEFAULT_KEEP
 
 ADMIN_URI_VARIABLE = "MUZO_MONGO_ADMIN_URI"
 PASSWORD_BYTES = 32
 TIMEOUT_MS = 5000
 NAME = "DATABASE_URL"
+PENDING_SUFFIX = ".pending"
 
 
 class MongoRotationError(MuzoOpsError):
@@ -73,6 +79,7 @@ class MongoResult:
     message: str = ""
     swapped_from: str | None = None  # --swap-users: the previously active user
     created_user: bool = False  # --swap-users: the idle user was created
+    audit_error: str | None = None  # the change was made but not recorded (exit 1)
 
     def to_json(self) -> dict[str, Any]:
         return {"command": "rotate", "env_file": self.path, "variable": NAME, "user": self.user,
@@ -80,7 +87,7 @@ class MongoResult:
                 "pending": self.pending, "old_password_works": self.old_works,
                 "new_password_works": self.new_works, "pruned_backups": self.pruned,
                 "warnings": self.warnings, "message": self.message, "swapped_from": self.swapped_from,
-                "created_user": self.created_user}
+                "created_user": self.created_user, "audit_error": self.audit_error}
 
     def lines(self) -> list[str]:
         if self.dry_run:
@@ -114,13 +121,20 @@ def _uses_tls(mongo: Any) -> bool:
     return bool(flag) if flag is not None else bool(mongo.srv)
 
 
-def _authenticates(url: str) -> bool:
-    """Whether ``url``'s credentials log in (one fresh connection, closed again)."""
+def _client(url: str) -> Any:
+    """A client whose every wait is bounded: server selection, connect, and each reply."""
     from pymongo import MongoClient
-    from pymongo.errors import OperationFailure, PyMongoError
 
     client: MongoClient[dict[str, Any]] = MongoClient(url, serverSelectionTimeoutMS=TIMEOUT_MS,
-                                                       connectTimeoutMS=TIMEOUT_MS)
+                                                       connectTimeoutMS=TIMEOUT_MS, socketTimeoutMS=TIMEOUT_MS)
+    return client
+
+
+def authenticates(url: str) -> bool:
+    """Whether ``url``'s credentials log in (one fresh connection, closed again; bounded)."""
+    from pymongo.errors import OperationFailure, PyMongoError
+
+    client = _client(url)
     try:
         status = client.get_database("admin").command("connectionStatus")
         return bool(status.get("authInfo", {}).get("authenticatedUsers"))
@@ -142,12 +156,6 @@ def _admin_uri(environ: Mapping[str, str], prompt: Callable[[str], str] | None) 
     return uri
 
 
-def _with_password(url: str, user_raw: str, password: str) -> str:
-    scheme, rest = url.split("://", 1)
-    _userinfo, tail = rest.rsplit("@", 1) if "@" in rest else ("", rest)
-    return f"{scheme}://{user_raw}:{quote(password, safe='')}@{tail}"
-
-
 @dataclass
 class _Current:
     """The env file and its DATABASE_URL, read under the lock."""
@@ -163,11 +171,15 @@ class _Current:
 
 
 def _load(path: str, environ: Mapping[str, str]) -> _Current:
-    from muzo_ops.env.envfile import parse_text
     from muzo_ops.mongo import url as mongourl
 
-    data = read_bytes(path)
-    text = decode_text(path, data)
+    data = reading.read_bytes(path, what="an env file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        from muzo_ops.errors import EnvFileError
+
+        raise EnvFileError(path, "not UTF-8 text: save the file as UTF-8") from exc
     raw = parse_text(text, path).raw().get(NAME, "")
     if not raw:
         raise UsageError(f"{path}: {NAME} is empty: set it first with `muzo-ops init-env`")
@@ -222,7 +234,7 @@ def rotate(path: str, *, dry_run: bool = False, confirm: Callable[[str], bool] |
     """
     environ = os.environ if environ is None else environ
     with locked(path, lock_timeout_s):
-        remove_stale_temps(path)
+        temp.remove_stale(path)
         current = _load(path, environ)
         if on_values is not None:
             on_values([v for v in (current.url, current.password) if v])
@@ -249,43 +261,63 @@ def rotate(path: str, *, dry_run: bool = False, confirm: Callable[[str], bool] |
             on_values([admin_uri, *url_passwords(admin_uri)])
         new_password = pysecrets.token_urlsafe(PASSWORD_BYTES)
         target_raw = quote(target, safe="") if swap_users else current.user_raw
-        new_url = _with_password(current.url, target_raw, new_password)
+        new_url = with_credentials(current.url, target_raw, new_password)
         if on_values is not None:
             on_values([new_password, new_url])
-        new_text = apply_lines(current.text, path, {NAME: LineWriter(current.text).line(NAME, new_url)})
-        pending = f"{path}.pending"
-        write_atomic(pending, new_text)
+        new_text = with_lines(parse_text(current.text, path),
+                              {NAME: dotenvx.LineWriter(current.text).line(NAME, new_url)})
+        pending = pending_path(path)
+        atomic.write(pending, new_text, owner_of=path, lock_of=path)
         result.pending = pending
         if swap_users:
             _set_idle_user(admin_uri, current, target, new_password, result)
         else:
             _update_user(admin_uri, current.auth_db, target, new_password, result, current.url)
-        result.new_works = _authenticates(new_url)
+        result.new_works = authenticates(new_url)
         if not result.new_works:
-            result.old_works = _authenticates(current.url)
+            result.old_works = authenticates(current.url)
             works = "the OLD password still works" if result.old_works else "NEITHER password works"
             raise MongoRotationError(
                 f"the new password of {target} was set but does not authenticate; {works}. "
-                f"{path} is unchanged; the new URL is in {pending} (0600): if the new password works later, "
-                f"move it into place (mv {pending} {path}), else set a password with the admin tools")
-        result.backup = make_backup(path)
-        write_atomic(path, new_text)  # keeps the env file's owner and mode, through a symlink too
-        os.unlink(pending)
-        result.pending = None
-        result.ok = True
-        result.old_works = swap_users  # the previous user keeps its password until `secrets confirm`
-        result.new = fingerprint(new_password)
-        result.pruned = prune_backups(path, keep)
-        extra: dict[str, Any] = {"backup": os.path.basename(result.backup), "mongo_user": target}
-        if swap_users:
-            extra["previous_mongo_user"] = current.user
-            state = {"previous_user": current.user, "auth_db": current.auth_db, "new_user": target,
-                     "time": (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")}
-            write_atomic(swap_state_path(path), json.dumps(state) + "\n")
-            result.swapped_from = current.user
-        audit.append(path, "rotate", {NAME: (current.password, new_password)}, extra=extra, now=now,
-                     fingerprinter=fingerprint)
-        return result
+                f"{path} is unchanged; the new URL is in {pending} (0600): once MongoDB answers, run "
+                f"`muzo-ops secrets confirm --env-file {path}`: it moves the pending file in if its password "
+                "works, else set a password with the admin tools")
+        return _finish(path, current, new_text, new_password, target, result, fingerprint, keep=keep, now=now,
+                       swap_users=swap_users)
+
+
+def path_of(pending: str) -> str:
+    """The env file a pending file belongs to."""
+    return pending[: -len(PENDING_SUFFIX)]
+
+
+def pending_path(path: str) -> str:
+    """The pending file of a DATABASE_URL rotation: beside the env file's real target (0600)."""
+    return os.path.realpath(path) + PENDING_SUFFIX
+
+
+def _finish(path: str, current: _Current, new_text: str, new_password: str, target: str, result: MongoResult,
+            fingerprint: audit.Fingerprinter, *, keep: int, now: dt.datetime | None,
+            swap_users: bool = False) -> MongoResult:
+    """The server holds the new password: the env file gets the pending text, the pending file goes."""
+    extra: dict[str, Any] = {"mongo_user": target}
+    if swap_users:
+        extra["previous_mongo_user"] = current.user
+    done = commit(path, new_text, keep=keep, command="rotate", changes={NAME: (current.password, new_password)},
+                  extra=extra, fingerprinter=fingerprint, now=now)
+    os.unlink(pending_path(path))
+    result.pending = None
+    result.backup, result.pruned, result.audit_error = done.backup, done.pruned, done.audit_error
+    result.ok = True
+    result.new_works = True
+    result.old_works = swap_users  # the previous user keeps its password until `secrets confirm`
+    result.new = fingerprint(new_password)
+    if swap_users:
+        state = {"previous_user": current.user, "auth_db": current.auth_db, "new_user": target,
+                 "time": (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")}
+        atomic.write(swap_state_path(path), json.dumps(state) + "\n", owner_of=path, lock_of=path)
+        result.swapped_from = current.user
+    return result
 
 
 def _check_interrupted(path: str, current: _Current, environ: Mapping[str, str], result: MongoResult,
@@ -296,7 +328,7 @@ def _check_interrupted(path: str, current: _Current, environ: Mapping[str, str],
     set (or was set on another user): the file is stale and removed. When
     only the pending one works, the rotation stops and says to move it in.
     """
-    pending = f"{path}.pending"
+    pending = pending_path(path)
     if not os.path.exists(pending):
         return
     try:
@@ -305,17 +337,17 @@ def _check_interrupted(path: str, current: _Current, environ: Mapping[str, str],
         held = None
     if held is not None and on_values is not None:
         on_values([held.url, held.password])
-    if _authenticates(current.url):
+    if authenticates(current.url):
         if not dry_run:
             os.unlink(pending)
         result.warnings.append(f"removed {pending} left by an interrupted rotation (its password was never "
                                "set; the env file's still works)")
         return
-    if held is not None and _authenticates(held.url):
+    if held is not None and authenticates(held.url):
         raise MongoRotationError(
             f"an interrupted rotation left {pending}, and its password is the one that works now (the env "
-            f"file's no longer does): move it into place (mv {pending} {path}), restart the apps, then rotate "
-            "again if you want")
+            f"file's no longer does): run `muzo-ops secrets confirm --env-file {path}` to move it into place, "
+            "restart the apps, then rotate again if you want")
     raise MongoRotationError(
         f"neither {path} nor the pending file {pending} left by an interrupted rotation authenticates (or "
         "MongoDB is unreachable): check the server, set a password with the admin tools and put the URL in "
@@ -324,11 +356,9 @@ def _check_interrupted(path: str, current: _Current, environ: Mapping[str, str],
 
 def _set_idle_user(admin_uri: str, current: _Current, target: str, password: str, result: MongoResult) -> None:
     """The idle user gets ``password``; created with the active user's roles when missing."""
-    from pymongo import MongoClient
     from pymongo.errors import OperationFailure, PyMongoError
 
-    client: MongoClient[dict[str, Any]] = MongoClient(admin_uri, serverSelectionTimeoutMS=TIMEOUT_MS,
-                                                       connectTimeoutMS=TIMEOUT_MS)
+    client = _client(admin_uri)
     db = client.get_database(current.auth_db)
     try:
         info = db.command("usersInfo", {"user": target, "db": current.auth_db}).get("users", [])
@@ -357,19 +387,25 @@ def confirm_swap(path: str, *, lock_timeout_s: float = DEFAULT_TIMEOUT_S, enviro
                  prompt: Callable[[str], str] | None = None,
                  on_values: Callable[[Iterable[str]], None] | None = None,
                  now: dt.datetime | None = None) -> MongoResult:
-    """After every app runs with the swapped DATABASE_URL: retire the previous user's password.
+    """Finish a DATABASE_URL rotation: an interrupted one (a pending file) or a ``--swap-users`` one.
 
-    It gets a random password nobody keeps, so nothing still holding the
-    old one can log in; the user itself stays (the next swap reuses it).
+    A pending file left when MongoDB stopped answering: whichever password
+    logs in wins (``resolve_pending``). A swap: after every app runs with
+    the swapped DATABASE_URL, the previous user's password is replaced by a
+    random one nobody keeps, so nothing still holding the old one can log
+    in; the user itself stays (the next swap reuses it).
     """
     environ = os.environ if environ is None else environ
     with locked(path, lock_timeout_s):
+        if os.path.exists(pending_path(path)):
+            return resolve_pending(path, environ=environ, on_values=on_values, now=now)
         state_file = swap_state_path(path)
         try:
             with open(state_file, encoding="utf-8") as handle:
                 state = json.load(handle)
         except FileNotFoundError:
-            raise UsageError(f"{path}: no --swap-users rotation waits for confirmation") from None
+            raise UsageError(f"{path}: no DATABASE_URL rotation waits for confirmation (no pending file, no "
+                             "--swap-users state)") from None
         except (OSError, ValueError) as exc:
             raise UsageError(f"{state_file}: unreadable ({exc}): remove it after checking the users") from None
         previous, auth_db = str(state["previous_user"]), str(state["auth_db"])
@@ -388,19 +424,54 @@ def confirm_swap(path: str, *, lock_timeout_s: float = DEFAULT_TIMEOUT_S, enviro
         result = MongoResult(path, user=previous, ok=True, old_works=False)
         result.message = (f"The previous user {previous} no longer has a usable password; "
                           f"DATABASE_URL uses {current.user}.")
-        audit.append(path, "confirm", {f"{NAME} ({previous})": (None, None)},
-                     extra={"mongo_user": current.user, "previous_mongo_user": previous}, now=now)
+        result.audit_error = record(path, "confirm", {f"{NAME} ({previous})": (None, None)},
+                                    extra={"mongo_user": current.user, "previous_mongo_user": previous}, now=now)
         return result
+
+
+def resolve_pending(path: str, *, keep: int = DEFAULT_KEEP, environ: Mapping[str, str] | None = None,
+                    on_values: Callable[[Iterable[str]], None] | None = None,
+                    now: dt.datetime | None = None) -> MongoResult:
+    """An interrupted rotation's pending file: move it in when its password logs in, remove it when
+    the env file's does, else stop (MongoRotationError, nothing changed). Call under the env file's lock.
+
+    Invariant: a pending file is removed only once a password in the env
+    file is known to log in.
+    """
+    environ = os.environ if environ is None else environ
+    pending = pending_path(path)
+    current = _load(path, environ)
+    held = _load(pending, environ)
+    if on_values is not None:
+        on_values([current.url, current.password, held.url, held.password])
+    result = MongoResult(path, user=held.user)
+    fingerprint = audit.Fingerprinter(path)
+    result.old = fingerprint(current.password)
+    if authenticates(held.url):
+        new_text = with_lines(parse_text(current.text, path),
+                              {NAME: dotenvx.LineWriter(current.text).line(NAME, held.url)})
+        _finish(path, current, new_text, held.password, held.user, result, fingerprint, keep=keep, now=now)
+        result.message = (f"The password in {pending} is the one MongoDB accepts: {NAME} in {path} now uses it "
+                          f"({result.new}); backup {result.backup} (0600). Restart every app that reads the file.")
+        return result
+    if authenticates(current.url):
+        os.unlink(pending)
+        result.ok, result.old_works, result.new_works = True, True, False
+        result.message = (f"The password in {path} is the one MongoDB accepts (the interrupted rotation never "
+                          f"changed it): removed {pending}; nothing else changed.")
+        return result
+    result.pending = pending
+    raise MongoRotationError(
+        f"neither the password in {path} nor the one in {pending} logs in (or MongoDB does not answer): nothing "
+        f"changed; check the server, then run `muzo-ops secrets confirm --env-file {path}` again")
 
 
 def _update_user(admin_uri: str, auth_db: str, user: str, password: str, result: MongoResult,
                  old_url: str) -> None:
-    from pymongo import MongoClient
     from pymongo.errors import OperationFailure, PyMongoError, ServerSelectionTimeoutError
 
     pending = result.pending or ""
-    client: MongoClient[dict[str, Any]] = MongoClient(admin_uri, serverSelectionTimeoutMS=TIMEOUT_MS,
-                                                       connectTimeoutMS=TIMEOUT_MS)
+    client = _client(admin_uri)
     try:
         client.get_database(auth_db).command("updateUser", user, pwd=password)
     except OperationFailure as exc:
@@ -421,18 +492,19 @@ def _update_user(admin_uri: str, auth_db: str, user: str, password: str, result:
     except PyMongoError as exc:
         # the server may or may not have applied it: find out which password works
         result.new_works = None
-        old_works = _authenticates(old_url)
+        old_works = authenticates(old_url)
         if old_works:
             if pending:
                 os.unlink(pending)
             result.pending = None
             raise MongoRotationError(
-                f"cannot reach MongoDB with the admin connection ({type(exc).__name__}); the old password still "
-                "works and the env file is unchanged: check the host and try again") from None
+                f"MongoDB did not complete updateUser ({type(exc).__name__}); the old password still works and "
+                "the env file is unchanged: check the server and try again") from None
         raise MongoRotationError(
-            f"MongoDB stopped answering during updateUser ({type(exc).__name__}) and the old password could "
-            f"not be confirmed: the new one may be set; it is kept in {pending} (0600): once MongoDB answers, "
-            "check it with check-env --connect --env-file on that file, then move it into place") from None
+            f"MongoDB stopped answering during updateUser ({type(exc).__name__}, after {TIMEOUT_MS // 1000} s): "
+            f"either the old password (in the env file) or the new one (kept in {pending}, 0600) is live now. "
+            f"Once MongoDB answers, run `muzo-ops secrets confirm --env-file {path_of(pending)}`: it tries both, "
+            "moves the pending file into place if the new one works and removes it if the old one does") from None
     finally:
         client.close()
 

@@ -1,19 +1,26 @@
 """Rotating generated secrets with a grace period; retiring, rolling back, keeping N backups.
 
-``rotate`` replaces each generated secret (NEXTAUTH_SECRET) with a fresh
-value and moves the old one to its ``…_PREVIOUS`` variable, so sessions
-signed with it stay valid while next-auth tries both (``secret: [current,
-previous]``). Every change of an env file here:
+``rotate`` replaces each generated secret with a fresh value and, for a
+secret the schema gives a ``…_PREVIOUS`` variable (NEXTAUTH_SECRET,
+MUZO_HANDLER_SIGNING_SECRET), moves the old one there, so sessions and
+signatures made with it stay valid while the apps accept both. Every change
+of an env file here:
 
-1. holds the exclusive lock ``<envfile>.lock`` (``filelock.locked``), so two
+1. holds the exclusive lock ``<envfile>.lock`` (``files.lock``), so two
    runners never lose an update;
 2. reads the file, computes the new text (changing only the lines it must);
-3. writes a backup ``<envfile>.N.bak`` (N = highest + 1, mode 0600) through
-   a temporary file, fsync and link: a backup is complete or absent;
-4. writes the new file the same way (temporary file, fsync, rename, folder
-   fsync): the env file is at every instant the complete old or new one;
-5. keeps the newest ``keep`` backups (5) and appends an audit record
+3. writes it through ``secrets.commit`` (``files.atomic``: backup
+   ``<envfile>.N.bak`` 0600, temporary file, fsync, rename, folder fsync):
+   the env file is at every instant the complete old or new one;
+4. keeps the newest ``keep`` backups (5) and appends an audit record
    (fingerprints only).
+
+Invariants. rotate: the env file is the complete old file or the complete
+new one, and the newest backup is the file before the newest change.
+retire: the same, with only the ``…_PREVIOUS`` line emptied. rollback: the
+file becomes the chosen backup or stays as it was, and the file it replaced
+is kept as a backup first; a rollback that would install a MongoDB password
+the server no longer accepts, or a file no key at hand opens, is refused.
 
 An encrypted file (dotenvx header) stays encrypted: new and moved sensitive
 values are encrypted with the header's public key, so rotation needs no
@@ -23,24 +30,33 @@ private key. No function returns or logs a value.
 from __future__ import annotations
 
 import datetime as dt
-import glob
+import functools
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from muzo_ops.constants import BACKUP_SUFFIX
 from muzo_ops.env import dotenvx, schema
-from muzo_ops.errors import MuzoOpsError, UsageError
+from muzo_ops.env.envfile import parse_text, with_lines
+from muzo_ops.errors import EnvFileError, MuzoOpsError, UsageError
+from muzo_ops.files import reading, temp
+from muzo_ops.files.backups import numbered
 from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
 from muzo_ops.secrets import audit
+from muzo_ops.secrets.commit import commit
 
 # next-auth's default session maxAge (30 days): a previous secret is needed this long.
 SESSION_LIFETIME = dt.timedelta(days=30)
 DEFAULT_KEEP = 5
-# Each secret with a grace period and the variable holding its previous value.
-PREVIOUS_OF: dict[str, str] = {"NEXTAUTH_SECRET": "NEXTAUTH_SECRET_PREVIOUS"}
+PREVIOUS_SUFFIX = "_PREVIOUS"
+
+
+@functools.cache
+def previous_of() -> dict[str, str]:
+    """Each secret with a grace period and the variable holding its previous value: every schema
+    variable ``X`` for which the schema also has ``X_PREVIOUS``."""
+    return {v.name: v.name + PREVIOUS_SUFFIX for v in schema.VARIABLES
+            if v.name + PREVIOUS_SUFFIX in schema.BY_NAME}
 
 
 class RotationRefused(MuzoOpsError):
@@ -73,141 +89,20 @@ class Result:
     encrypted: bool = False
     warnings: list[str] = field(default_factory=list)
     undid: dict[str, Any] | None = None  # rollback: the audit record of the change undone
+    audit_error: str | None = None  # the change was made but not recorded (exit 1)
 
     def to_json(self) -> dict[str, Any]:
         return {"command": self.command, "env_file": self.path, "dry_run": self.dry_run,
                 "changes": [c.to_json() for c in self.changes], "backup": self.backup,
                 "pruned_backups": self.pruned, "encrypted": self.encrypted, "warnings": self.warnings,
-                "undid": self.undid}
+                "undid": self.undid, "audit_error": self.audit_error}
 
 
-# ----- files: backups, atomic writes, line edits -----------------------------------------
-
-
-def backups(path: str) -> list[tuple[int, str]]:
-    """``(N, path)`` of every ``<target>.N.bak`` (a symlink's target), oldest (lowest N) first."""
-    target = os.path.realpath(path)
-    pattern = re.compile(re.escape(os.path.basename(target)) + r"\.(\d+)" + re.escape(BACKUP_SUFFIX) + r"\Z")
-    found = []
-    for candidate in glob.glob(glob.escape(target) + ".*" + BACKUP_SUFFIX):
-        match = pattern.match(os.path.basename(candidate))
-        if match:
-            found.append((int(match.group(1)), candidate))
-    return sorted(found)
-
-
-def write_atomic(path: str, text: str) -> None:
-    """``envfile.write_atomic``: temporary file beside the target, fsync, rename; owner and 0600 kept."""
-    from muzo_ops.env import envfile
-
-    envfile.write_atomic(path, text)
-
-
-def make_backup(path: str) -> str:
-    """``envfile.backup``: the next ``<target>.N.bak`` (0600), complete or not at all."""
-    from muzo_ops.env import envfile
-
-    made = envfile.backup(path)
-    if made is None:
-        from muzo_ops.errors import EnvFileError
-
-        raise EnvFileError(path, "disappeared while it was locked: check who else writes it")
-    return made
-
-
-def prune_backups(path: str, keep: int) -> list[str]:
-    """Delete all but the newest ``keep`` backups (they hold old secrets); the deleted paths."""
-    removed = []
-    for _n, old in backups(path)[:-keep] if keep > 0 else backups(path):
-        os.unlink(old)
-        removed.append(old)
-    return removed
-
-
-def remove_stale_temps(path: str) -> None:
-    """Temporary files a killed writer left beside ``path`` (call under the lock)."""
-    from muzo_ops.env import envfile
-
-    envfile.remove_stale_temps(path)
-
-
-def read_bytes(path: str) -> bytes:
-    from muzo_ops.errors import EnvFileError
-
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError as exc:
-        raise EnvFileError(path, "no such file: create it with `muzo-ops init-env`") from exc
-    except OSError as exc:
-        raise EnvFileError(path, f"cannot read: {exc.strerror}") from exc
-
-
-def decode_text(path: str, data: bytes) -> str:
-    from muzo_ops.errors import EnvFileError
-
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise EnvFileError(path, "not UTF-8 text: save the file as UTF-8") from exc
-
-
-def apply_lines(text: str, path: str, lines: Mapping[str, str], additions: Iterable[str] = ()) -> str:
-    """``text`` with the last binding of each name in ``lines`` replaced by that full line.
-
-    Every other statement is kept byte for byte; ``additions`` (full lines)
-    are appended after a blank line.
-    """
-    from muzo_ops.env.envfile import parse_text
-
-    parsed = parse_text(text, path)
-    last = {e.key: i for i, e in enumerate(parsed.entries) if e.key is not None}
-    parts = []
-    for index, entry in enumerate(parsed.entries):
-        if entry.key is not None and entry.key in lines and last[entry.key] == index:
-            parts.append(dotenvx.reframe(entry, lines[entry.key]))  # indent, `export `, comment kept
-        else:
-            parts.append(entry.text)
-    out = "".join(parts)
-    extra = "".join(additions)
-    if extra:
-        if out and not out.endswith("\n"):
-            out += "\n"
-        out += ("\n" if out else "") + extra
-    return out
-
-
-class LineWriter:
-    """Formats lines for one env file: encrypted (single-quoted) when the file is and the value is sensitive."""
-
-    def __init__(self, text: str) -> None:
-        found = dotenvx.file_public_key(text)
-        self.public_hex = found[1] if found else None
-
-    @property
-    def encrypted(self) -> bool:
-        return self.public_hex is not None
-
-    def line(self, name: str, value: str) -> str:
-        from muzo_ops.env import schema
-
-        var = schema.BY_NAME.get(name)
-        if self.public_hex is not None and value and not dotenvx.is_encrypted(value) and (
-                var is None or var.sensitive):
-            return dotenvx.encrypted_line(name, self.public_hex, value)
-        if dotenvx.is_encrypted(value):
-            return f"{name}='{value}'\n"
-        return dotenvx.plain_line(name, value)
-
-    def addition(self, name: str, value: str) -> str:
-        from muzo_ops.env import schema
-
-        var = schema.BY_NAME.get(name)
-        head = ""
-        if var is not None:
-            flag = "REQUIRED" if var.required else "OPTIONAL"
-            head = f"# {var.description} [{flag}; {var.apps_label}]\n"
-        return head + self.line(name, value)
+def read_env_text(path: str) -> str:
+    """The env file's text (bounded, UTF-8); EnvFileError says why it cannot be read. Call under
+    its lock, which also clears temporary files a killed writer left."""
+    temp.remove_stale(path)
+    return reading.read_text(path, what="an env file", missing="no such file: create it with `muzo-ops init-env`")
 
 
 def _plain(value: str | None, path: str, text: str, environ: Mapping[str, str] | None,
@@ -233,12 +128,6 @@ def default_names() -> list[str]:
     return [v.name for v in generate.generated_variables()]
 
 
-def _age_of_previous(path: str, name: str, now: dt.datetime) -> dt.timedelta | None:
-    record = audit.last_change(path, name, commands=("rotate",))
-    when = record.when if record else None
-    return None if when is None else now - when
-
-
 def rotate(path: str, names: list[str] | None = None, *, dry_run: bool = False, keep: int = DEFAULT_KEEP,
            force: bool = False, lock_timeout_s: float = DEFAULT_TIMEOUT_S, now: dt.datetime | None = None,
            environ: Mapping[str, str] | None = None,
@@ -248,7 +137,8 @@ def rotate(path: str, names: list[str] | None = None, *, dry_run: bool = False, 
     ``on_values`` receives every old and new value (the CLI's redactor), so
     nothing printed afterwards can show them. RotationRefused when a
     previous secret is still inside the session lifetime (``force`` drops
-    it anyway).
+    it anyway). Invariant: the env file is the complete old or the complete
+    new file, and the newest backup is the file before the newest change.
     """
     from muzo_ops.env import generate
 
@@ -259,15 +149,12 @@ def rotate(path: str, names: list[str] | None = None, *, dry_run: bool = False, 
     if keep < 1:
         raise UsageError("--keep must be at least 1: the last backup is what rollback restores")
     with locked(path, lock_timeout_s):
-        remove_stale_temps(path)
-        data = read_bytes(path)
-        text = decode_text(path, data)
-        from muzo_ops.env.envfile import parse_text
-
-        raw = parse_text(text, path).raw()
+        text = read_env_text(path)
+        parsed = parse_text(text, path)
+        raw = parsed.raw()
         # with no names: every generated secret the file holds, and the required ones it lacks
         wanted = [n for n in wanted if n not in optional_unless_present or raw.get(n)]
-        writer = LineWriter(text)
+        writer = dotenvx.LineWriter(text)
         fingerprint = audit.Fingerprinter(path)
         result = Result("rotate", path, dry_run=dry_run, encrypted=writer.encrypted)
         lines: dict[str, str] = {}
@@ -286,12 +173,12 @@ def rotate(path: str, names: list[str] | None = None, *, dry_run: bool = False, 
             old_plain = _plain(old_raw, path, text, environ, name)
             fresh = generate.generate(generators[name])
             seen_values += [v for v in (old_plain, fresh) if v]
-            previous = PREVIOUS_OF.get(name)
+            previous = previous_of().get(name)
             if previous is not None and old_raw:
                 held_raw = raw.get(previous, "")
                 held = _plain(held_raw, path, text, environ, previous)
                 if held_raw and not force:
-                    age = _age_of_previous(path, name, now)
+                    age = audit.previous_secret_age(path, name, now)
                     if age is None or age < SESSION_LIFETIME:
                         since = ("at an unknown time (no audit record)" if age is None
                                  else f"{age.days} days ago")
@@ -313,17 +200,15 @@ def rotate(path: str, names: list[str] | None = None, *, dry_run: bool = False, 
             changes_for_log[name] = (old_plain, fresh)
         if on_values is not None:
             on_values(seen_values)
-        new_text = apply_lines(text, path, lines, additions)
+        new_text = with_lines(parsed, lines, additions)
         if dry_run:
             for change in result.changes:
                 if change.action == "rotated":
                     change.new = None  # a dry run draws no value that will ever be used
             return result
-        result.backup = make_backup(path)
-        write_atomic(path, new_text)
-        result.pruned = prune_backups(path, keep)
-        audit.append(path, "rotate", changes_for_log, extra={"backup": os.path.basename(result.backup)},
-                     fingerprinter=fingerprint, now=now)
+        done = commit(path, new_text, keep=keep, command="rotate", changes=changes_for_log,
+                      fingerprinter=fingerprint, now=now)
+        result.backup, result.pruned, result.audit_error = done.backup, done.pruned, done.audit_error
         return result
 
 
@@ -336,21 +221,20 @@ def retire(path: str, name: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: fl
     """Empty the previous value of ``name`` (``NEXTAUTH_SECRET`` or ``NEXTAUTH_SECRET_PREVIOUS``).
 
     Sessions signed with it end; a warning says so when it is inside the
-    session lifetime.
+    session lifetime. Invariant: the env file is the complete old file or
+    the old file with only that line emptied.
     """
     now = now or dt.datetime.now(dt.UTC)
-    current = next((c for c, p in PREVIOUS_OF.items() if name in (c, p)), None)
+    pairs = previous_of()
+    current = next((c for c, p in pairs.items() if name in (c, p)), None)
     if current is None:
-        choices = ", ".join(sorted({*PREVIOUS_OF, *PREVIOUS_OF.values()}))
+        choices = ", ".join(sorted({*pairs, *pairs.values()}))
         raise UsageError(f"{name} has no previous value to retire: choose one of {choices}")
-    previous = PREVIOUS_OF[current]
+    previous = pairs[current]
     with locked(path, lock_timeout_s):
-        remove_stale_temps(path)
-        data = read_bytes(path)
-        text = decode_text(path, data)
-        from muzo_ops.env.envfile import parse_text
-
-        raw = parse_text(text, path).raw()
+        text = read_env_text(path)
+        parsed = parse_text(text, path)
+        raw = parsed.raw()
         held_raw = raw.get(previous, "")
         result = Result("retire", path, encrypted=dotenvx.file_public_key(text) is not None)
         if not held_raw:
@@ -359,19 +243,17 @@ def retire(path: str, name: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: fl
         held = _plain(held_raw, path, text, environ, previous)
         if held and on_values is not None:
             on_values([held])
-        age = _age_of_previous(path, current, now)
+        age = audit.previous_secret_age(path, current, now)
         if age is not None and age < SESSION_LIFETIME:
             result.warnings.append(
                 f"{current} was rotated {age.days} days ago: sessions signed with the retired secret "
                 f"(up to {SESSION_LIFETIME.days} days old) now have to sign in again")
         fingerprint = audit.Fingerprinter(path)
-        new_text = apply_lines(text, path, {previous: f"{previous}=\n"})
-        result.backup = make_backup(path)
-        write_atomic(path, new_text)
-        result.pruned = prune_backups(path, keep)
+        new_text = with_lines(parsed, {previous: f"{previous}=\n"})
         result.changes.append(Change(previous, "removed", fingerprint(held), None))
-        audit.append(path, "retire", {previous: (held, None)},
-                     extra={"backup": os.path.basename(result.backup)}, fingerprinter=fingerprint, now=now)
+        done = commit(path, new_text, keep=keep, command="retire", changes={previous: (held, None)},
+                      fingerprinter=fingerprint, now=now)
+        result.backup, result.pruned, result.audit_error = done.backup, done.pruned, done.audit_error
         return result
 
 
@@ -385,60 +267,152 @@ def rollback(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float = DEF
 
     Rolling back twice undoes two changes (backups made by a rollback, and
     backups already restored, are skipped). ``undid`` is the audit record
-    of the change whose backup was restored.
+    of the change whose backup was restored. Invariant: the env file is the
+    chosen backup or stays as it was, and a file the apps could not use is
+    never installed: a backup whose DATABASE_URL password the server no
+    longer accepts (``rotate DATABASE_URL`` changed it there) is refused
+    (RotationRefused, nothing changed); undoing a ``rekey`` puts the old
+    private key back into ``.env.keys`` from the copy rekey kept (0600).
     """
-    from muzo_ops.env.envfile import parse_text
-    from muzo_ops.errors import EnvFileError
-
     now = now or dt.datetime.now(dt.UTC)
     with locked(path, lock_timeout_s):
-        remove_stale_temps(path)
+        text = read_env_text(path)
         records = audit.read(path)
         skip = set()
         for record in records:
             if record.command == "rollback":
                 skip.add(str(record.extra.get("restored", "")))
                 skip.add(str(record.extra.get("backup", "")))
-        candidates = [(n, b) for n, b in backups(path) if os.path.basename(b) not in skip]
+        candidates = [(n, b) for n, b in numbered(path) if os.path.basename(b) not in skip]
         if not candidates:
             raise EnvFileError(path, "no backup left to restore (rollback restores the backups that "
-                               "rotate, retire, encrypt and decrypt make; each is restored once)")
+                               "rotate, retire, encrypt, decrypt and rekey make; each is restored once)")
         _number, chosen = candidates[-1]
-        restored = read_bytes(chosen)
-        restored_text = decode_text(chosen, restored)
-        parse_text(restored_text, chosen)  # a damaged backup is refused, not installed
-        data = read_bytes(path)
-        text = decode_text(path, data)
+        restored_text = reading.read_text(chosen, what="an env file backup")
+        restored_raw = parse_text(restored_text, chosen).raw()  # a damaged backup is refused, not installed
         current_raw = parse_text(text, path).raw()
-        restored_raw = parse_text(restored_text, chosen).raw()
+        undone = next((r for r in reversed(records)
+                       if r.extra.get("backup") == os.path.basename(chosen) and r.command != "rollback"), None)
+        keys_backup = _keys_backup_of(path, undone)
         fingerprint = audit.Fingerprinter(path)
         result = Result("rollback", path, encrypted=dotenvx.file_public_key(restored_text) is not None)
         changes_for_log: dict[str, tuple[str | None, str | None]] = {}
         values: list[str] = []
+        restored_env = dict(environ if environ is not None else os.environ)
+        if keys_backup is not None:  # the restored file opens with the key rekey replaced
+            private_name, old_keys = keys_backup
+            restored_env[private_name] = ",".join(old_keys)
+        _refuse_unopenable(path, chosen, text, restored_text, restored_env)
         for name in sorted(set(current_raw) | set(restored_raw)):
             before, after = current_raw.get(name, ""), restored_raw.get(name, "")
             if before == after:
                 continue
             old_plain = _plain(before, path, text, environ, name)
-            new_plain = _plain(after, chosen, restored_text, environ, name)
+            new_plain = _plain(after, chosen, restored_text, restored_env, name)
             values += [v for v in (old_plain, new_plain) if v]
             result.changes.append(Change(name, "restored", fingerprint(old_plain), fingerprint(new_plain)))
             changes_for_log[name] = (old_plain, new_plain)
         if on_values is not None:
             on_values(values)
-        undone = next((r for r in reversed(records)
-                       if r.extra.get("backup") == os.path.basename(chosen) and r.command != "rollback"), None)
+        if "DATABASE_URL" in changes_for_log:
+            old_url, new_url = changes_for_log["DATABASE_URL"]
+            if old_url != new_url or new_url is None:
+                _refuse_dead_database_password(path, chosen, restored_raw.get("DATABASE_URL", ""), old_url, new_url)
         result.undid = undone.to_json() if undone else None
-        result.backup = make_backup(path)
-        write_atomic(path, restored_text)
+        extra: dict[str, Any] = {"restored": os.path.basename(chosen),
+                                 "undid": (f"{undone.command} of {', '.join(undone.variables)} at {undone.time}"
+                                           if undone else "a change with no audit record")}
+        if keys_backup is not None:
+            private_name, old_keys = keys_backup
+            extra["keys_backup"] = _restore_private_key(path, private_name, old_keys)
         # keep the restored backup until it is pruned: the log marks it as used
-        result.pruned = prune_backups(path, keep)
-        audit.append(path, "rollback", changes_for_log,
-                     extra={"backup": os.path.basename(result.backup), "restored": os.path.basename(chosen),
-                            "undid": (f"{undone.command} of {', '.join(undone.variables)} at {undone.time}"
-                                      if undone else "a change with no audit record")},
-                     fingerprinter=fingerprint, now=now)
+        done = commit(path, restored_text, keep=keep, command="rollback", changes=changes_for_log, extra=extra,
+                      fingerprinter=fingerprint, now=now)
+        if keys_backup is not None:
+            from muzo_ops.env.dotenvx import keys_path, set_private_key
+
+            set_private_key(keys_path(path), keys_backup[0], ",".join(keys_backup[1]),
+                            os.path.basename(path), owner_of=path)
+        result.backup, result.pruned, result.audit_error = done.backup, done.pruned, done.audit_error
         return result
+
+
+def _keys_backup_of(path: str, undone: audit.Record | None) -> tuple[str, list[str]] | None:
+    """``(private key name, old keys)`` kept by the ``rekey`` being undone, or None for other changes."""
+    if undone is None or undone.command != "rekey" or not undone.extra.get("keys_backup"):
+        return None
+    kept = os.path.join(os.path.dirname(dotenvx.keys_path(path)), str(undone.extra["keys_backup"]))
+    private_name = str(undone.extra.get("private_key_name", ""))
+    try:
+        old = dotenvx.read_keys_file(kept).get(private_name, "")
+    except dotenvx.DotenvxError as exc:
+        raise RotationRefused(f"{path}: undoing the rekey needs the old private key kept in {kept}: {exc}; "
+                              "nothing changed") from None
+    keys = [k.strip() for k in old.split(",") if k.strip()]
+    if not keys:
+        raise RotationRefused(f"{path}: undoing the rekey needs the old private key, and {kept} (kept by rekey) "
+                              f"is gone or lacks {private_name}: restore it first; nothing changed")
+    return private_name, keys
+
+
+def _restore_private_key(path: str, private_name: str, old_keys: list[str]) -> str | None:
+    """Before the env file goes back to the old key: ``.env.keys`` is kept as a backup and holds
+    old and new keys (so the file opens at every instant); the keys backup's name."""
+    from muzo_ops.files import backups as numbered_backups
+
+    keys_file = dotenvx.keys_path(path)
+    kept = numbered_backups.make(keys_file)
+    current = dotenvx.read_keys_file(keys_file).get(private_name, "")
+    both = list(dict.fromkeys([*old_keys, *(k.strip() for k in current.split(",") if k.strip())]))
+    dotenvx.set_private_key(keys_file, private_name, ",".join(both), os.path.basename(path), owner_of=path)
+    return os.path.basename(kept) if kept else None
+
+
+def _refuse_unopenable(path: str, chosen: str, text: str, restored_text: str,
+                       restored_env: Mapping[str, str]) -> None:
+    """RotationRefused when the backup is encrypted for another key than the file and no key at
+    hand (environment, ``.env.keys``, the copy a rekey kept) opens it: the apps could not read it."""
+    def encrypted_for(content: str) -> str | None:
+        found = dotenvx.file_public_key(content)
+        if found is None or not any(dotenvx.is_encrypted(v) for _k, v in dotenvx.bindings(content)):
+            return None
+        return found[1]
+
+    restored_key = encrypted_for(restored_text)
+    if restored_key is None or restored_key == encrypted_for(text):
+        return  # nothing encrypted, or encrypted for the key the apps use now
+    private_name, keys = dotenvx.private_keys_for(path, restored_text, restored_env)
+    for key in keys:
+        try:
+            if dotenvx.public_key_of(key, private_name) == restored_key:
+                return
+        except dotenvx.DotenvxError:
+            continue
+    raise RotationRefused(f"{path}: {os.path.basename(chosen)} is encrypted for a key that is no longer at hand "
+                          f"(not in the environment, {dotenvx.KEYS_FILE} or a keys backup a rekey kept): the apps "
+                          f"could not decrypt it. Put its {private_name} in {dotenvx.KEYS_FILE} first; nothing "
+                          "changed")
+
+
+def _refuse_dead_database_password(path: str, chosen: str, restored_raw: str, current_url: str | None,
+                                   restored_url: str | None) -> None:
+    """RotationRefused when the backup's DATABASE_URL would not log in (nothing changed yet)."""
+    from muzo_ops.secrets.mongo_password import authenticates
+
+    if not restored_raw:
+        return  # an empty URL was the state before: nothing to check against a server
+    if restored_url is None:
+        raise RotationRefused(f"{path}: the DATABASE_URL in {os.path.basename(chosen)} is encrypted and no private "
+                              "key is at hand to check it still logs in to MongoDB: set the key; nothing changed")
+    if authenticates(restored_url):
+        return
+    current = ("the current one still works" if current_url and authenticates(current_url)
+               else "the current one does not work either (or MongoDB is unreachable)")
+    raise RotationRefused(
+        f"{path}: the DATABASE_URL in {os.path.basename(chosen)} does not log in to MongoDB ({current}): "
+        "its password was replaced on the server by `secrets rotate DATABASE_URL`, so restoring it would lock "
+        "the apps out. Nothing changed. To change the password again, run `muzo-ops secrets rotate "
+        "DATABASE_URL`; to undo other changes, edit them with `muzo-ops init-env --set`")
 
 
 # ----- for check-env ------------------------------------------------------------------------
@@ -454,7 +428,7 @@ def previous_secret_problems(path: str, values: Mapping[str, str],
     """
     now = now or dt.datetime.now(dt.UTC)
     problems: list[tuple[str, str, str]] = []
-    for current, previous in PREVIOUS_OF.items():
+    for current, previous in previous_of().items():
         held, active = values.get(previous, ""), values.get(current, "")
         if not held:
             continue
@@ -462,7 +436,7 @@ def previous_secret_problems(path: str, values: Mapping[str, str],
             problems.append(("error", previous, f"equals {current}: it must hold the secret before the "
                              f"last rotation; run `muzo-ops secrets retire {previous}`"))
             continue
-        age = _age_of_previous(path, current, now)
+        age = audit.previous_secret_age(path, current, now)
         if age is not None and age > SESSION_LIFETIME:
             problems.append(("warning", previous, f"replaced {age.days} days ago, longer than the "
                              f"{SESSION_LIFETIME.days}-day session lifetime: no session needs it any "

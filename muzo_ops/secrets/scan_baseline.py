@@ -69,10 +69,10 @@ def write(path: str, findings: Iterable[Finding]) -> int:
 
     Returns the number of fingerprints written.
     """
-    from muzo_ops.env.envfile import write_atomic
+    from muzo_ops.files import atomic
 
     text = render(findings)
-    write_atomic(path, text, mode=0o644)
+    atomic.write(path, text, mode=0o644)
     return len(json.loads(text)["findings"])
 
 

@@ -1,0 +1,129 @@
+"""Live updates: a change stream on the ``Job`` collection (or a polling tick where there is none) as a counter.
+
+One thread per app reads the store's change stream and bumps ``version`` on
+every change; each ``GET /events`` client waits for the counter to move and
+gets an ``event: change``, then one more ``cache_s`` later (the overview's
+counts are cached, so the page fetched right after a change may not show it
+yet). Where the server has no change streams (a standalone mongod) or
+``change_streams`` is off, the thread ticks every ``poll_s`` instead. Events
+carry no job data: the page fetches what changed through its normal routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+from muzo_ops.logs import Logger
+
+if TYPE_CHECKING:
+    from pymongo.collection import Collection
+
+DEFAULT_POLL_S = 3.0
+KEEPALIVE_S = 15.0
+CHECK_S = 0.2  # how often a client's stream looks at the counter
+
+MODE_STARTING = "starting"
+MODE_CHANGE_STREAM = "change stream"
+MODE_POLLING = "polling"
+
+
+class ChangeFeed:
+    """``version`` moves on every change of the collection (or every ``poll_s`` when polling)."""
+
+    def __init__(self, jobs: Collection[dict[str, Any]], logger: Logger, poll_s: float = DEFAULT_POLL_S,
+                 change_streams: bool = True) -> None:
+        self.jobs = jobs
+        self.logger = logger
+        self.poll_s = poll_s
+        self.change_streams = change_streams
+        self.version = 0
+        self.mode = MODE_STARTING
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> ChangeFeed:
+        if self._thread is not None:
+            return self
+        self._thread = threading.Thread(target=self._run, name="dashboard-change-feed", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        from pymongo.errors import OperationFailure
+
+        from muzo_ops.mongo.errors import error_line, is_outage
+        from muzo_ops.queue.opsstore import is_pymongo_error, watch_jobs
+
+        failures = 0
+        while self.change_streams and not self._stop.is_set():
+            try:
+                for change in watch_jobs(self.jobs, max_await_ms=500):
+                    if self.mode != MODE_CHANGE_STREAM:
+                        self.mode = MODE_CHANGE_STREAM
+                        self.logger.info("dashboard live updates from a change stream")
+                    failures = 0
+                    if change:
+                        self.version += 1
+                    if self._stop.is_set():
+                        return
+            except OperationFailure as exc:
+                if not is_outage(exc):  # this server has no change streams (a standalone mongod)
+                    self.logger.info("change streams unavailable; dashboard polls", pollSeconds=self.poll_s,
+                                     code=exc.code)
+                    break
+                failures += 1
+                self.logger.warn("dashboard change stream failed", reason=error_line(exc))
+            except Exception as exc:
+                if not is_pymongo_error(exc):
+                    raise
+                failures += 1
+                self.logger.warn("dashboard change stream failed", reason=error_line(exc))
+            if failures >= 3:  # keep the page live by polling, try the stream again later
+                self.mode = MODE_POLLING
+                self.version += 1
+            if self._stop.wait(min(self.poll_s * failures, 30.0)):
+                return
+        self.mode = MODE_POLLING
+        while not self._stop.wait(self.poll_s):
+            self.version += 1
+
+    async def events(self, disconnected: Callable[[], Any], trailing_s: float,
+                     since: int | None = None) -> AsyncIterator[str]:
+        """Server-sent events for one client until it disconnects: ``change`` on each move of ``version``.
+
+        ``since``: the version the client's page was drawn at; a change between
+        drawing and connecting is sent at once.
+        """
+        seen = self.version if since is None else since
+        loop = asyncio.get_running_loop()
+        trailing_at: float | None = None
+        quiet_since = loop.time()
+        yield f"retry: 3000\nevent: hello\ndata: {self.mode}\n\n"
+        while True:
+            if await disconnected():
+                return
+            now = loop.time()
+            if self.version != seen:
+                seen = self.version
+                trailing_at = now + trailing_s
+                quiet_since = now
+                yield f"event: change\ndata: {seen}\n\n"
+            elif trailing_at is not None and now >= trailing_at:
+                trailing_at = None
+                quiet_since = now
+                yield f"event: change\ndata: {seen}\n\n"
+            elif now - quiet_since >= KEEPALIVE_S:
+                quiet_since = now
+                yield ": keep-alive\n\n"
+            await asyncio.sleep(CHECK_S)
+
+
+__all__ = ["DEFAULT_POLL_S", "MODE_CHANGE_STREAM", "MODE_POLLING", "ChangeFeed"]
