@@ -75,12 +75,14 @@ def _extra_wheel(folder: Path) -> Path:
 
 
 def inventory(work: Path, hosts: list[NspawnHost], extra: bool, name: str = "inv", **more: Any) -> Path:
-    """Both hosts run generation and mockup; the first also the queue exporter (gated by HTTP)."""
+    """Both hosts run generation and mockup; the first also the queue exporter, the second the job
+    dashboard (both gated by HTTP)."""
     data = dict(DATA, **more)
     if extra:
         data["muzo_handler_packages"] = [str(work / "muzo_extra-1.0-py3-none-any.whl")]
     rows = "".join(f"    ({h.name!r}, {dict(h.inventory_data(), **data, **exporter)!r}),\n"
-                   for h, exporter in zip(hosts, [{"muzo_exporter_port": 9471}, {}], strict=False))
+                   for h, exporter in zip(hosts, [{"muzo_exporter_port": 9471}, {"muzo_dashboard_port": 9472}],
+                                          strict=False))
     path = work / f"{name}.py"
     path.write_text(f"workers = [\n{rows}]\n")
     return path
@@ -164,7 +166,8 @@ def env_sha(host: NspawnHost, env: Path, work: Path, extra: bool) -> str:
     return plan_host(host.name, read_env_file(str(env)), data).env_sha256
 
 
-def test_first_deploy_with_the_exporter(hosts: list[NspawnHost], work: Path, secantus: Secantus) -> None:
+def test_first_deploy_with_the_exporter_and_the_dashboard(hosts: list[NspawnHost], work: Path,
+                                                          secantus: Secantus) -> None:
     env = env_file(work, secantus, "0")
     inv = inventory(work, hosts, False)
     proc = muzo_deploy(*deploy_args(work, inv, env, "--serial", "2"))
@@ -173,8 +176,12 @@ def test_first_deploy_with_the_exporter(hosts: list[NspawnHost], work: Path, sec
     state = assert_runs(hosts[0], data["hosts"][hosts[0].name])
     assert state.instances["muzo-jobs-metrics.service"].gated
     assert "muzo-jobs-metrics.service" not in host_state(hosts[1]).instances
-    for unit in ("muzo-worker@generation", "muzo-jobs-metrics"):
-        tasks = hosts[0].ssh(f"systemctl show -p TasksMax --value {unit}").stdout.strip()
+    dashboard = assert_runs(hosts[1], data["hosts"][hosts[1].name]).instances["muzo-dashboard.service"]
+    assert dashboard.active == "active" and dashboard.gated
+    assert "gated muzo-dashboard.service" in data["hosts"][hosts[1].name]["operations"]
+    for host, unit in ((hosts[0], "muzo-worker@generation"), (hosts[0], "muzo-jobs-metrics"),
+                       (hosts[1], "muzo-dashboard")):
+        tasks = host.ssh(f"systemctl show -p TasksMax --value {unit}").stdout.strip()
         assert tasks.isdigit() and int(tasks) <= 256
     assert "muzo-jobs-metrics" in hosts[0].ssh("journalctl -t muzo-jobs-metrics --no-pager | tail -n 3").stdout \
         or hosts[0].ssh("journalctl -u muzo-jobs-metrics --no-pager -o short | tail -n 3").stdout
