@@ -16,13 +16,21 @@ EXAMPLE_ENV_FILE = ".env.example"
 TEMPLATE_ENV_FILE = ".env.template"
 DOCS_ENV_PAGE = "docs/ENVIRONMENT_VARIABLES.md"
 SECRET_FILE_MODE = 0o600
+DEFAULT_LOCK_TIMEOUT_S = 10.0  # how long a writer waits for another one holding the file's lock
 BACKUP_SUFFIX = ".bak"
+DOTENVX_ENCRYPTED_PREFIX = "encrypted:"  # a value dotenvx encrypted starts with this
 
 # Secrets.
 NEXTAUTH_SECRET_BYTES = 32
 NEXTAUTH_SECRET_MIN_CHARS = 32
 MASK = "***"
+SESSION_LIFETIME_DAYS = 30  # Auth.js sessions: a previous signing secret is needed this long
 MASK_VISIBLE_TAIL = 4
+
+# Booleans as the muzo apps read them (environment variables; not MongoDB URL options,
+# which the driver reads as `true`/`false` only).
+TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
+FALSE_WORDS = frozenset({"false", "0", "no", "off"})
 
 # MongoDB URL rules.
 RECOMMENDED_SERVER_SELECTION_TIMEOUT_MS = 30000

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from muzo_ops.env import checks
+from muzo_ops.env import checks, schema
 from muzo_ops.env.schema import App
 from tests.envdata import FULL, MONGO_PASSWORD, SECRETS, write_env
-from tests.helpers import assert_no_secret, run_cli
+from tests.helpers import ROOT, assert_no_secret, run_cli
 
 
 def codes(values: dict[str, str], app: App | None = None) -> dict[str, tuple[str, str | None]]:
@@ -121,7 +124,7 @@ def test_app_filter_checks_only_that_app() -> None:
 
 
 def test_false_means_false() -> None:
-    from muzo_ops.env.schema import parse_bool
+    from muzo_ops.booleans import parse_bool
 
     assert [parse_bool(w) for w in ("false", "False", "0", "no", "OFF")] == [False] * 5
     assert [parse_bool(w) for w in ("true", "1", "YES", "on")] == [True] * 4
@@ -141,7 +144,8 @@ def test_text_output_shape_and_exit_0(tmp_path: Path) -> None:
     assert "🔍 Special Checks" in out
     assert "DATABASE_URL: Direct connection mode (no transactions)" in out
     assert "Required: 20/20 configured" in out
-    assert "Optional: 9/28 configured" in out  # 10 of the reference, 18 of muzo_ops
+    optional = sum(not v.required for v in schema.VARIABLES)
+    assert f"Optional: 9/{optional} configured" in out  # 10 of the reference, the rest muzo_ops's
     assert "⚪ QUEUE_TRANSACTIONS" in out
     assert_no_secret(out + proc.stderr, SECRETS)
 
@@ -157,7 +161,8 @@ def test_json_shape_and_exit_1_on_errors(tmp_path: Path) -> None:
     assert data["ok"] is False
     assert {p["code"] for p in data["problems"]} == {"missing", "mongo-direct-and-replicaset"}
     for problem in data["problems"]:
-        assert set(problem) == {"variable", "severity", "code", "message"}
+        assert set(problem) == {"variable", "severity", "code", "message", "waived", "reason"}
+        assert problem["waived"] is False and problem["reason"] is None
     for var in data["variables"]:
         assert set(var) == {"name", "required", "present", "valid", "value"}
     openai = next(v for v in data["variables"] if v["name"] == "OPENAI_API_KEY")
@@ -321,3 +326,55 @@ def test_text_marks_a_variable_with_a_special_check_error(tmp_path: Path) -> Non
     line = next(x for x in out.splitlines() if " DATABASE_URL " in x and "[REQUIRED]" in x)
     assert line.startswith("❌") and line.endswith("— see Special Checks")
     assert "Required: 19/20 configured" in out
+
+
+def test_each_command_builds_only_its_own_parsers_and_the_table_names_them_all() -> None:
+    from muzo_ops import cli
+
+    everything = cli.build_parser()
+    commands = next(a for a in everything._actions if a.dest == "command").choices
+    assert set(commands) == set(cli.COMMANDS)  # a new command must be listed (or every run builds all)
+    for command, module in cli.COMMANDS.items():
+        only = next(a for a in cli.build_parser(command)._actions if a.dest == "command").choices
+        assert command in only
+        assert set(only) == ({command} if module == "env" else {c for c, m in cli.COMMANDS.items() if m == module})
+    # one --lock-timeout declaration, shared by init-env and the secrets commands
+    sources = "".join(p.read_text() for p in (ROOT / "muzo_ops" / "cli").glob("*.py"))
+    assert sources.count('"--lock-timeout"') == 1
+    assert everything.parse_args(["init-env", "--lock-timeout", "3"]).lock_timeout == 3.0
+    assert everything.parse_args(["secrets", "rotate", "--lock-timeout", "4"]).lock_timeout == 4.0
+    assert everything.parse_args(["secrets", "confirm", "--lock-timeout", "5"]).lock_timeout == 5.0
+
+
+def test_check_env_imports_only_what_it_uses(tmp_path: Path) -> None:
+    env = write_env(tmp_path / ".env", FULL)
+    probe = ("import sys, runpy; sys.argv = ['muzo_ops', 'check-env', '--env-file', sys.argv[1]]\n"
+             "try:\n    runpy.run_module('muzo_ops', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pymongo', 'redis', 'jinja2', 'pyinfra',"
+             " 'starlette', 'httpx', 'dataclasses', 'datetime') or m.startswith(("
+             "'muzo_ops.queue', 'muzo_ops.secrets', 'muzo_ops.deploy', 'muzo_ops.metrics', 'muzo_ops.cli.queue',"
+             " 'muzo_ops.cli.secrets', 'muzo_ops.cli.deploy', 'muzo_ops.env.dotenvx'))), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", probe, str(env)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stderr.strip().splitlines()[-1] == "[]", proc.stderr[-2000:]
+    assert "All checks passed" in proc.stdout
+
+
+def test_every_grace_period_secret_is_checked_and_env_reads_no_audit_log_itself() -> None:
+    """The pairs come from the schema (X and X_PREVIOUS), the same ones rotation uses; the age rule
+    needs the caller's audit-log reader (check_values without one checks equality only)."""
+    from muzo_ops.secrets import rotation
+
+    assert rotation.previous_of() == schema.PREVIOUS_OF
+    assert "MUZO_HANDLER_SIGNING_SECRET" in schema.PREVIOUS_OF
+    for current, previous in schema.PREVIOUS_OF.items():
+        secret = "s" * 43
+        found = {(p.variable, p.code, p.severity.value)
+                 for p in checks.check({**FULL, current: secret, previous: secret}).problems}
+        assert (previous, "previous-secret-equal", "error") in found, current
+        def age(name: str, rotated: str = current) -> dt.timedelta:
+            return dt.timedelta(days=31 if name == rotated else 1)
+
+        old = checks.check({**FULL, current: secret, previous: "t" * 43}, secret_age=age)
+        assert [(p.variable, p.code) for p in old.problems] == [(previous, "previous-secret-old")]
+        assert checks.check({**FULL, current: secret, previous: "t" * 43}).problems == []

@@ -95,8 +95,9 @@ def test_urls_the_clients_would_refuse_are_invalid(name: str, value: str, messag
 
 def test_connect_keeps_the_whole_report_when_the_driver_refuses_the_url(tmp_path: Path) -> None:
     port = free_port()
-    refused = (f"mongodb://127.0.0.1:{port}/muzo?serverSelectionTimeoutMS=30000"
-               "&tlsInsecure=true&tlsAllowInvalidCertificates=true")
+    # two hosts with directConnection=true: only the driver refuses it (at connect time)
+    refused = (f"mongodb://127.0.0.1:{port},127.0.0.1:{free_port()}/muzo?serverSelectionTimeoutMS=30000"
+               "&directConnection=true")
     env = write_env(tmp_path / ".env", {**FULL, "NODE_ENV": "development", "DATABASE_URL": refused,
                                         "REDIS_URL": f"redis://127.0.0.1:{free_port()}"})
     for fmt in ("json", "text"):
@@ -108,7 +109,7 @@ def test_connect_keeps_the_whole_report_when_the_driver_refuses_the_url(tmp_path
             assert len(data["variables"]) == len(schema.VARIABLES)
             refusal = [p for p in data["problems"] if p["code"] == "mongo-url-refused"]
             assert len(refusal) == 1 and "\n" not in refusal[0]["message"]
-            assert "tlsInsecure and tlsAllowInvalidCertificates" in refusal[0]["message"]
+            assert "Cannot specify multiple hosts with directConnection=true" in refusal[0]["message"]
             assert {c["ok"] for c in data["connections"]} == {False}
         else:
             assert "the driver refuses DATABASE_URL" in proc.stdout and "📊 Summary:" in proc.stdout
@@ -133,9 +134,9 @@ def _values_seconds(lines: int, environ: dict[str, str] | None) -> float:
     gc.disable()  # a collection landing in one run is noise, not the algorithm
     try:
         for _ in range(5):
-            started = time.perf_counter()
+            started = time.thread_time()  # this thread's CPU: other processes on the machine do not count
             values = parsed.values(environ)
-            best = min(best, time.perf_counter() - started)
+            best = min(best, time.thread_time() - started)
     finally:
         gc.enable()
     assert values["X10"] == "v9-x"
@@ -144,7 +145,7 @@ def _values_seconds(lines: int, environ: dict[str, str] | None) -> float:
 
 @pytest.mark.parametrize("environ", [None, {"PATH": "/bin", "X5": "from-env"}])
 def test_resolving_values_is_linear_in_the_file(environ: dict[str, str] | None) -> None:
-    small, big = _values_seconds(5000, environ), _values_seconds(40000, environ)
+    small, big = _values_seconds(10000, environ), _values_seconds(80000, environ)
     assert big / small < 24, (small, big)  # 8x the lines: linear ~8x; a scope copy per line gave ~64x
 
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
-from tests.envdata import FULL, MONGO_PASSWORD, SECRETS, write_env
+import pytest
+
+from muzo_ops.logs import Logger
+from muzo_ops.redact.redactor import Redactor
+from tests.envdata import FULL, MONGO_PASSWORD, REDIS_PASSWORD, SECRETS, write_env
 from tests.helpers import assert_no_secret, run_cli
 from tests.servers import free_port
 
@@ -76,7 +82,7 @@ def test_secret_shapes_are_masked_wherever_they_sit(tmp_path: Path) -> None:
     report = json.loads(data.stdout)
     bare = [p for p in report["problems"] if p["code"] == "no-equals"]
     assert bare == [{"variable": None, "severity": "warning", "code": "no-equals",
-                     "message": bare[0]["message"]}]
+                     "message": bare[0]["message"], "waived": False, "reason": None}]
     assert bare[0]["message"].startswith(f"line {len(values) + 1} has no '='")
     assert "authMechanismProperties=***" in text.stdout
     shown = {v["name"]: v["value"] for v in report["variables"]}
@@ -139,3 +145,78 @@ def test_secret_shapes_mask_secrets_and_leave_ordinary_text() -> None:
                 "mongodb://127.0.0.1:27017/muzo?serverSelectionTimeoutMS=30000&appName=ops@muzo"]
     for text in ordinary:
         assert mask_shapes(text) == text
+
+
+def test_one_sensitivity_rule_declared_names_then_the_name_shape() -> None:
+    """One rule (muzo_ops.redact.sensitivity): the schema's declarations, else the name's shape,
+    in any case. Before: encryption upper-cased the name and redaction did not."""
+    from muzo_ops.env import schema
+    from muzo_ops.redact.redactor import Redactor, secret_values
+    from muzo_ops.redact.sensitivity import BY_SHAPE, is_sensitive
+
+    for var in schema.VARIABLES:
+        assert schema.is_sensitive(var.name) is var.sensitive, var.name
+        assert is_sensitive(var.name, schema.SENSITIVITY) is var.sensitive, var.name
+        if var.kind not in (schema.Kind.MONGO_URL, schema.Kind.REDIS_URL):
+            # the shape alone agrees with every declaration but the URLs (whose secrets are parts)
+            assert is_sensitive(var.name) is var.sensitive, var.name
+    for name in ("db_password", "Api_Key", "github_token", "MY_PASSWD", "client-secret",
+                 "DOTENV_PRIVATE_KEY_PRODUCTION"):
+        assert is_sensitive(name) and BY_SHAPE(name), name
+    for name in ("DOTENV_PUBLIC_KEY", "DOTENV_PUBLIC_KEY_PRODUCTION", "MY_PUBLISHABLE_KEY", "dotenv_public_key",
+                 "NODE_ENV", "S3_ENDPOINT"):
+        assert not is_sensitive(name), name
+    # a lower-case secret name's value is hidden by every Redactor, schema or not
+    assert "hunter2-lower" in secret_values({"db_password": "hunter2-lower"})
+    assert Redactor(sensitivity=schema.SENSITIVITY)(f"x {'hunter2-lower'} y") == "x hunter2-lower y"
+    redactor = Redactor(sensitivity=schema.SENSITIVITY)
+    redactor.add_values({"db_password": "hunter2-lower", "DATABASE_URL": "mongodb://u:pw-1234@db:27017/muzo",
+                         "STRIPE_PUBLISHABLE_KEY": "pk_live_visible0000"})
+    assert redactor("db_password=hunter2-lower db mongodb://u:pw-1234@db:27017/muzo pk_live_visible0000") == (
+        "db_password=*** db mongodb://u:***@db:27017/muzo pk_live_visible0000")
+
+
+def test_url_secrets_are_split_where_the_clients_split_them() -> None:
+    """The user information ends at the last '@' before the first '/' (or '?'); an '@' in an option
+    is not a password's end, and credential options are hidden."""
+    from muzo_ops.redact.masking import redacted_url, url_passwords
+
+    url = "mongodb://u:p%40ss-1234@h1:27017,h2/muzo?appName=ops@muzo&authMechanismProperties=AWS_SESSION_TOKEN:tok-5678"
+    assert redacted_url(url) == "mongodb://u:***@h1:27017,h2/muzo?appName=ops@muzo&authMechanismProperties=***"
+    assert {"p%40ss-1234", "p@ss-1234", "AWS_SESSION_TOKEN:tok-5678"} <= set(url_passwords(url))
+    assert redacted_url("REDISS://default:pw-9999@cache:6379/0") == "REDISS://default:***@cache:6379/0"
+    assert "pw-9999" in url_passwords("rediss//default:pw-9999@cache:6379")  # a typo keeps the password hidden
+    assert redacted_url("https://muzo.app/a@b") == "https://muzo.app/a@b"
+
+
+@pytest.mark.parametrize("url", [f"rediss//:{REDIS_PASSWORD}@127.0.0.1", f"redis//:{REDIS_PASSWORD}@cache",
+                                 f":{REDIS_PASSWORD}@127.0.0.1:6379"])
+def test_a_mistyped_redis_url_never_shows_its_password(tmp_path: Path, url: str) -> None:
+    path = write_env(tmp_path / ".env", {**FULL, "REDIS_URL": url})
+    for fmt in ("text", "json"):
+        proc = run_cli("check-env", "--env-file", str(path), "--format", fmt)
+        assert proc.returncode == 1
+        assert_no_secret(proc.stdout + proc.stderr, SECRETS)
+
+
+def test_url_credentials_in_exception_text_are_masked_by_shape() -> None:
+    stream = io.StringIO()
+    log = Logger("muzo-worker", "info", stream, Redactor())
+    try:
+        raise RuntimeError("u=mongodb://bob:UnknownPw77@db.example.com/x r=redis://:UnknownRedisPw@r:6379")
+    except RuntimeError as exc:
+        log.log("error", "Job failed permanently", err=exc)
+    text = stream.getvalue()
+    assert "UnknownPw77" not in text and "UnknownRedisPw" not in text
+    assert "mongodb://bob:***@db.example.com" in json.loads(text)["err"]["message"]
+
+
+def test_set_never_echoes_a_pasted_secret_nor_takes_a_secret_shaped_value(tmp_path: Path) -> None:
+    key = "sk_live_" + "PastedStripeKey0" * 2
+    proc = run_cli("init-env", "--non-interactive", "--set", key, cwd=tmp_path)
+    assert proc.returncode == 2 and key not in proc.stdout + proc.stderr
+    assert proc.stderr.startswith("error: --set argument 1 is not KEY=VALUE")
+    proc = run_cli("init-env", "--non-interactive", "--set", f"S3_REGION={key}", cwd=tmp_path)
+    assert proc.returncode == 2 and key not in proc.stdout + proc.stderr
+    assert "looks like a secret key" in proc.stderr
+    assert not (tmp_path / ".env").exists() or key not in (tmp_path / ".env").read_text()

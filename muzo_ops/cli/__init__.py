@@ -11,13 +11,9 @@ jinja2 or pyinfra is imported here: the library imports them when needed.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 
-from muzo_ops.cli import dashboard as dashboard_commands
-from muzo_ops.cli import deploy as deploy_commands
-from muzo_ops.cli import env as env_commands
-from muzo_ops.cli import queue as queue_commands
-from muzo_ops.cli import secrets as secrets_commands
 from muzo_ops.cli.common import Parser, help_kwargs
 from muzo_ops.cli.output import Output
 from muzo_ops.constants import EXIT_OK, EXIT_PROBLEMS, VERSION
@@ -26,8 +22,22 @@ from muzo_ops.errors import MuzoOpsError
 __all__ = ["build_parser", "main"]
 
 
-def build_parser() -> Parser:
-    """The whole command line."""
+# Each command and the module of muzo_ops.cli that registers it (in --help order). Running one
+# command builds and imports only its module's parsers (start-up stays light); an unknown word
+# builds them all, so the usage error lists every command.
+COMMANDS: dict[str, str] = {
+    "init-env": "env", "check-env": "env", "render": "env", "secrets": "secrets",
+    "worker": "queue", "jobs": "queue", "dev-db": "queue", "deploy": "deploy", "dashboard": "dashboard",
+}
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command word of ``argv`` (the first argument that is not an option), or None."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> Parser:
+    """The command line: every command, or only ``command``'s module's when it is a known one."""
     parser = Parser(
         prog="muzo-ops",
         **help_kwargs("Operations toolkit for muzo: env files, checks, secrets, the queue worker.",
@@ -38,11 +48,14 @@ def build_parser() -> Parser:
                         help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    env_commands.add_parsers(sub)
-    secrets_commands.add_parsers(sub)
-    queue_commands.add_parsers(sub)
-    deploy_commands.add_parser(sub)
-    dashboard_commands.add_parser(sub)
+    wanted = [COMMANDS[command]] if command in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for name in wanted:
+        module = importlib.import_module(f"muzo_ops.cli.{name}")
+        if name == "env" and command is not None:
+            module.add_parsers(sub, only=command)  # its three commands are built one at a time
+            continue
+        register = getattr(module, "add_parsers", None) or module.add_parser
+        register(sub)
     return parser
 
 
@@ -60,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     out = Output()
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(_command_of(argv)).parse_args(argv)
         code: int = args.func(args, out)
         return code
     except MuzoOpsError as exc:

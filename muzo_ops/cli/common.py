@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from muzo_ops.constants import DEFAULT_ENV_FILE, EXIT_USAGE
+from muzo_ops.constants import DEFAULT_ENV_FILE, DEFAULT_LOCK_TIMEOUT_S, EXIT_USAGE
 
 SubParsers = "argparse._SubParsersAction[Parser]"
 
@@ -76,3 +76,29 @@ def int_range(low: int, high: int) -> Callable[[str], int]:
 def port(text: str) -> int:
     """argparse type: a TCP port, 1 to 65535."""
     return int_range(1, 65535)(text)
+
+
+def add_lock_timeout(parser: argparse.ArgumentParser) -> None:
+    """``--lock-timeout SECONDS`` for every command that writes an env file (one declaration)."""
+    parser.add_argument("--lock-timeout", type=positive, default=DEFAULT_LOCK_TIMEOUT_S, metavar="SECONDS",
+                        help="wait this long for another muzo-ops command writing the same file "
+                        f"(default {DEFAULT_LOCK_TIMEOUT_S:g})")
+
+
+def waiver(text: str) -> tuple[str, str]:
+    """argparse type: ``CODE:REASON``, a check-env code accepted on record with a reason."""
+    from muzo_ops.env.rules import parse_waiver
+    from muzo_ops.errors import UsageError
+
+    try:
+        return parse_waiver(text, "--allow")
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--allow: ")) from None
+
+
+def add_allow(parser: argparse.ArgumentParser) -> None:
+    """``--allow CODE:REASON`` (repeatable): waive a check-env problem code, with the reason on record."""
+    parser.add_argument("--allow", type=waiver, action="append", default=[], metavar="CODE:REASON",
+                        help="accept the problems of this code on record (repeatable); they still show, "
+                        "marked waived, and do not fail the check; the env file's MUZO_CHECK_WAIVERS "
+                        "(code:reason;code:reason) does the same")

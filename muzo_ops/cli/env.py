@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from muzo_ops.cli.common import Parser, add_env_file, add_format, help_kwargs, positive
+from muzo_ops.cli.common import Parser, add_allow, add_env_file, add_format, add_lock_timeout, help_kwargs, positive
 from muzo_ops.cli.output import Output
 from muzo_ops.constants import EXIT_OK, EXIT_PROBLEMS
 
 if TYPE_CHECKING:
+    import datetime as dt
+
     from muzo_ops.env.schema import Variable
 
 
@@ -24,12 +27,21 @@ def cmd_check_env(args: argparse.Namespace, out: Output) -> int:
     result = env.check_file(args.env_file, App(args.app) if args.app else None,
                             include_environ=args.include_environ, connect=args.connect,
                             timeout_s=args.timeout, progress=progress, redactor=out.redactor,
-                            production=production)
+                            production=production, waivers=dict(args.allow), secret_ages=_secret_ages)
     if args.format == "json":
         out.out(report.to_json(result, strict=args.strict))
     else:
         out.out(report.to_text(result, args.env_file, strict=args.strict))
     return EXIT_PROBLEMS if report.failed(result, args.strict) else EXIT_OK
+
+
+def _secret_ages(path: str) -> Callable[[str], dt.timedelta | None]:
+    """When each current secret of the env file at ``path`` was rotated: the secrets' audit log."""
+    def age(current: str) -> dt.timedelta | None:
+        from muzo_ops.secrets import audit
+
+        return audit.previous_secret_age(path, current)
+    return age
 
 
 def cmd_init_env(args: argparse.Namespace, out: Output) -> int:
@@ -145,8 +157,17 @@ def cmd_render(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
-    """Register ``init-env``, ``check-env`` and ``render``."""
+def add_parsers(sub: argparse._SubParsersAction[Parser], only: str | None = None) -> None:
+    """Register ``init-env``, ``check-env`` and ``render`` (or only the command ``only`` names)."""
+    if only in (None, "init-env"):
+        _add_init_env(sub)
+    if only in (None, "check-env"):
+        _add_check_env(sub)
+    if only in (None, "render"):
+        _add_render(sub)
+
+
+def _add_init_env(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser("init-env", help="create or complete .env (secrets generated)", **help_kwargs(
         "Create .env (mode 0600) and .env.example beside it. Secrets are generated, "
         "development defaults filled in; on a terminal you are asked for required values "
@@ -169,10 +190,11 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
                    help="read NAME's value from a line of standard input (for secrets)")
     p.add_argument("--force", action="store_true",
                    help="also replace existing values with defaults and fresh secrets")
-    p.add_argument("--lock-timeout", type=positive, default=10.0, metavar="SECONDS",
-                   help="how long to wait for another command writing the same file (default 10)")
+    add_lock_timeout(p)
     p.set_defaults(func=cmd_init_env)
 
+
+def _add_check_env(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser("check-env", help="validate an env file", **help_kwargs(
         "Check every variable the muzo apps read: presence, format, and the rules between "
         "them. Values come from the file alone so a check is repeatable; "
@@ -196,11 +218,14 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
                    help="also connect to MongoDB and Redis (short timeout)")
     p.add_argument("--timeout", type=_connect_timeout, default=5.0, metavar="SECONDS",
                    help="per-connection timeout for --connect (default 5, at most 300)")
+    add_allow(p)
     p.add_argument("--include-environ", action="store_true",
                    help="layer the process environment over the file (it wins); the report says "
                    "where each value came from")
     p.set_defaults(func=cmd_check_env)
 
+
+def _add_render(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser("render", help="render .env.example, .env.template and the docs page", **help_kwargs(
         "Render the committed files from the schema; --check only compares and exits 1 "
         "when one drifted.", "muzo-ops render --check"))

@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from muzo_ops.cli.common import Parser, add_env_file, add_format, help_kwargs, positive, positive_int
+from muzo_ops.cli.common import Parser, add_env_file, add_format, add_lock_timeout, help_kwargs, positive_int
 from muzo_ops.cli.output import Output
 from muzo_ops.constants import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
 
 _DEFAULT_KEEP = 5  # rotation.DEFAULT_KEEP, without importing the library at parse time
-_DEFAULT_LOCK_S = 10.0
 
 
 def cmd_secrets_generate(args: argparse.Namespace, out: Output) -> int:
@@ -218,8 +217,7 @@ def _add_write_options(p: argparse.ArgumentParser) -> None:
     add_format(p)
     p.add_argument("--keep", type=positive_int, default=_DEFAULT_KEEP, metavar="N",
                    help=f"backups to keep (they hold old secrets; default {_DEFAULT_KEEP})")
-    p.add_argument("--lock-timeout", type=positive, default=_DEFAULT_LOCK_S, metavar="SECONDS",
-                   help=f"wait this long for another muzo-ops command on the file (default {_DEFAULT_LOCK_S:g})")
+    add_lock_timeout(p)
 
 
 class _EnvFileGiven(argparse.Action):
@@ -273,8 +271,7 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         "the previously active MongoDB user's password.", "muzo-ops secrets confirm --env-file /etc/muzo/.env"))
     add_env_file(c)
     add_format(c)
-    c.add_argument("--lock-timeout", type=positive, default=_DEFAULT_LOCK_S, metavar="SECONDS",
-                   help=f"wait this long for another muzo-ops command on the file (default {_DEFAULT_LOCK_S:g})")
+    add_lock_timeout(c)
     c.set_defaults(func=cmd_secrets_confirm)
 
     t = ssub.add_parser("retire", help="remove a secret's previous value", **help_kwargs(

@@ -16,15 +16,19 @@ import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from muzo_ops.constants import CONNECT_TIMEOUT_S
+from muzo_ops.constants import CONNECT_TIMEOUT_S, DOTENVX_ENCRYPTED_PREFIX
 
 if TYPE_CHECKING:
-    from muzo_ops.env.checks import Report
+    import datetime as dt
+
+    from muzo_ops.env.problems import Report
     from muzo_ops.env.schema import App
     from muzo_ops.redact.redactor import Redactor
 
 Progress = Callable[[str], None]
-PREVIOUS_SECRETS = ("NEXTAUTH_SECRET_PREVIOUS",)  # rotation's grace-period variables
+# When the current secret ``name`` was last rotated, as a time ago (None: unknown); the caller
+# above env reads it from the secrets' audit log (env never imports secrets).
+SecretAge = Callable[[str], "dt.timedelta | None"]
 
 
 def decrypt(values: Mapping[str, str], path: str, text: str | None = None) -> tuple[dict[str, str], list[str]]:
@@ -36,10 +40,10 @@ def decrypt(values: Mapping[str, str], path: str, text: str | None = None) -> tu
     variable) for a wrong key or a tampered value. The crypto libraries are
     imported only when a value is encrypted.
     """
+    if not any(v.startswith(DOTENVX_ENCRYPTED_PREFIX) for v in values.values()):
+        return dict(values), []  # the common case: nothing to decrypt, the reader is not even imported
     from muzo_ops.env import dotenvx
 
-    if not any(dotenvx.is_encrypted(v) for v in values.values()):
-        return dict(values), []
     return dotenvx.decrypted_values(values, path, text, os.environ)
 
 
@@ -48,7 +52,8 @@ def check_values(values: Mapping[str, str], app: App | None = None, *, raw: Mapp
                  timeout_s: float = CONNECT_TIMEOUT_S, progress: Progress | None = None,
                  bare_lines: tuple[int, ...] = (), production: bool | None = None,
                  environ_empty: tuple[str, ...] = (), sources: Mapping[str, str] | None = None,
-                 encrypted: tuple[str, ...] = ()) -> Report:
+                 encrypted: tuple[str, ...] = (), waivers: Mapping[str, str] | None = None,
+                 secret_age: SecretAge | None = None) -> Report:
     """Check env ``values`` against the schema and its rules; with ``connect``, reach the servers.
 
     ``raw`` (a file's values before expansion) enables the ``$name`` check;
@@ -57,12 +62,18 @@ def check_values(values: Mapping[str, str], app: App | None = None, *, raw: Mapp
     NODE_ENV) turns on the production rules; ``environ_empty`` and
     ``sources`` come from layering the process environment over a file;
     ``encrypted`` names values no key could decrypt (counted as set, not checked).
+    ``waivers`` (code → reason, e.g. from ``deploy --allow``) accept problems on
+    record on top of the values' own ``MUZO_CHECK_WAIVERS``: a waived problem
+    stays in the report, marked, and never fails it; UsageError (exit 2) for
+    an unknown code or a waiver without a reason. ``secret_age`` (the audit
+    log's answer, from the caller) enables the "previous secret kept too
+    long" rule.
     """
     from muzo_ops.env import checks
 
     report = checks.check(values, app, bare_keys=bare_keys, duplicates=duplicates, raw=raw,
                           bare_lines=bare_lines, production=production, environ_empty=environ_empty,
-                          sources=sources, encrypted=encrypted)
+                          sources=sources, encrypted=encrypted, waivers=waivers, secret_age=secret_age)
     if connect:
         report.connections = _probe(report, values, app, timeout_s, progress)
     return report
@@ -70,15 +81,20 @@ def check_values(values: Mapping[str, str], app: App | None = None, *, raw: Mapp
 
 def check_file(path: str, app: App | None = None, include_environ: bool = False, connect: bool = False,
                timeout_s: float = CONNECT_TIMEOUT_S, progress: Progress | None = None,
-               redactor: Redactor | None = None, production: bool | None = None) -> Report:
+               redactor: Redactor | None = None, production: bool | None = None,
+               waivers: Mapping[str, str] | None = None,
+               secret_ages: Callable[[str], SecretAge] | None = None) -> Report:
     """``check-env`` for the env file at ``path``: format, rules, file mode, and probes.
 
     With ``include_environ`` the process environment is layered on top (a
     set variable wins), as the apps see it, and the report says where each
     value came from. Every secret read is added to ``redactor`` before
     anything is checked. ``production`` True applies the production rules
-    whatever NODE_ENV says (``--environment production``). EnvFileError
-    (exit 2) for an unreadable, oversized or malformed file.
+    whatever NODE_ENV says (``--environment production``). ``waivers`` as
+    for ``check_values`` (the file's ``MUZO_CHECK_WAIVERS`` apply too);
+    ``secret_ages(path)`` gives the ``secret_age`` of this file (the CLI
+    passes the audit log's reader). EnvFileError (exit 2) for an
+    unreadable, oversized or malformed file.
     """
     from muzo_ops.env import checks, envfile, schema
 
@@ -99,33 +115,19 @@ def check_file(path: str, app: App | None = None, include_environ: bool = False,
                               if environ.get(name) == "" and from_file.get(name, "") != "")
     report = check_values(values, app, raw=raw, bare_lines=tuple(env.bare_lines()),
                           duplicates=tuple(env.duplicates()), connect=False, production=production,
-                          environ_empty=environ_empty, sources=sources, encrypted=tuple(encrypted))
-    _check_previous_secrets(report, path, values)
+                          environ_empty=environ_empty, sources=sources, encrypted=tuple(encrypted),
+                          waivers=waivers, secret_age=secret_ages(path) if secret_ages is not None else None)
     checks.check_file_mode(report, path, os.stat(path).st_mode)
     if connect:
         report.connections = _probe(report, values, app, timeout_s, progress)
     return report
 
 
-def _check_previous_secrets(report: Report, path: str, values: Mapping[str, str]) -> None:
-    """A previous secret (rotation's grace period) equal to the current one, or kept too long."""
-    if not any(values.get(name) for name in PREVIOUS_SECRETS):
-        return
-    from muzo_ops.env.checks import Severity
-    from muzo_ops.secrets.rotation import previous_secret_problems
-
-    for level, variable, message in previous_secret_problems(path, values):
-        if level == "error":
-            report.add(variable, Severity.ERROR, "previous-secret-equal", f"{variable} {message}")
-        else:
-            report.add(variable, Severity.WARNING, "previous-secret-old", f"{variable} {message}")
-
-
 def _probe(report: Report, values: Mapping[str, str], app: App | None, timeout_s: float,
            progress: Progress | None) -> list[tuple[bool, str]]:
     """Reach MongoDB and Redis; a line per server, and an error in ``report`` for each failure."""
     from muzo_ops.env import probes, schema
-    from muzo_ops.env.checks import Severity
+    from muzo_ops.env.problems import Severity
 
     lines: list[tuple[bool, str]] = []
     for name, label, probe in (("DATABASE_URL", "MongoDB", probes.check_mongo),
@@ -148,14 +150,15 @@ def _probe(report: Report, values: Mapping[str, str], app: App | None, timeout_s
 
 def database_url(values: Mapping[str, str]) -> str:
     """DATABASE_URL from ``values``, checked; ConfigError (one line) when unset or invalid."""
-    from muzo_ops.env import checks, schema
+    from muzo_ops.env import schema
+    from muzo_ops.env import values as value_rules
     from muzo_ops.errors import ConfigError
 
     url = values.get("DATABASE_URL", "")
     if not url:
         raise ConfigError("DATABASE_URL is not set: the worker and the jobs commands need MongoDB "
                           "(see muzo-ops init-env)")
-    problem = checks.value_error(schema.get("DATABASE_URL"), url)
+    problem = value_rules.value_error(schema.get("DATABASE_URL"), url)
     if problem:
         raise ConfigError(f"DATABASE_URL {problem}")
     return url

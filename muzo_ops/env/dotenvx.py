@@ -35,9 +35,10 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from muzo_ops.constants import DOTENVX_ENCRYPTED_PREFIX
 from muzo_ops.errors import MuzoOpsError
 
-PREFIX = "encrypted:"
+PREFIX = DOTENVX_ENCRYPTED_PREFIX
 PUBLIC_KEY_NAME = "DOTENV_PUBLIC_KEY"
 PRIVATE_KEY_NAME = "DOTENV_PRIVATE_KEY"
 KEYS_FILE = ".env.keys"

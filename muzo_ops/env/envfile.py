@@ -14,7 +14,7 @@ import io
 import re
 from collections import ChainMap
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from muzo_ops.errors import EnvFileError, UnrepresentableValueError
 from muzo_ops.files.reading import MAX_FILE_BYTES, read_text
@@ -33,8 +33,7 @@ _QUOTES = "'\"`"
 _PY_DOUBLE_ESCAPES = frozenset("\\'\"abfnrtv\n\r")
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One statement of an env file: a binding, or a comment/blank run."""
 
     key: str | None  # variable name; None for comments and blank lines
@@ -49,12 +48,17 @@ class Entry:
         return self.line + self.text[: len(self.text) - len(stripped)].count("\n")
 
 
-@dataclass
 class EnvFile:
     """A parsed env file that can be changed and written back losslessly."""
 
-    path: str
-    entries: list[Entry]
+    __slots__ = ("entries", "path")
+
+    def __init__(self, path: str, entries: list[Entry]) -> None:
+        self.path = path
+        self.entries = entries
+
+    def __repr__(self) -> str:
+        return f"EnvFile({self.path!r}, {len(self.entries)} entries)"
 
     def raw(self) -> dict[str, str]:
         """Each key's last value as written (no expansion); bare keys omitted."""

@@ -22,11 +22,12 @@ variable without importing the queue.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import re
 import shlex
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from muzo_ops import loopback
 
 JOB_TYPES = ("GENERATION", "MOCKUP", "FULFILLMENT")
 EXEC_PREFIX = "exec:"
@@ -153,17 +154,6 @@ def list_error(value: str) -> str | None:
     return None
 
 
-def is_loopback_host(host: str) -> bool:
-    """``localhost`` (and its subdomains) or a loopback address."""
-    name = host.strip("[]").lower().rstrip(".")
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 def insecure_http_error(job_type: str, spec: HandlerSpec) -> str | None:
     """Why ``spec`` would send jobs over plain http to another machine, or None.
 
@@ -172,7 +162,7 @@ def insecure_http_error(job_type: str, spec: HandlerSpec) -> str | None:
     job's result would cross the network unencrypted).
     """
     host = urlsplit(spec.target).hostname or ""
-    if spec.plain_http and not is_loopback_host(host):
+    if spec.plain_http and not loopback.is_this_machine(host):
         return (f"{job_type} posts jobs over plain http:// to {host} in production: use https:// "
                 "(http:// only to localhost)")
     return None

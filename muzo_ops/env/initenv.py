@@ -203,9 +203,7 @@ def keep_encrypted(text: str, path: str) -> str:
 
     if dotenvx.PUBLIC_KEY_NAME not in text or dotenvx.file_public_key(text) is None:
         return text
-    from muzo_ops.secrets.encryption import is_sensitive
-
-    return dotenvx.encrypt_text(text, path, is_sensitive).text
+    return dotenvx.encrypt_text(text, path, schema.is_sensitive).text
 
 
 def _is_development_value(var: Variable, value: str) -> bool:

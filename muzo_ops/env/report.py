@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from muzo_ops.env import schema
-from muzo_ops.env.checks import Report, Severity
+from muzo_ops.env.problems import Problem, Report, Severity
 
-OK, ERROR, WARNING, UNSET = "✅", "❌", "⚠️ ", "⚪"
+OK, ERROR, WARNING, UNSET, WAIVED = "✅", "❌", "⚠️ ", "⚪", "☑️ "
 
 
 def failed(report: Report, strict: bool = False) -> bool:
@@ -27,7 +27,7 @@ def to_json(report: Report, extra: dict[str, Any] | None = None, strict: bool = 
         "ok": not failed(report, strict),
         "problems": [
             {"variable": p.variable, "severity": p.severity.value, "code": p.code,
-             "message": p.message}
+             "message": p.message, "waived": p.waived, "reason": p.reason}
             for p in report.problems
         ],
         "variables": [
@@ -58,7 +58,7 @@ def to_text(report: Report, source: str, connections: list[tuple[bool, str]] | N
     width = max(len(v.name) for v in report.variables) + 2 if report.variables else 30
     by_var: dict[str, list[Any]] = {}
     for p in report.problems:
-        if p.variable:
+        if p.variable and not p.waived:
             by_var.setdefault(p.variable, []).append(p)
     lines = [f"📋 Environment Variables Check ({source})", ""]
     statuses = {v.name: v for v in report.variables}
@@ -95,12 +95,12 @@ def to_text(report: Report, source: str, connections: list[tuple[bool, str]] | N
                 line += "  — see Special Checks"
             lines.append(line)
         lines.append("")
-    others = [p for p in report.problems if p.variable not in statuses and not p.special]
+    others = [p for p in report.problems if p.variable not in statuses and not p.special and not p.waived]
     if others:
         lines.append("📄 The file and other variables")
         lines.extend(f"{_icon(p.severity)} {p.message}" for p in others)
         lines.append("")
-    special = [p for p in report.problems if p.special]
+    special = [p for p in report.problems if p.special and not p.waived]
     lines.append("🔍 Special Checks")
     lines.append("")
     lines.extend(f"{OK} {n.message}" for n in report.notes)
@@ -108,6 +108,11 @@ def to_text(report: Report, source: str, connections: list[tuple[bool, str]] | N
     if not report.notes and not special:
         lines.append(f"{UNSET} nothing to check")
     lines.append("")
+    if report.waived:
+        lines.append("☑️  Waived (accepted on record; they do not fail the check)")
+        lines.append("")
+        lines.extend(_waived_line(p) for p in report.waived)
+        lines.append("")
     if connections is not None:
         lines.append("🔌 Connections")
         lines.append("")
@@ -118,7 +123,8 @@ def to_text(report: Report, source: str, connections: list[tuple[bool, str]] | N
     lines.append("📊 Summary:")
     lines.append(f"   Required: {sum(v.valid for v in required)}/{len(required)} configured")
     lines.append(f"   Optional: {sum(v.present for v in optional)}/{len(optional)} configured")
-    lines.append(f"   Errors: {len(report.errors)}, warnings: {len(report.warnings)}")
+    lines.append(f"   Errors: {len(report.errors)}, warnings: {len(report.warnings)}"
+                 + (f", waived: {len(report.waived)}" if report.waived else ""))
     lines.append("")
     if report.errors:
         lines.append(f"{ERROR} {len(report.errors)} error(s): fix them before starting the apps")
@@ -134,3 +140,7 @@ def to_text(report: Report, source: str, connections: list[tuple[bool, str]] | N
 
 def _icon(severity: Severity) -> str:
     return ERROR if severity is Severity.ERROR else WARNING
+
+
+def _waived_line(problem: Problem) -> str:
+    return f"{WAIVED}{problem.severity.value} {problem.code} waived ({problem.reason}): {problem.message}"

@@ -9,7 +9,9 @@ file up to date.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from muzo_ops.redact.sensitivity import Sensitivity
 
 
 class App(enum.StrEnum):
@@ -68,8 +70,7 @@ class Environment(enum.StrEnum):
     PRODUCTION = "production"  # a server; no localhost defaults
 
 
-@dataclass(frozen=True)
-class Variable:
+class Variable(NamedTuple):
     """One environment variable and everything known about it."""
 
     name: str
@@ -85,7 +86,7 @@ class Variable:
     generator: Generator | None = None
     choices: tuple[str, ...] = ()
     min_length: int = 0
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = ()
     minimum: float | None = None  # NUMBER / POSITIVE_INT: lowest accepted value
     maximum: float | None = None  # NUMBER / POSITIVE_INT: highest accepted value
     default: str | None = None  # what the app uses when unset (shown in the docs)
@@ -124,6 +125,18 @@ VARIABLES: tuple[Variable, ...] = (
         "LOG_LEVEL", Group.GENERAL, False, BOTH,
         "Lowest pino log level written.", Kind.CHOICE, "info",
         choices=LOG_LEVELS, dev_default="debug", prod_default="info",
+    ),
+    Variable(
+        "MUZO_CHECK_WAIVERS", Group.GENERAL, False, BOTH,
+        "Problems check-env (and the deploy) accept on record: code:reason pairs separated by "
+        "`;`, e.g. `mongo-tls-insecure:self-signed server certificate, reviewed 2026-12`. Read by "
+        "muzo-ops only; the apps ignore it.", Kind.STRING, "",
+        notes=(
+            "A waived problem still shows in the report (marked waived, with its reason; in JSON "
+            "`\"waived\": true, \"reason\": …`) and never makes the exit code 1.",
+            "An unknown code or a waiver without a reason is a usage error (exit 2). "
+            "`check-env --allow CODE:REASON` adds waivers for one run.",
+        ),
     ),
     Variable(
         "DATABASE_URL", Group.DATABASE, True, BOTH,
@@ -389,19 +402,21 @@ def for_app(app: App | None) -> tuple[Variable, ...]:
     return tuple(v for v in VARIABLES if v.needed_by(app))
 
 
-TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
-FALSE_WORDS = frozenset({"false", "0", "no", "off"})
+# Rotation's grace period: every secret ``X`` the schema also has ``X_PREVIOUS`` for, and that
+# variable (it holds the secret before the last rotation).
+PREVIOUS_SUFFIX = "_PREVIOUS"
+PREVIOUS_OF: dict[str, str] = {v.name: v.name + PREVIOUS_SUFFIX for v in VARIABLES
+                               if v.name + PREVIOUS_SUFFIX in BY_NAME}
+
+# The schema's word on sensitivity, fed to the one rule (``muzo_ops.redact.sensitivity``):
+# declared-sensitive names, declared-public ones, and URLs whose secrets are parts of them.
+SENSITIVITY = Sensitivity(
+    sensitive=frozenset(v.name for v in VARIABLES if v.sensitive),
+    public=frozenset(v.name for v in VARIABLES if not v.sensitive),
+    urls=frozenset(v.name for v in VARIABLES if v.kind in (Kind.MONGO_URL, Kind.REDIS_URL)),
+)
 
 
-def parse_bool(text: str) -> bool:
-    """Parse a boolean the way every muzo app must: "false" is False.
-
-    >>> parse_bool("false"), parse_bool("ON")
-    (False, True)
-    """
-    word = text.strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise ValueError(f"not a boolean: use one of {', '.join(sorted(TRUE_WORDS | FALSE_WORDS))}")
+def is_sensitive(name: str) -> bool:
+    """Whether the value of ``name`` is a secret: the schema's declaration, else the name's shape."""
+    return SENSITIVITY(name)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from muzo_ops.env.schema import parse_bool
+from muzo_ops.booleans import parse_bool
 from muzo_ops.mongo import url as mongourl
 
 

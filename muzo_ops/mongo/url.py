@@ -1,15 +1,26 @@
-"""DATABASE_URL: parsing, the rules muzo relies on, and the transaction decision.
+"""DATABASE_URL read as pymongo reads it: parts, options, the transaction decision.
 
-Pure string work (no pymongo import) so ``check-env`` stays fast.
+Pure string work (no pymongo import) so ``check-env`` stays fast; the tests
+hold every rule here against ``pymongo.uri_parser.parse_uri``:
+
+- the user information ends at the last ``@`` before the first ``/`` (or
+  ``?``) after the scheme;
+- options are ``name=value`` pairs split by ``&`` or ``;`` (never both);
+  names are case-insensitive and NOT percent-decoded (``tl%73`` is not
+  ``tls``), values are ``unquote_plus``-decoded (``authMechanismProperties``
+  excepted); the last of a repeated option wins;
+- boolean options take exactly ``true`` or ``false``: anything else (``1``,
+  ``yes``, ``TRUE``) is ignored by the driver with a warning on stderr.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, quote, unquote
+from typing import NamedTuple
+from urllib.parse import quote, unquote_plus
 
-from muzo_ops.env.schema import FALSE_WORDS, TRUE_WORDS
+from muzo_ops.redact import masking
+from muzo_ops.redact.sensitivity import SECRET_URL_OPTIONS
 
 # Characters the MongoDB connection-string spec requires percent-encoded in
 # the user name and password.
@@ -23,26 +34,25 @@ _STRICT_URL_RE = re.compile(
 )
 # Second reading, for a password with an unencoded `/` or `?` (reported as
 # an encoding problem): everything up to the last `@` before the hosts.
-_URL_RE = re.compile(
-    r"(?P<scheme>mongodb(?:\+srv)?)://(?:(?P<userinfo>.*)@)?(?P<hosts>[^/?@]+)"
-    r"(?P<path>/[^?]*)?(?:\?(?P<query>.*))?\Z",
-    re.DOTALL,
+_URL_RE = (  # compiled only when the first reading fails (re caches it)
+    r"(?s)(?P<scheme>mongodb(?:\+srv)?)://(?:(?P<userinfo>.*)@)?(?P<hosts>[^/?@]+)"
+    r"(?P<path>/[^?]*)?(?:\?(?P<query>.*))?\Z"
 )
-_LAZY_URL_RE = re.compile(_URL_RE.pattern.replace("(?P<userinfo>.*)", "(?P<userinfo>.*?)"), re.DOTALL)
+_LAZY_URL_RE = _URL_RE.replace("(?P<userinfo>.*)", "(?P<userinfo>.*?)")
 _HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::(?P<port>[^:]*))?\Z")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
-@dataclass(frozen=True)
-class MongoUrl:
+class MongoUrl(NamedTuple):
     """The parts of a MongoDB connection string that muzo_ops checks."""
 
     scheme: str  # "mongodb" or "mongodb+srv"
     userinfo: str | None  # raw "user:password", still percent-encoded
     hosts: str  # "host:port[,host:port]"
     database: str  # from the path, may be empty
-    options: dict[str, str] = field(default_factory=dict)  # lower-cased names
-    raw_options: dict[str, str] = field(default_factory=dict)  # lower-cased names, values as written
+    options: dict[str, str]  # lower-cased names, values decoded
+    raw_options: dict[str, str]  # lower-cased names, values as written
+    written_names: dict[str, str]  # lower-cased name -> as written
 
     @property
     def srv(self) -> bool:
@@ -50,21 +60,81 @@ class MongoUrl:
 
     @property
     def password(self) -> str | None:
-        """The decoded password, or None."""
+        """The password as the driver decodes it (``unquote_plus``: ``+`` is a space), or None."""
         if not self.userinfo or ":" not in self.userinfo:
             return None
-        return unquote(self.userinfo.split(":", 1)[1])
+        return unquote_plus(self.userinfo.split(":", 1)[1])
 
     def option(self, name: str) -> str | None:
         return self.options.get(name.lower())
 
     def flag(self, name: str) -> bool | None:
-        """A boolean option: True/False, or None when absent or not a boolean."""
-        raw = self.option(name)
-        if raw is None:
-            return None
-        word = raw.strip().lower()
-        return True if word in TRUE_WORDS else False if word in FALSE_WORDS else None
+        """A boolean option as the driver reads it: True for ``true``, False for ``false``,
+        None when absent or anything else (the driver ignores it). tlsInsecure stands for the
+        options it implies (tlsAllowInvalidCertificates, tlsAllowInvalidHostnames, …)."""
+        key = name.lower()
+        if key in _IMPLIED_BY_TLSINSECURE and key not in self.options and "tlsinsecure" in self.options:
+            key = "tlsinsecure"  # the driver sets these from tlsInsecure
+        value = self.options.get(key)
+        return True if value == "true" else False if value == "false" else None
+
+
+# The options pymongo validates as booleans (``validate_boolean_or_string``: "true"/"false" only).
+BOOLEAN_OPTIONS = frozenset({
+    "connect", "directconnection", "enableoverloadretargeting", "fsync", "journal", "loadbalanced",
+    "retryreads", "retrywrites", "ssl", "tls", "tlsallowinvalidcertificates",
+    "tlsallowinvalidhostnames", "tlsdisableocspendpointcheck", "tlsinsecure", "tz_aware",
+})
+# Options that tlsInsecure sets; naming one beside it makes the driver refuse the URL.
+_IMPLIED_BY_TLSINSECURE = ("tlsallowinvalidcertificates", "tlsallowinvalidhostnames",
+                           "tlsdisableocspendpointcheck")
+# Credential options (their values are never shown), from the one list of them.
+SECRET_OPTIONS = SECRET_URL_OPTIONS
+
+
+def _split_options(query: str) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """Options as pymongo's ``split_options`` reads them: (decoded, as written, written names),
+    keyed by lower-cased name. ValueError where the driver refuses the URL."""
+    if not query:
+        return {}, {}, {}
+    if "&" in query and ";" in query:
+        raise ValueError("mixes '&' and ';' between options: the driver refuses it; use '&'")
+    delimiter = "&" if "&" in query else ";" if ";" in query else None
+    decoded: dict[str, str] = {}
+    raw: dict[str, str] = {}
+    names: dict[str, str] = {}
+    for pair in query.split(delimiter):
+        parts = pair.split("=")
+        if len(parts) != 2:
+            raise ValueError("has an option that is not one name=value pair (an empty option, or "
+                             "'=' in a value: percent-encode it as %3D): the driver refuses it")
+        name, value = parts
+        key = name.lower()
+        raw[key] = value
+        decoded[key] = value if key == "authmechanismproperties" else unquote_plus(value)
+        names[key] = name
+    if "tlsinsecure" in decoded:
+        for implied in _IMPLIED_BY_TLSINSECURE:
+            if implied in decoded:
+                raise ValueError(f"sets {names['tlsinsecure']} and {names[implied]} together: "
+                                 "the driver refuses it; keep one")
+    if "ssl" in decoded and "tls" in decoded and decoded["ssl"] != decoded["tls"]:
+        raise ValueError("sets ssl and tls to different values: the driver refuses it; keep tls=")
+    return decoded, raw, names
+
+
+def ignored_options(mongo: MongoUrl) -> list[str]:
+    """Options the driver would ignore (with only a warning on stderr), a phrase each.
+
+    Never quotes a credential option's value.
+    """
+    found = []
+    for key, value in mongo.options.items():
+        if key in BOOLEAN_OPTIONS and value not in ("true", "false"):
+            shown = masking.printable(value)[:20]
+            found.append(f"{mongo.written_names.get(key, key)}={shown} is not a boolean the driver reads "
+                         "(only lower-case true or false), so it ignores the option")
+    return found
 
 
 def _ports_ok(hosts: str) -> bool:
@@ -82,9 +152,12 @@ def _match(url: str) -> re.Match[str]:
     match = _STRICT_URL_RE.match(url)
     if match and ("@" in (match.group("path") or "") or not _ports_ok(match.group("hosts"))):
         match = None  # the user information has a `/` or `?`: read up to the last `@`
-    match = match or _URL_RE.match(url) or _LAZY_URL_RE.match(url)
+    match = match or re.match(_URL_RE, url) or re.match(_LAZY_URL_RE, url)
     if not match:
         if not url.startswith(("mongodb://", "mongodb+srv://")):
+            if url.partition("://")[0].lower() in ("mongodb", "mongodb+srv"):
+                raise ValueError("must start with mongodb:// or mongodb+srv:// in lower case (the driver "
+                                 "reads the scheme case-sensitively and refuses any other spelling)")
             raise ValueError("must start with mongodb:// or mongodb+srv://")
         raise ValueError("is not a MongoDB connection string (mongodb://[user:pass@]host[:port]/db)")
     return match
@@ -109,12 +182,7 @@ def parse(url: str) -> MongoUrl:
     """Split ``url``; ValueError (without the URL in it) when it is not one."""
     match = _match(url)
     query = match.group("query") or ""
-    options = {k.lower(): v for k, v in parse_qsl(query, keep_blank_values=True)}
-    raw_options = {}
-    for pair in re.split(r"[&;]", query):
-        name, _, value = pair.partition("=")
-        if name:
-            raw_options[name.lower()] = value
+    options, raw_options, written_names = _split_options(query)
     hosts = match.group("hosts")
     for host in hosts.split(","):
         found = _HOST_RE.match(host)
@@ -134,6 +202,7 @@ def parse(url: str) -> MongoUrl:
         database=(match.group("path") or "/")[1:],
         options=options,
         raw_options=raw_options,
+        written_names=written_names,
     )
 
 
@@ -167,29 +236,11 @@ def transactions_from_url(mongo: MongoUrl) -> bool | None:
     return None
 
 
-# Options whose values are credentials (lower-cased), hidden by ``redacted``.
-SECRET_OPTIONS = ("authmechanismproperties", "tlscertificatekeyfilepassword",
-                  "sslclientcertificatekeypassword", "sslpemkeypassword")
-
-
 def redacted(url: str) -> str:
-    """``url`` with its password and credential options replaced by ``***`` (for display)."""
+    """``url`` with its password and credential options replaced by ``***`` (for display);
+    ``***`` alone when it is not a MongoDB URL the driver could read."""
     try:
-        mongo = parse(url)
+        parse(url)
     except ValueError:
         return "***"
-    shown = url
-    if mongo.userinfo:
-        user = mongo.userinfo.partition(":")[0]
-        shown = shown.replace(mongo.userinfo + "@", f"{user}:***@" if ":" in mongo.userinfo
-                              else f"{user}@", 1)
-    head, sep, query = shown.partition("?")
-    if sep:
-        pairs = []
-        for pair in re.split(r"([&;])", query):
-            name, eq, value = pair.partition("=")
-            if eq and value and name.lower() in SECRET_OPTIONS:
-                pair = f"{name}=***"
-            pairs.append(pair)
-        shown = head + sep + "".join(pairs)
-    return shown
+    return masking.redacted_url(url)

@@ -9,6 +9,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from muzo_ops.booleans import parse_bool
 from muzo_ops.constants import (
     DEFAULT_DRAIN_TIMEOUT_S,
     DEFAULT_HEARTBEAT_FRACTION,
@@ -190,7 +191,7 @@ class WorkerSettings:
             retry_base_s=base,
             retry_cap_s=cap,
             change_streams=change_streams if change_streams is not None else (
-                schema.parse_bool(streams_text) if streams_text is not None else True),
+                parse_bool(streams_text) if streams_text is not None else True),
             burst=burst,
             job_timeouts=timeouts,
             policies=per_type,

@@ -1,0 +1,86 @@
+"""Text with a secret's shape (a Stripe key, a JWT, a URL password), found and masked anywhere."""
+
+from __future__ import annotations
+
+import functools
+import re
+
+from muzo_ops.constants import MASK
+
+# Text with a secret's shape, masked wherever it appears (in a variable not
+# meant for it, pasted on a line of its own, inside a URL option). Each
+# pattern's group "s" is the secret; text around it stays readable. Short
+# prefixes must start a token (not follow `-` or `_`), so a random base64url
+# value does not look like one by chance. Each pattern comes with the literal
+# text it cannot match without (lower-case hints are looked for in the
+# lower-cased text): a pattern is compiled only when text holds a hint, so
+# start-up pays for none of them.
+_SHAPES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("sk_", "rk_"), r"(?<![A-Za-z0-9])(?P<s>(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{6,})"),  # Stripe secret / restricted
+    (("whsec_",), r"(?<![A-Za-z0-9])(?P<s>whsec_[A-Za-z0-9]{10,})"),  # Stripe webhook signing secret
+    (("sk-",), r"(?<![A-Za-z0-9_-])(?P<s>sk-(?:proj|svcacct|admin|ant-api03|ant-admin01)-[A-Za-z0-9_-]{20,})"),
+    (("T3BlbkFJ",), r"(?<![A-Za-z0-9_-])(?P<s>sk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20})"),  # OpenAI, older keys
+    (("AKIA", "ASIA"), r"(?<![A-Za-z0-9])(?P<s>(?:AKIA|ASIA)[0-9A-Z]{16})(?![0-9A-Z])"),  # AWS access key id
+    (("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), r"(?<![A-Za-z0-9_-])(?P<s>gh[pousr]_[A-Za-z0-9]{30,})"),  # GitHub
+    (("github_pat_",), r"(?<![A-Za-z0-9_-])(?P<s>github_pat_[A-Za-z0-9_]{30,})"),
+    (("glpat-",), r"(?<![A-Za-z0-9_-])(?P<s>glpat-[A-Za-z0-9_-]{16,})"),  # GitLab
+    (("xox",), r"(?<![A-Za-z0-9_-])(?P<s>xox[abposr]-[A-Za-z0-9-]{10,})"),  # Slack
+    (("AIza",), r"(?<![A-Za-z0-9_-])(?P<s>AIza[0-9A-Za-z_-]{35})"),  # Google API key
+    (("GOCSPX-",), r"(?<![A-Za-z0-9])(?P<s>GOCSPX-[A-Za-z0-9_-]{10,})"),  # Google OAuth client secret
+    (("rpa_",), r"(?<![A-Za-z0-9_-])(?P<s>rpa_[A-Za-z0-9]{16,})"),  # RunPod
+    (("eyJ",), r"(?<![A-Za-z0-9_-])(?P<s>eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})"),  # JWT
+    (("-----BEGIN ",), r"(?P<s>-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z))"),
+    # the password of a URL's user:password@ part (any scheme)
+    (("://",), r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:\"']*:(?P<s>[^\s@/\"']+)@"),
+    # credentials inside URL options and key:value lists (MongoDB authMechanismProperties)
+    (("session_token", "aws_secret_access_key"),
+     r"(?i:AWS_SESSION_TOKEN|AWS_SECRET_ACCESS_KEY|SESSION_TOKEN)(?::|%3A)(?P<s>[^,&\s\"']+)"),
+    (("=",), r"[?&;](?i:password|passwd|pwd|secret|token|api_?key|access_?token|auth_?token|sig|signature|"
+     r"X-Amz-Signature|X-Amz-Security-Token|tlsCertificateKeyFilePassword|sslClientCertificateKeyPassword)"
+     r"=(?P<s>[^&#\s\"']+)"),
+)
+
+_ANY_CASE = frozenset({15})  # the index of the pattern whose hints are looked for in lower case
+
+
+_HINTS = tuple((index, hints) for index, (hints, _) in enumerate(_SHAPES))
+
+
+@functools.cache
+def _pattern(index: int) -> re.Pattern[str]:
+    return re.compile(_SHAPES[index][1])
+
+
+def _candidates(text: str) -> list[re.Pattern[str]]:
+    """The patterns whose hints ``text`` holds, in order (most text holds none)."""
+    lower = text.lower() if "_" in text else ""  # the only case-insensitive hints hold "_"
+    found = []
+    for index, hints in _HINTS:
+        where = lower if index in _ANY_CASE else text
+        for hint in hints:
+            if hint in where:
+                found.append(_pattern(index))
+                break
+    return found
+
+
+def secret_shapes() -> tuple[re.Pattern[str], ...]:
+    """Every secret-shape pattern, compiled."""
+    return tuple(_pattern(i) for i in range(len(_SHAPES)))
+
+
+def shaped_secrets(text: str) -> list[str]:
+    """Every substring of ``text`` that has a secret's shape."""
+    found: list[str] = []
+    for pattern in _candidates(text):
+        found.extend(m.group("s") for m in pattern.finditer(text))
+    return found
+
+
+def mask_shapes(text: str) -> str:
+    """``text`` with everything that has a secret's shape replaced by ``***``."""
+    for pattern in _candidates(text):
+        if pattern.search(text):
+            text = pattern.sub(lambda m: m.group(0)[: m.start("s") - m.start()] + MASK
+                               + m.group(0)[m.end("s") - m.start():], text)
+    return text
