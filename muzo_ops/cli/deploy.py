@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from muzo_ops.cli.common import Parser, add_format, help_kwargs, positive_int
+from muzo_ops.cli.common import Parser, add_allow, add_format, help_kwargs, positive_int
 from muzo_ops.constants import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
 from muzo_ops.errors import UsageError
 
@@ -49,6 +49,7 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
                    help="muzo_ops checkout to ship (default: the one running this command)")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask before changing hosts")
     p.add_argument("-v", "--verbose", action="store_true", help="show pyinfra's progress lines")
+    add_allow(p)
     add_format(p)
     p.set_defaults(func=cmd_deploy)
 
@@ -87,12 +88,13 @@ def cmd_deploy(args: argparse.Namespace, out: Output) -> int:
         if not args.yes and not _confirm(out, "roll back the chosen hosts"):
             return EXIT_USAGE
         result = driver.rollback(args.inventory, args.env_file, serial=args.serial, limit=args.limit,
-                                 progress=progress, verbose=args.verbose)
+                                 progress=progress, verbose=args.verbose, waivers=dict(args.allow))
     else:
         if not args.dry and not args.yes:
             preview = driver.deploy(args.inventory, args.env_file, dry=True, limit=args.limit,
                                     lock=Path(args.lock) if args.lock else None,
-                                    source=Path(args.source) if args.source else None, progress=progress)
+                                    source=Path(args.source) if args.source else None, progress=progress,
+                                    waivers=dict(args.allow))
             for name, r in preview.hosts.items():
                 out.err(_line(name, r))
             if not _confirm(out, "deploy"):
@@ -100,7 +102,7 @@ def cmd_deploy(args: argparse.Namespace, out: Output) -> int:
         result = driver.deploy(args.inventory, args.env_file, dry=args.dry, serial=args.serial,
                                limit=args.limit, lock=Path(args.lock) if args.lock else None,
                                source=Path(args.source) if args.source else None, progress=progress,
-                               verbose=args.verbose)
+                               verbose=args.verbose, waivers=dict(args.allow))
     if as_json:
         out.json(result.to_json())
     else:
