@@ -16,6 +16,7 @@ wheel deploys.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -30,7 +31,7 @@ import pytest
 
 from muzo_ops.deploy.hoststate import HostState
 from tests.envdata import write_env
-from tests.nspawn import NspawnHost, booted_hosts, build_rootfs, nspawn_unavailable
+from tests.nspawn import NspawnHost, booted_hosts, build_rootfs, free_port, nspawn_unavailable
 from tests.servers import Secantus
 from tests.test_deploy import _prepare, as_json, deploy_args, env_values, muzo_deploy
 
@@ -40,6 +41,8 @@ pytestmark = [pytest.mark.skipif(UNAVAILABLE is not None, reason=f"no systemd-ns
               pytest.mark.timeout(600)]
 PAUSE = "/etc/muzo/state/test-pause-at"
 DATA = {"muzo_queues": "generation,mockup", "muzo_concurrency": 1}
+# The hosts share this machine's network: ports nobody else holds (a fixed one could answer for another process).
+PORTS = tuple(sorted({free_port() for _ in range(4)}))[:2]
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +78,14 @@ def _extra_wheel(folder: Path) -> Path:
 
 
 def inventory(work: Path, hosts: list[NspawnHost], extra: bool, name: str = "inv", **more: Any) -> Path:
-    """Both hosts run generation and mockup; the first also the queue exporter (gated by HTTP)."""
+    """Both hosts run generation and mockup; the first also the queue exporter, the second the job
+    dashboard (both gated by HTTP)."""
     data = dict(DATA, **more)
     if extra:
         data["muzo_handler_packages"] = [str(work / "muzo_extra-1.0-py3-none-any.whl")]
     rows = "".join(f"    ({h.name!r}, {dict(h.inventory_data(), **data, **exporter)!r}),\n"
-                   for h, exporter in zip(hosts, [{"muzo_exporter_port": 9471}, {}], strict=False))
+                   for h, exporter in zip(hosts, [{"muzo_exporter_port": PORTS[0]}, {"muzo_dashboard_port": PORTS[1]}],
+                                          strict=False))
     path = work / f"{name}.py"
     path.write_text(f"workers = [\n{rows}]\n")
     return path
@@ -97,7 +102,7 @@ def host_state(host: NspawnHost) -> HostState:
 def assert_runs(host: NspawnHost, entry: dict[str, Any], env_sha: str | None = None) -> HostState:
     """The host runs ``entry``'s desired release (and ``env_sha``), every instance active and gated."""
     state = host_state(host)
-    assert entry["healthy"] is True and entry["release"] == entry["desired_release"], entry
+    assert entry["healthy"] is True and entry["release"] == entry["desired_release"], json.dumps(entry)
     workers = {n: i for n, i in state.instances.items() if n.startswith("muzo-worker@")}
     assert sorted(workers) == ["muzo-worker@generation.service", "muzo-worker@mockup.service"]
     for inst in state.instances.values():
@@ -164,7 +169,8 @@ def env_sha(host: NspawnHost, env: Path, work: Path, extra: bool) -> str:
     return plan_host(host.name, read_env_file(str(env)), data).env_sha256
 
 
-def test_first_deploy_with_the_exporter(hosts: list[NspawnHost], work: Path, secantus: Secantus) -> None:
+def test_first_deploy_with_the_exporter_and_the_dashboard(hosts: list[NspawnHost], work: Path,
+                                                          secantus: Secantus) -> None:
     env = env_file(work, secantus, "0")
     inv = inventory(work, hosts, False)
     proc = muzo_deploy(*deploy_args(work, inv, env, "--serial", "2"))
@@ -173,8 +179,12 @@ def test_first_deploy_with_the_exporter(hosts: list[NspawnHost], work: Path, sec
     state = assert_runs(hosts[0], data["hosts"][hosts[0].name])
     assert state.instances["muzo-jobs-metrics.service"].gated
     assert "muzo-jobs-metrics.service" not in host_state(hosts[1]).instances
-    for unit in ("muzo-worker@generation", "muzo-jobs-metrics"):
-        tasks = hosts[0].ssh(f"systemctl show -p TasksMax --value {unit}").stdout.strip()
+    dashboard = assert_runs(hosts[1], data["hosts"][hosts[1].name]).instances["muzo-dashboard.service"]
+    assert dashboard.active == "active" and dashboard.gated
+    assert "gated muzo-dashboard.service" in data["hosts"][hosts[1].name]["operations"]
+    for host, unit in ((hosts[0], "muzo-worker@generation"), (hosts[0], "muzo-jobs-metrics"),
+                       (hosts[1], "muzo-dashboard")):
+        tasks = host.ssh(f"systemctl show -p TasksMax --value {unit}").stdout.strip()
         assert tasks.isdigit() and int(tasks) <= 256
     assert "muzo-jobs-metrics" in hosts[0].ssh("journalctl -t muzo-jobs-metrics --no-pager | tail -n 3").stdout \
         or hosts[0].ssh("journalctl -u muzo-jobs-metrics --no-pager -o short | tail -n 3").stdout
@@ -335,8 +345,6 @@ def test_rollback_whose_gate_fails_returns_to_what_ran_before(hosts: list[Nspawn
 
 def test_an_unreachable_host_is_reported_and_nothing_switches(hosts: list[NspawnHost], work: Path,
                                                               secantus: Secantus) -> None:
-    from tests.nspawn import free_port
-
     inv = inventory(work, hosts, False, name="inv-gone")
     gone = dict(hosts[0].inventory_data(), **DATA, ssh_port=free_port())
     inv.write_text(inv.read_text().replace("workers = [\n", f"workers = [\n    ('gone', {gone!r}),\n"))

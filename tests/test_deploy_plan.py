@@ -186,3 +186,26 @@ def test_desired_state_against_what_runs() -> None:
     assert (damaged.lease.since, damaged.lease.expires, damaged.now) == (0, 0, 0)
     assert plan.units[1].http_port == 9470 and "TasksMax=" in plan.units[1].text
     assert all("TasksMax=" in u.text and "SyslogIdentifier=" in u.text for u in plan.units)
+
+
+def test_waivers_accept_a_checked_code_on_record(tmp_path: Path) -> None:
+    from tests.helpers import run_cli
+
+    local = dict(FULL, DATABASE_URL="mongodb://u:Str0ngPass-123@127.0.0.1:27017/muzo?directConnection=true")
+    with pytest.raises(DeployError, match="DATABASE_URL"):
+        plan_host("h1", local, {})
+    with pytest.raises(DeployError, match="DATABASE_URL"):  # one code waived, the other still stops it
+        plan_host("h1", local, {}, {"production-localhost": "the test hosts share the machine"})
+    waivers = {"production-localhost": "the test hosts share the machine", "production-mongo-no-tls": "loopback"}
+    assert plan_host("h1", local, {}, waivers).env_sha256
+    # The env file's own MUZO_CHECK_WAIVERS count too.
+    written = dict(local, MUZO_CHECK_WAIVERS="production-localhost:shared machine;production-mongo-no-tls:loopback")
+    assert plan_host("h1", written, {}).env_sha256
+    # --allow with a code no check has is a usage error, one line.
+    env = write_env(tmp_path / "w.env", local)
+    (tmp_path / "inv.py").write_text("workers = [('w1', {})]\n")
+    proc = run_cli("deploy", "--inventory", str(tmp_path / "inv.py"), "--env-file", str(env), "--dry",
+                   "--allow", "no-such-code:because")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no-such-code" in proc.stderr, proc.stderr
+    proc = run_cli("deploy", "--inventory", str(tmp_path / "inv.py"), "--env-file", str(env), "--dry")
+    assert proc.returncode == 2 and "DATABASE_URL" in proc.stderr, proc.stderr

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from muzo_ops.cli.common import Parser, add_format, help_kwargs, positive_int
+from muzo_ops.cli.common import Parser, add_allow, add_format, help_kwargs, positive_int
 from muzo_ops.constants import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
 from muzo_ops.errors import UsageError
 
@@ -25,9 +25,11 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     """Register ``deploy``."""
     p = sub.add_parser("deploy", help="deploy the worker to systemd hosts (pyinfra)", **help_kwargs(
         "Deploy the queue worker to the hosts of a pyinfra inventory as hardened systemd services "
-        "(muzo-worker@QUEUE). Phase 1 stages the release, env file and unit on all hosts in parallel; "
-        "phase 2 switches, restarts and health-checks SERIAL hosts at a time, rolls a failing host "
-        "back and stops the rollout (exit 1). Nothing is restarted when nothing changed. "
+        "(muzo-worker@QUEUE; optionally muzo-jobs-metrics and muzo-dashboard). Phase 1 takes each host's "
+        "deploy lease and stages the release, env file and units on all hosts in parallel; phase 2, SERIAL "
+        "hosts at a time, restarts what runs something else than asked, gates it, rolls a failing host back "
+        "to what ran healthy before and stops the rollout (exit 1). A rerun after any interruption "
+        "finishes the job; nothing is restarted when what runs is what is asked. "
         "Needs the 'deploy' extra: pip install 'muzo-ops[deploy]'.",
         EXAMPLE))
     p.add_argument("--inventory", required=True, metavar="PATH", help="pyinfra inventory file")
@@ -39,13 +41,15 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--limit", action="append", default=[], metavar="HOST",
                    help="only this inventory host (repeatable)")
     p.add_argument("--rollback", action="store_true",
-                   help="switch the hosts back to their previous release, env file and unit")
+                   help="switch the hosts back to what ran before their last deploy (its gate failing: "
+                        "back to what ran before the rollback)")
     p.add_argument("--lock", metavar="PATH",
                    help="dependency lock (default: muzo-worker.lock beside the inventory)")
     p.add_argument("--source", metavar="PATH",
                    help="muzo_ops checkout to ship (default: the one running this command)")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask before changing hosts")
     p.add_argument("-v", "--verbose", action="store_true", help="show pyinfra's progress lines")
+    add_allow(p)
     add_format(p)
     p.set_defaults(func=cmd_deploy)
 
@@ -84,12 +88,13 @@ def cmd_deploy(args: argparse.Namespace, out: Output) -> int:
         if not args.yes and not _confirm(out, "roll back the chosen hosts"):
             return EXIT_USAGE
         result = driver.rollback(args.inventory, args.env_file, serial=args.serial, limit=args.limit,
-                                 progress=progress, verbose=args.verbose)
+                                 progress=progress, verbose=args.verbose, waivers=dict(args.allow))
     else:
         if not args.dry and not args.yes:
             preview = driver.deploy(args.inventory, args.env_file, dry=True, limit=args.limit,
                                     lock=Path(args.lock) if args.lock else None,
-                                    source=Path(args.source) if args.source else None, progress=progress)
+                                    source=Path(args.source) if args.source else None, progress=progress,
+                                    waivers=dict(args.allow))
             for name, r in preview.hosts.items():
                 out.err(_line(name, r))
             if not _confirm(out, "deploy"):
@@ -97,7 +102,7 @@ def cmd_deploy(args: argparse.Namespace, out: Output) -> int:
         result = driver.deploy(args.inventory, args.env_file, dry=args.dry, serial=args.serial,
                                limit=args.limit, lock=Path(args.lock) if args.lock else None,
                                source=Path(args.source) if args.source else None, progress=progress,
-                               verbose=args.verbose)
+                               verbose=args.verbose, waivers=dict(args.allow))
     if as_json:
         out.json(result.to_json())
     else:

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,10 +204,10 @@ def _changed(metas: ops.Labelled) -> list[str]:
             and label not in ("lease", "lease-given-back")]
 
 
-def plan_hosts(target: Target, env_file: str) -> dict[str, HostPlan]:
+def plan_hosts(target: Target, env_file: str, waivers: Mapping[str, str] | None = None) -> dict[str, HostPlan]:
     """Render and check every host's env file and unit: DeployError before any host is touched."""
     base = read_env_file(env_file)
-    return {name: plan_host(name, base, target.data[name]) for name in target.names}
+    return {name: plan_host(name, base, target.data[name], waivers) for name in target.names}
 
 
 def build_releases(plans: dict[str, HostPlan], lock: Path | None, progress: Progress,
@@ -259,12 +259,13 @@ def describe(res: HostResult, state: HostState | None, wanted: Sequence[str]) ->
 
 def deploy(inventory: str, env_file: str, *, dry: bool = False, serial: int = 1, limit: Sequence[str] = (),
            lock: Path | None = None, source: Path | None = None, progress: Progress = lambda _: None,
-           verbose: bool = False) -> DeployResult:
-    """Deploy the worker to the inventory's hosts (see the module text). DeployError: nothing touched."""
+           verbose: bool = False, waivers: Mapping[str, str] | None = None) -> DeployResult:
+    """Deploy the worker to the inventory's hosts (see the module text). DeployError: nothing touched.
+    ``waivers`` (code → reason) accept env check problems of those codes, as ``check-env --allow`` does."""
     start = time.monotonic()
     _quiet_pyinfra(verbose)
     target = load_target(inventory, limit)
-    plans = plan_hosts(target, env_file)
+    plans = plan_hosts(target, env_file, waivers)
     lock = lock or Path(inventory).resolve().parent / "muzo-worker.lock"
     releases = build_releases(plans, lock, progress, source)
     desired = {n: Desired.of(plans[n], releases[n].name) for n in target.names}
@@ -442,13 +443,14 @@ def _report(target: Target, result: DeployResult, settled: set[str], plans: dict
 
 
 def rollback(inventory: str, env_file: str, *, serial: int = 1, limit: Sequence[str] = (),
-             progress: Progress = lambda _: None, verbose: bool = False) -> DeployResult:
+             progress: Progress = lambda _: None, verbose: bool = False,
+             waivers: Mapping[str, str] | None = None) -> DeployResult:
     """Switch the chosen hosts back to what ran before their last deploy; a rollback whose gate
     fails goes back to what ran before it. Batch by batch; stops after a host that is not healthy."""
     start = time.monotonic()
     _quiet_pyinfra(verbose)
     target = load_target(inventory, limit)
-    plans = plan_hosts(target, env_file)
+    plans = plan_hosts(target, env_file, waivers)
     result = DeployResult({n: HostResult() for n in target.names})
     token, owner = uuid.uuid4().hex, lease_owner()
     metas: dict[str, tuple[Any, Any]] = {}

@@ -103,15 +103,13 @@ def _script(*args: str) -> str:
 # ------------------------------------------------------------------ phase 1
 
 
-@operation()
-def host_script_installed() -> OpGen:
-    """Install deploy/host/muzo-host as /opt/muzo/bin/muzo-host (written beside, renamed over)."""
+def host_script_installed() -> OperationMeta | None:
+    """Install deploy/host/muzo-host as /opt/muzo/bin/muzo-host (pyinfra's files.put), unless it is there."""
     if host_state().host_script == host_script_sha256():
-        return
-    upload = f"{ROOT}/bin/.muzo-host.upload"
-    yield f"mkdir -p {ROOT}/bin && chmod 0755 {ROOT} {ROOT}/bin"
-    yield FileUploadCommand(str(host_script_path()), upload)
-    yield f"chown root:root {upload} && chmod 0755 {upload} && mv -f {upload} {HOST_SCRIPT}"
+        return None
+    meta: OperationMeta = files.put(name="muzo-host script", src=str(host_script_path()), dest=HOST_SCRIPT,
+                                    user="root", group="root", mode="755", create_remote_dir=True)
+    return meta
 
 
 @operation(is_idempotent=False)
@@ -151,7 +149,7 @@ def releases_pruned(release: Release, keep: int = KEEP_RELEASES) -> OpGen:
     """Delete the oldest releases beyond ``keep`` (never one that runs, is wanted or is kept for rollback)."""
     doomed = releases_to_delete(release.name, host_state(), keep)
     if doomed:
-        yield "rm -rf " + " ".join(q(f"{RELEASES}/{n}") for n in doomed)
+        yield _script("prune-releases", *doomed)
 
 
 def releases_to_delete(new: str, state: HostState, keep: int = KEEP_RELEASES) -> list[str]:
@@ -163,29 +161,27 @@ def releases_to_delete(new: str, state: HostState, keep: int = KEEP_RELEASES) ->
     return doomed + [n for n in state.partial if n != new]
 
 
-def _store(kind: str, text: str, digest: str, mode: str) -> OpGen:
+def _store(kind: str, text: str, digest: str) -> OpGen:
     """Upload ``text`` into the root-only store under its digest, unless it is there."""
     stored = host_state().stored_env if kind == "env" else host_state().stored_unit
     if digest in stored:
         return
-    folder = f"{STATE}/{kind}"
-    upload = f"{folder}/.upload-{digest}"
-    yield f"mkdir -p {folder} && chmod 0700 {STATE} {folder}"
-    yield FileUploadCommand(io.BytesIO(text.encode()), upload)
-    yield f"chown root:root {upload} && chmod {mode} {upload} && mv -f {upload} {folder}/{digest}"
+    # Into the root-only store (made by the lease), digest checked, then renamed: never readable by others.
+    yield FileUploadCommand(io.BytesIO(text.encode()), f"{STATE}/{kind}/.upload-{digest}")
+    yield _script("store", kind, digest)
 
 
 @operation()
 def env_stored(plan: HostPlan) -> OpGen:
     """Store the host's env file by digest (0600 root, in the 0700 state folder)."""
-    yield from _store("env", plan.env_text, plan.env_sha256, "0600")
+    yield from _store("env", plan.env_text, plan.env_sha256)
 
 
 @operation()
 def units_stored(plan: HostPlan) -> OpGen:
     """Store the unit files by digest."""
     for unit in plan.units:
-        yield from _store("units", unit.text, unit.sha256, "0644")
+        yield from _store("units", unit.text, unit.sha256)
 
 
 def take_lease(token: str, owner: str, stale: str, leader: OperationMeta | None) -> OperationMeta:
@@ -198,10 +194,9 @@ def take_lease(token: str, owner: str, stale: str, leader: OperationMeta | None)
 def stage(plan: HostPlan, release: Release, token: str, owner: str, stale: str = "",
           give_back: bool = False, leader: OperationMeta | None = None) -> Labelled:
     """Phase 1 on the current host: the lease, then staging; nothing that runs is changed."""
-    labelled: Labelled = [
-        ("host-script", host_script_installed(name="muzo-host script")),
-        ("lease", take_lease(token, owner, stale, leader)),
-    ]
+    script = host_script_installed()
+    labelled: Labelled = [("host-script", script)] if script is not None else []
+    labelled.append(("lease", take_lease(token, owner, stale, leader)))
     if not (host_state().user and host_state().current):  # a host deployed before has both (saves 2 facts)
         labelled += [
             ("user", server.user(name="muzo system user", user="muzo", system=True, shell="/usr/sbin/nologin",
@@ -254,7 +249,7 @@ def failed_unless_healthy(switch: OperationMeta) -> OpGen:
 
 def rollback(token: str, owner: str, stale: str, timeout_s: float) -> tuple[OperationMeta, OperationMeta]:
     """On demand (``muzo-ops deploy --rollback``): lease, roll back, give the lease back; (rollback, lease)."""
-    host_script_installed(name="muzo-host script")
+    host_script_installed()
     lease = take_lease(token, owner, stale, None)
     meta = rolled_back(name="roll back on demand", token=token, timeout_s=timeout_s, _ignore_errors=True)
     lease_given_back(name="deploy lease given back", token=token)

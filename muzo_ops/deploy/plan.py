@@ -203,12 +203,13 @@ def render_env(host: str, values: Mapping[str, str]) -> str:
     return "".join(lines)
 
 
-def check_host_values(host: str, values: Mapping[str, str]) -> None:
-    """DeployError naming every variable with an error (the library check, on the values)."""
+def check_host_values(host: str, values: Mapping[str, str], waivers: Mapping[str, str] | None = None) -> None:
+    """DeployError naming every variable with an error (the library check, on the values); ``waivers``
+    (code → reason, ``deploy --allow``) and the env file's own MUZO_CHECK_WAIVERS accept a code."""
     from muzo_ops.env import check_values
     from muzo_ops.env.schema import App
 
-    report = check_values(values, app=App.WORKER)
+    report = check_values(values, app=App.WORKER, waivers=waivers)
     if not report.ok:
         problems = "; ".join(f"{p.variable or 'file'}: {p.message}" for p in report.errors)
         raise DeployError(f"host {host}: the worker env has errors ({problems}); "
@@ -252,14 +253,15 @@ def render_units(host: str, values: Mapping[str, str], data: Mapping[str, Any],
     return tuple(units)
 
 
-def plan_host(host: str, base: Mapping[str, str], data: Mapping[str, Any]) -> HostPlan:
+def plan_host(host: str, base: Mapping[str, str], data: Mapping[str, Any],
+              waivers: Mapping[str, str] | None = None) -> HostPlan:
     """Render and check everything ``host`` needs; DeployError before anything is touched."""
     if data.get("_sudo") or data.get("_su_user") or data.get("_doas"):
         raise DeployError(f"host {host}: sudo/su/doas are not supported (pyinfra would pass the env file "
                           "through a temporary file the SSH user can read); connect as root: ssh_user root")
     validate_host_data(host, data)
     values = host_values(host, base, data)
-    check_host_values(host, values)
+    check_host_values(host, values, waivers)
     packages = _strings(host, data, "muzo_handler_packages")
     timeout = _number(host, data, "muzo_health_timeout", 1, 3600) or DEFAULT_HEALTH_TIMEOUT_S
     queues = _queues(host, data)
