@@ -363,7 +363,7 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable(
         "DASHBOARD_PASSWORD", Group.WORKER, False, WORKER,
-        "Password for the job dashboard's HTTP basic auth; unset: the dashboard binds 127.0.0.1 only.",
+        "Password for the job dashboard's HTTP basic auth; unset: the dashboard binds the loopback address only.",
         Kind.SECRET, "replace-me-with-muzo-ops-secrets-generate", sensitive=True,
         generator=Generator.TOKEN_URLSAFE_32, min_length=16,
     ),

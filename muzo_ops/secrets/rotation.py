@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from muzo_ops.constants import BACKUP_SUFFIX
-from muzo_ops.env import dotenvx
+from muzo_ops.env import dotenvx, schema
 from muzo_ops.errors import MuzoOpsError, UsageError
 from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
 from muzo_ops.secrets import audit
@@ -255,6 +255,7 @@ def rotate(path: str, names: list[str] | None = None, *, dry_run: bool = False, 
     now = now or dt.datetime.now(dt.UTC)
     wanted = list(dict.fromkeys(names or default_names()))
     generators = {name: generate.generator_for(name) for name in wanted}  # SchemaError for the rest
+    optional_unless_present = set() if names else {n for n in wanted if not schema.get(n).required}
     if keep < 1:
         raise UsageError("--keep must be at least 1: the last backup is what rollback restores")
     with locked(path, lock_timeout_s):
@@ -264,6 +265,8 @@ def rotate(path: str, names: list[str] | None = None, *, dry_run: bool = False, 
         from muzo_ops.env.envfile import parse_text
 
         raw = parse_text(text, path).raw()
+        # with no names: every generated secret the file holds, and the required ones it lacks
+        wanted = [n for n in wanted if n not in optional_unless_present or raw.get(n)]
         writer = LineWriter(text)
         fingerprint = audit.Fingerprinter(path)
         result = Result("rotate", path, dry_run=dry_run, encrypted=writer.encrypted)
