@@ -30,11 +30,19 @@ QUEUE_PORT_OFFSETS: dict[JobType, int] = {JobType.GENERATION: 0, JobType.MOCKUP:
 
 
 def port_for(base: int, queues: Sequence[JobType | str]) -> int:
-    """The port a worker for ``queues`` binds: ``base`` + the queue's offset when it runs only one."""
+    """The port a worker for ``queues`` binds: ``base`` + the queue's offset when it runs only one.
+
+    ConfigError (one line) when the sum is past 65535.
+    """
     kinds = list(dict.fromkeys(q if isinstance(q, JobType) else JobType.from_queue(q) for q in queues))
     if len(kinds) != 1:
         return base
-    return base + QUEUE_PORT_OFFSETS[kinds[0]]
+    port = base + QUEUE_PORT_OFFSETS[kinds[0]]
+    if port > 65535:
+        raise ConfigError(f"metrics port {base} + the {kinds[0].queue} queue's offset "
+                          f"{QUEUE_PORT_OFFSETS[kinds[0]]} is {port}, past 65535: use a base port of at most "
+                          f"{65535 - max(QUEUE_PORT_OFFSETS.values())} (--metrics-port / WORKER_METRICS_PORT)")
+    return port
 
 
 class Probe(Protocol):
