@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 Doc = dict[str, Any]
 
+DEFAULT_TIMEOUT_S = 10.0  # an operator's command waits this long for MongoDB unless the URL or --timeout says
+
 
 def status_pipeline() -> list[Doc]:
     """Counts by (type, status) of the whole collection."""
@@ -79,13 +81,26 @@ class AdminStore:
         self.jobs = jobs
 
     @classmethod
-    def connect(cls, url: str, timeout_s: float = 10.0) -> AdminStore:
-        """DATABASE_URL's ``Job`` collection; the client connects on first use."""
+    def connect(cls, url: str, timeout_s: float | None = None) -> AdminStore:
+        """DATABASE_URL's ``Job`` collection; the client connects on first use.
+
+        ``timeout_s`` (``--timeout``) bounds server selection, connecting and
+        each reply; without it the URL's own serverSelectionTimeoutMS,
+        connectTimeoutMS and socketTimeoutMS hold, each 10 s when the URL
+        does not set it.
+        """
         from pymongo import MongoClient
 
-        ms = int(timeout_s * 1000)
-        client: MongoClient[Doc] = MongoClient(url, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms,
-                                               appname="muzo-ops jobs")
+        from muzo_ops.mongo import url as mongourl
+
+        parsed = mongourl.parse(url)
+        kwargs: dict[str, Any] = {}
+        for option in ("serverSelectionTimeoutMS", "connectTimeoutMS", "socketTimeoutMS"):
+            if timeout_s is not None:
+                kwargs[option] = int(timeout_s * 1000)
+            elif parsed.option(option) is None:
+                kwargs[option] = int(DEFAULT_TIMEOUT_S * 1000)
+        client: MongoClient[Doc] = MongoClient(url, appname="muzo-ops jobs", **kwargs)
         db = client.get_default_database(default="muzo")
         return cls(db.get_collection(JOB_COLLECTION, codec_options=CODEC_OPTIONS))
 
