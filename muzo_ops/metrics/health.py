@@ -42,7 +42,7 @@ class HealthState(Observer):
         self.outage_where = ""
         self.outage_error = ""  # the exception's class name only: messages can hold host names
         self.consecutive_errors = 0
-        self._running: set[tuple[str, int]] = set()
+        self._running: set[tuple[tuple[str, Any], int]] = set()
 
     # ---------------------------------------------------------------- events
 
@@ -65,11 +65,11 @@ class HealthState(Observer):
         self.consecutive_errors = consecutive_errors
 
     def job_started(self, job: JobInfo, wait_s: float | None) -> None:
-        self._running.add((job.id, job.attempt))
+        self._running.add((job.identity, job.attempt))
         self.db_ok()  # a claim just succeeded
 
     def job_finished(self, job: JobInfo, outcome: Outcome, duration_s: float, error: BaseException | None) -> None:
-        self._running.discard((job.id, job.attempt))
+        self._running.discard((job.identity, job.attempt))
 
     def claim_idle(self) -> None:
         self.db_ok()  # a claim was answered: no job due
