@@ -20,13 +20,20 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import pymongo
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from pymongo import ASCENDING
 
 from muzo_ops.metrics.server import DEFAULT_HOST, MetricsServer
 from muzo_ops.queue.jobs import JobStatus, JobType
-from muzo_ops.queue.opsstore import due_pending_query, failed_query, scheduled_pending_query, type_status_query
+from muzo_ops.queue.opsstore import (
+    due_pending_query,
+    failed_query,
+    scheduled_pending_query,
+    type_status_query,
+    undated_pending_query,
+)
 from muzo_ops.queue.store import utcnow
 
 if TYPE_CHECKING:
@@ -74,8 +81,9 @@ class QueueExporter:
     def __init__(self, jobs: Collection[Doc], cache_s: float = DEFAULT_CACHE_S, cap: int = DEFAULT_CAP,
                  types: Iterable[JobType] = tuple(JobType),
                  clock: Callable[[], float] = time.monotonic,
-                 now: Callable[[], dt.datetime] = utcnow) -> None:
+                 now: Callable[[], dt.datetime] = utcnow, timeout_s: float = DB_TIMEOUT_S) -> None:
         self.jobs = jobs
+        self.timeout_s = timeout_s
         self.cache_s = cache_s
         self.cap = cap
         self.types = tuple(types)
@@ -94,21 +102,34 @@ class QueueExporter:
             return self._snapshot
 
     def _query(self) -> Snapshot:
+        """Per type: six capped counts (PENDING_DUE is the jobs due by date plus those without
+        availableAt, as ``jobs status`` counts them) and two finds (the oldest due by date; the
+        oldest without availableAt, due since it was created). The whole scrape runs under one
+        deadline of DB_TIMEOUT_S (pymongo's client-side operation timeout, which also sets
+        maxTimeMS): a frozen server makes it up=0 in time, never a hang."""
         started = time.monotonic()
         now = self._now()
         snap = Snapshot(up=True)
         try:
-            for job_type in self.types:
-                for status in STATUSES:
-                    snap.counts[(job_type.value, status)] = int(self.jobs.count_documents(
-                        status_query(job_type, status, now), limit=self.cap))
-                oldest = self.jobs.find_one(status_query(job_type, PENDING_DUE, now),
-                                            sort=[("availableAt", ASCENDING)], projection={"availableAt": 1, "_id": 0})
-                when = oldest.get("availableAt") if oldest else None
-                age = 0.0
-                if isinstance(when, dt.datetime):
-                    age = max(0.0, (now - (when if when.tzinfo else when.replace(tzinfo=dt.UTC))).total_seconds())
-                snap.oldest_due_age_s[job_type.value] = age
+            with pymongo.timeout(self.timeout_s):
+                for job_type in self.types:
+                    for status in STATUSES:
+                        n = int(self.jobs.count_documents(status_query(job_type, status, now), limit=self.cap))
+                        if status == PENDING_DUE:
+                            n = min(self.cap, n + int(self.jobs.count_documents(
+                                {"type": job_type.value, **undated_pending_query()}, limit=self.cap)))
+                        snap.counts[(job_type.value, status)] = n
+                    dated = self.jobs.find_one(status_query(job_type, PENDING_DUE, now),
+                                               sort=[("availableAt", ASCENDING)],
+                                               projection={"availableAt": 1, "_id": 0})
+                    undated = self.jobs.find_one({"type": job_type.value, **undated_pending_query()},
+                                                 sort=[("createdAt", ASCENDING)],
+                                                 projection={"createdAt": 1, "_id": 0})
+                    since = [d for d in ((dated or {}).get("availableAt"), (undated or {}).get("createdAt"))
+                             if isinstance(d, dt.datetime)]
+                    snap.oldest_due_age_s[job_type.value] = max(
+                        [0.0, *((now - (d if d.tzinfo else d.replace(tzinfo=dt.UTC))).total_seconds()
+                                for d in since)])
         except Exception as exc:
             if not _is_pymongo(exc):
                 raise
