@@ -150,3 +150,29 @@ def test_ids_one_and_string_one_are_two_jobs(secantus: Secantus, db: tuple[str, 
     assert asyncio.run(asyncio.wait_for(run(), timeout=60)) == 0
     statuses = {repr(d["_id"]): d["status"] for d in collection.find()}
     assert statuses == {"'1'": "PENDING", "1": "PENDING"}, statuses
+
+
+class _SweepCrashes(Worker):
+    """Fault injection: the sweep loop raises what no one expected, once the worker runs."""
+
+    async def _sweep_loop(self) -> None:
+        await asyncio.sleep(0.3)
+        raise RuntimeError("injected: a bug in a long-lived task")
+
+
+def test_a_crashing_long_lived_task_is_logged_and_exits_1(secantus: Secantus, db: tuple[str, Any]) -> None:
+    """Supervision: never silence. The worker logs the crash (level 60), drains and exits 1."""
+    name, collection = db
+    collection.insert_one(prisma_job("MOCKUP", mockup_payload()))
+    settings = WorkerSettings.from_values({"DATABASE_URL": secantus.url(name)}, queues="mockup")
+    stream = io.StringIO()
+    worker = _SweepCrashes(settings, {JobType.MOCKUP: _echo}, logger=Logger("muzo-worker", "info", stream))
+    code = asyncio.run(asyncio.wait_for(worker.run(), timeout=60))
+    import json
+
+    lines = [json.loads(x) for x in stream.getvalue().splitlines()]
+    crashed = [x for x in lines if x["msg"].startswith("Worker task crashed")]
+    assert code == 1, lines[-5:]
+    assert len(crashed) == 1 and crashed[0]["level"] == 60 and crashed[0]["task"] == "sweep", crashed
+    assert "injected" in crashed[0]["err"]["message"]
+    assert lines[-1]["msg"] == "Worker stopped"
