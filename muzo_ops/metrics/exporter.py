@@ -2,9 +2,10 @@
 
 One exporter per deployment (not per worker). A scrape costs a fixed
 number of database commands whatever the collection's size: per job type,
-five capped counts (due PENDING, scheduled PENDING, RUNNING, DONE, FAILED)
-and one ``find`` of the oldest due job, each on the (type, status,
-availableAt) index; 18 commands for the three types. Within ``cache_s``
+six capped counts (due PENDING by date and without availableAt, scheduled
+PENDING, RUNNING, DONE, FAILED) and two ``find``s of the oldest due job
+(by date; without availableAt), each on the (type, status, availableAt)
+index; 24 commands for the three types, under one deadline. Within ``cache_s``
 of the last scrape, a scrape sends none and serves the same answer.
 Counts stop at ``cap`` (DONE grows forever): a count at the cap is
 reported as the cap with ``muzo_queue_count_capped`` 1.
