@@ -85,9 +85,10 @@ class AdminStore:
         """DATABASE_URL's ``Job`` collection; the client connects on first use.
 
         ``timeout_s`` (``--timeout``) bounds server selection, connecting and
-        each reply; without it the URL's own serverSelectionTimeoutMS,
-        connectTimeoutMS and socketTimeoutMS hold, each 10 s when the URL
-        does not set it.
+        each reply; without it the URL's own serverSelectionTimeoutMS and
+        connectTimeoutMS hold (10 s each when the URL does not set them), and
+        a reply waits as long as the URL's socketTimeoutMS (no limit when
+        unset: a status count over millions of jobs may take long).
         """
         from pymongo import MongoClient
 
@@ -98,7 +99,7 @@ class AdminStore:
         for option in ("serverSelectionTimeoutMS", "connectTimeoutMS", "socketTimeoutMS"):
             if timeout_s is not None:
                 kwargs[option] = int(timeout_s * 1000)
-            elif parsed.option(option) is None:
+            elif parsed.option(option) is None and option != "socketTimeoutMS":
                 kwargs[option] = int(DEFAULT_TIMEOUT_S * 1000)
         client: MongoClient[Doc] = MongoClient(url, appname="muzo-ops jobs", **kwargs)
         db = client.get_default_database(default="muzo")
