@@ -35,6 +35,7 @@ from muzo_ops.mongo import topology
 from muzo_ops.mongo import url as mongourl
 from muzo_ops.mongo.errors import AUTHENTICATION_FAILED, is_outage
 from muzo_ops.queue import handlers as handlers_module
+from muzo_ops.queue.changes import ChangeWatcher
 from muzo_ops.queue.connection import DatabaseLink, StopState
 from muzo_ops.queue.events import JobInfo, Observer, Observers, Outcome, WorkerInfo
 from muzo_ops.queue.execution import HandlerRunner, Running, handler_name
@@ -57,18 +58,13 @@ from muzo_ops.queue.logobserver import LogObserver
 from muzo_ops.queue.payloads import validate
 from muzo_ops.queue.retry import backoff_delay
 from muzo_ops.queue.settings import WorkerSettings
-from muzo_ops.queue.store import JobStore, change_stream_pipeline, error_document, utcnow
+from muzo_ops.queue.store import JobStore, error_document, utcnow
 from muzo_ops.redact.redactor import Redactor
 from muzo_ops.sdnotify import Notifier
 
 T = TypeVar("T")
 Doc = dict[str, Any]
 
-# While the claim loop is busy the change stream waits for it up to the poll
-# interval (at most this) per event, and the events it already fetched are
-# read through at least this often, so it asks the server again: well within
-# the server's idle cursor timeout (10 minutes).
-WATCH_PAUSE_MAX_S = 60.0
 
 
 class Worker:
@@ -314,57 +310,10 @@ class Worker:
         return finished
 
     async def _watch_loop(self) -> None:
-        pipeline = change_stream_pipeline()
-        pause = min(self.settings.poll_s, WATCH_PAUSE_MAX_S)
-        # While the claim loop is busy (it claims again by itself), each event waits until the
-        # claim loop waits for work, or ``pause`` at most: a round trip per event otherwise.
-        # Once per WATCH_PAUSE_MAX_S of such waits the events already fetched are read at once,
-        # so the stream still goes to the server: ``draining`` stays true until the stream next
-        # yields to the loop (its next round trip).
-        loop = asyncio.get_running_loop()
-        draining = False
-
-        def drained() -> None:
-            nonlocal draining
-            draining = False
-
-        failures = 0
-        while not self.stopping.is_set():
-            try:
-                async with await self._store.jobs.watch(pipeline, max_await_time_ms=500) as stream:
-                    failures = 0
-                    self.wake.set()
-                    next_drain = loop.time() + WATCH_PAUSE_MAX_S
-                    async for _change in stream:
-                        self.wake.set()
-                        if draining or self._idle.is_set():
-                            continue
-                        try:
-                            await asyncio.wait_for(self._idle.wait(), pause)
-                        except TimeoutError:
-                            if loop.time() >= next_drain:
-                                next_drain = loop.time() + WATCH_PAUSE_MAX_S
-                                draining = True
-                                loop.call_soon(drained)
-            except OperationFailure as exc:
-                if is_outage(exc):
-                    failures += 1
-                    self.db.mark_outage()
-                else:
-                    self.events.polling(self.settings.poll_s, exc.code)
-                    self.change_streams_active = False
-                    return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not is_outage(exc):
-                    self.events.change_stream_error(exc)
-                else:
-                    self.db.mark_outage()
-                failures += 1
-            if await self.db.sleep(backoff_delay(failures, ERROR_BACKOFF_BASE_S, self.settings.error_backoff_cap_s),
-                                 db_back=True):
-                return
+        watcher = ChangeWatcher(self._store.jobs, self.wake, self._idle, self.stopping, self.db, self.events,
+                                self.settings.poll_s)
+        if not await watcher.run():
+            self.change_streams_active = False
 
     async def _sweep(self) -> None:
         """Fail jobs whose worker died on their last attempt (several documents at once).
