@@ -107,6 +107,7 @@ class _Server(HTTPServer):
     """Connections served by a bounded pool of threads (see SERVER_THREADS, MAX_WAITING)."""
 
     allow_reuse_address = True
+    request_queue_size = MAX_WAITING  # the listen backlog (5 by default): a burst is accepted, not dropped
 
     def __init__(self, address: tuple[str, int], registry: CollectorRegistry, probe: Probe | None) -> None:
         self.registry = registry
