@@ -193,7 +193,7 @@ def test_page_costs_a_fixed_number_of_commands(secantus: Secantus) -> None:
             costs["next page"] = commands.take()
             seen.append(costs)
     assert seen[0] == seen[1]
-    assert len(seen[0]["/"]) == 22  # 3 types x (5 capped counts + 1 find) + 4 for the last hour, dead locks, workers
+    assert len(seen[0]["/"]) == 28  # 3 types x (6 capped counts + 2 finds: dated and undated due) + 4 for the last hour, dead locks, workers
     assert all(names == ["find"] for path, names in seen[0].items() if path not in ("/", "/api/overview"))
     # every read is bounded: each aggregate (counts too) stops at a $limit before it groups; each find has a limit
     for body in bodies:

@@ -165,3 +165,39 @@ def test_enqueue_prints_when_the_job_is_due(tmp_path: Path, secantus: Secantus) 
     client: MongoClient[dict[str, Any]] = MongoClient(secantus.uri)
     client.drop_database(db)
     client.close()
+
+
+def test_status_honours_the_urls_server_selection_timeout_and_timeout_flag(tmp_path: Path) -> None:
+    """Issue 15.8: a frozen-free but unreachable server: the URL's 20000 ms (not a hard-coded
+    10 s) and ``--timeout 1`` decide how long ``jobs status`` waits."""
+    import socket
+    import time
+
+    # a listening socket that never answers: server selection waits its whole timeout
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(0)
+        port = silent.getsockname()[1]
+        env = tmp_path / ".env"
+        env.write_text(f"DATABASE_URL=mongodb://127.0.0.1:{port}/x?serverSelectionTimeoutMS=1500"
+                       "&connectTimeoutMS=1500\n")
+        started = time.monotonic()
+        proc = run_cli("jobs", "status", "--env-file", str(env), "--format", "json")
+        url_bound = time.monotonic() - started
+        assert proc.returncode == 1, proc.stderr
+        started = time.monotonic()
+        flagged = run_cli("jobs", "status", "--env-file", str(env), "--timeout", "1")
+        flag_bound = time.monotonic() - started
+    assert flagged.returncode == 1, flagged.stderr
+    # the hard-coded 10 s would take at least 10 s; the URL's 1.5 s and --timeout 1 well under it
+    assert url_bound < 8 and flag_bound < 8, (url_bound, flag_bound)
+
+
+def test_status_calls_not_yet_due_jobs_scheduled(tmp_path: Path, secantus: Secantus) -> None:
+    env = tmp_path / ".env"
+    env.write_text(f"DATABASE_URL={secantus.url('sched' + str(free_port()))}\n")
+    assert run_cli("jobs", "enqueue", "MOCKUP", "--env-file", str(env), "--run-at", "+1d", "--payload",
+                   '{"orderId": "o1", "outputAssetId": "a1", "productVariantId": "v1"}').returncode == 0
+    proc = run_cli("jobs", "status", "--env-file", str(env))
+    assert proc.returncode == 0, proc.stderr
+    assert "PENDING scheduled (not yet due: --run-at or a retry waiting): 1" in proc.stdout, proc.stdout

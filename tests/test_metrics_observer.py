@@ -167,7 +167,7 @@ def test_health_ready_and_ticks() -> None:
     health.worker_ready(INFO)
     assert health.readyz()[0] == 200
     assert health.healthz() == (200, {"status": "ok", "ready": True, "inProgress": 0,
-                                      "lastClaimAgeSeconds": 0.0, "mongoOutageSeconds": None})
+                                      "lastClaimAgeSeconds": 0.0, "mongoOutageSeconds": None, "loopWaitSeconds": None})
     clock.now += 59
     health.claim_tick()
     clock.now += 59
@@ -202,7 +202,7 @@ def test_health_outage_grace_and_recovery() -> None:
     assert "example.com" not in str(body)
     health.claim_idle()  # a claim was answered
     assert health.healthz() == (200, {"status": "ok", "ready": True, "inProgress": 0,
-                                      "lastClaimAgeSeconds": 0.0, "mongoOutageSeconds": None})
+                                      "lastClaimAgeSeconds": 0.0, "mongoOutageSeconds": None, "loopWaitSeconds": None})
     health.connection_error("heartbeat", 1, ConnectionError("x"))
     clock.now += 30
     health.claim_tick()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -113,3 +114,45 @@ def test_attach_adds_observers_and_serves_them() -> None:
                'worker_id="h:1:aaaaaa"} 1.0' in body
     finally:
         server.stop()
+
+
+def test_metrics_port_whose_queue_offset_overflows_is_a_usage_error(tmp_path: Path) -> None:
+    """Issue 15.7: --metrics-port 65535 on the mockup queue (65535 + 1): exit 2, one line."""
+    from tests.helpers import run_cli
+
+    env_file = tmp_path / ".env"
+    env_file.write_text("DATABASE_URL=mongodb://127.0.0.1:1/muzo?serverSelectionTimeoutMS=500\n")
+    done = run_cli("worker", "--env-file", str(env_file), "--queues", "mockup", "--metrics-port", "65535")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "65535" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr and "OverflowError" not in done.stderr
+
+
+def test_half_open_connections_hold_a_bounded_number_of_threads() -> None:
+    """Issue 15.5: 400 connections that never send a request hold at most the pool's threads
+    (a thread each before), and once they are gone a scrape is answered again."""
+    import threading
+    import time
+
+    metrics, health = PrometheusObserver(), HealthState()
+    with MetricsServer(metrics.registry, health) as server:
+        before = threading.active_count()
+        opened = []
+        try:
+            for _ in range(400):
+                opened.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+            time.sleep(1.0)  # the server accepts them all meanwhile
+            during = threading.active_count()
+        finally:
+            for sock in opened:
+                sock.close()
+        assert during - before <= 16, (before, during)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert get(server.port, "/healthz")[0] in (200, 503)
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)

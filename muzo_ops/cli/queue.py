@@ -68,7 +68,7 @@ def cmd_worker(args: argparse.Namespace, out: Output) -> int:
 def _store(args: argparse.Namespace, out: Output) -> AdminStore:
     from muzo_ops.queue import admin
 
-    return admin.connect_from_values(_values(args, out))
+    return admin.connect_from_values(_values(args, out), getattr(args, "timeout", None))
 
 
 def cmd_jobs_status(args: argparse.Namespace, out: Output) -> int:
@@ -86,7 +86,7 @@ def cmd_jobs_status(args: argparse.Namespace, out: Output) -> int:
     age = "none due" if st.oldest_due_pending_s is None else f"{st.oldest_due_pending_s:.1f}s"
     out.out(f"oldest due PENDING job: {age}")
     out.out(f"PENDING due now: {st.due_pending}")
-    out.out(f"PENDING not yet due (retries waiting): {st.future_pending}")
+    out.out(f"PENDING scheduled (not yet due: --run-at or a retry waiting): {st.future_pending}")
     out.out(f"RUNNING past their lock (worker died or stalled): {st.stuck_running}")
     unknown = st.unknown_types()
     if st.unknown_type_pending or unknown:
@@ -211,6 +211,9 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     def common(q: argparse.ArgumentParser) -> None:
         add_env_file(q)
         add_format(q)
+        q.add_argument("--timeout", type=positive, metavar="SECONDS",
+                       help="how long to wait for MongoDB (server selection, connect, each reply); default: "
+                       "the URL's serverSelectionTimeoutMS / connectTimeoutMS / socketTimeoutMS, else 10")
 
     q = jsub.add_parser("status", help="counts by type and status, oldest due job, stuck jobs", **help_kwargs(
         "Counts by type and every status present, the age of the oldest due PENDING job, due "

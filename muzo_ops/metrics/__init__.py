@@ -11,7 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from muzo_ops.metrics.health import DEFAULT_OUTAGE_GRACE_S, DEFAULT_STALE_AFTER_S, HealthState
+from muzo_ops.metrics.health import (
+    DEFAULT_LOOP_BOUND_S,
+    DEFAULT_OUTAGE_GRACE_S,
+    DEFAULT_STALE_AFTER_S,
+    HealthState,
+)
 from muzo_ops.metrics.observer import PrometheusObserver
 from muzo_ops.metrics.server import DEFAULT_HOST, MetricsServer, port_for
 from muzo_ops.queue.events import Observer
@@ -41,7 +46,8 @@ def endpoint(values: Mapping[str, str], port: int | None = None) -> tuple[str, i
 def attach(worker_observers: list[Observer], host: str = DEFAULT_HOST, port: int = 0, *,
            queues: Sequence[JobType | str] | None = None,
            stale_after_s: float = DEFAULT_STALE_AFTER_S,
-           outage_grace_s: float = DEFAULT_OUTAGE_GRACE_S) -> MetricsServer:
+           outage_grace_s: float = DEFAULT_OUTAGE_GRACE_S,
+           loop_bound_s: float = DEFAULT_LOOP_BOUND_S) -> MetricsServer:
     """Append a ``PrometheusObserver`` and a ``HealthState`` to ``worker_observers`` and serve them.
 
     ``port`` is the base port; with ``queues`` given, a single-queue
@@ -50,7 +56,7 @@ def attach(worker_observers: list[Observer], host: str = DEFAULT_HOST, port: int
     ConfigError (one line) when the port cannot be bound.
     """
     metrics = PrometheusObserver()
-    health = HealthState(stale_after_s=stale_after_s, outage_grace_s=outage_grace_s)
+    health = HealthState(stale_after_s=stale_after_s, outage_grace_s=outage_grace_s, loop_bound_s=loop_bound_s)
     bound = port_for(port, queues) if queues is not None and port else port
     server = MetricsServer(metrics.registry, health, host=host or DEFAULT_HOST, port=bound).start()
     worker_observers.extend([metrics, health])

@@ -2,9 +2,10 @@
 
 One exporter per deployment (not per worker). A scrape costs a fixed
 number of database commands whatever the collection's size: per job type,
-five capped counts (due PENDING, scheduled PENDING, RUNNING, DONE, FAILED)
-and one ``find`` of the oldest due job, each on the (type, status,
-availableAt) index; 18 commands for the three types. Within ``cache_s``
+six capped counts (due PENDING by date and without availableAt, scheduled
+PENDING, RUNNING, DONE, FAILED) and two ``find``s of the oldest due job
+(by date; without availableAt), each on the (type, status, availableAt)
+index; 24 commands for the three types, under one deadline. Within ``cache_s``
 of the last scrape, a scrape sends none and serves the same answer.
 Counts stop at ``cap`` (DONE grows forever): a count at the cap is
 reported as the cap with ``muzo_queue_count_capped`` 1.
@@ -54,8 +55,10 @@ class QueueExporter:
     def __init__(self, jobs: Collection[Doc], cache_s: float = DEFAULT_CACHE_S, cap: int = DEFAULT_CAP,
                  types: Iterable[JobType] = tuple(JobType),
                  clock: Callable[[], float] = time.monotonic,
-                 now: Callable[[], dt.datetime] = utcnow, counts: QueueCounts | None = None) -> None:
-        self.counts = counts or QueueCounts(jobs, cache_s=cache_s, cap=cap, types=types, clock=clock, now=now)
+                 now: Callable[[], dt.datetime] = utcnow, counts: QueueCounts | None = None,
+                 timeout_s: float = DB_TIMEOUT_S) -> None:
+        self.counts = counts or QueueCounts(jobs, cache_s=cache_s, cap=cap, types=types, clock=clock, now=now,
+                                            timeout_s=timeout_s)
         self.jobs = self.counts.jobs
         self.cap = self.counts.cap
 

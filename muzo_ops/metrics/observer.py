@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -62,7 +63,7 @@ class PrometheusObserver(Observer):
         self.last_claim = Gauge("muzo_worker_last_claim_timestamp_seconds", "Unix time of the claim "
                                 "loop's last claim attempt.", registry=r)
         self.info = Info("muzo_worker", "The worker's version, id and MongoDB features in use.", registry=r)
-        self._running: set[tuple[str, int]] = set()  # (job id, attempt): never a label, only bookkeeping
+        self._running: set[tuple[tuple[str, Any], int]] = set()  # (job id, attempt): never a label, only bookkeeping
         self._by_type: dict[JobType, _Children] = {}
 
     def worker_ready(self, info: WorkerInfo) -> None:
@@ -91,7 +92,7 @@ class PrometheusObserver(Observer):
 
     def job_started(self, job: JobInfo, wait_s: float | None) -> None:
         children = self._children(job.type)
-        key = (job.id, job.attempt)
+        key = (job.identity, job.attempt)
         if key not in self._running:
             self._running.add(key)
             children.in_progress.inc()
@@ -101,7 +102,7 @@ class PrometheusObserver(Observer):
     def job_finished(self, job: JobInfo, outcome: Outcome, duration_s: float, error: BaseException | None) -> None:
         children = self._children(job.type)
         children.outcomes[outcome].inc()
-        key = (job.id, job.attempt)
+        key = (job.identity, job.attempt)
         if key in self._running:  # a run reported twice is timed once
             self._running.discard(key)
             children.in_progress.dec()

@@ -1,6 +1,8 @@
 """One small HTTP server for ``/metrics``, ``/healthz`` and ``/readyz``, in a daemon thread.
 
-The standard library's ``ThreadingHTTPServer`` and prometheus_client's
+The standard library's ``HTTPServer`` with a bounded pool of threads (a
+connection that sends nothing is closed after a timeout; connections past
+the pool and its queue are closed at once) and prometheus_client's
 ``generate_latest``: no framework, no access log on the worker's stdout
 (which carries only pino JSON lines). Bound to 127.0.0.1 unless told
 otherwise; started and stopped explicitly.
@@ -8,11 +10,12 @@ otherwise; started and stopped explicitly.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import socket
 import threading
 from collections.abc import Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
@@ -30,11 +33,19 @@ QUEUE_PORT_OFFSETS: dict[JobType, int] = {JobType.GENERATION: 0, JobType.MOCKUP:
 
 
 def port_for(base: int, queues: Sequence[JobType | str]) -> int:
-    """The port a worker for ``queues`` binds: ``base`` + the queue's offset when it runs only one."""
+    """The port a worker for ``queues`` binds: ``base`` + the queue's offset when it runs only one.
+
+    ConfigError (one line) when the sum is past 65535.
+    """
     kinds = list(dict.fromkeys(q if isinstance(q, JobType) else JobType.from_queue(q) for q in queues))
     if len(kinds) != 1:
         return base
-    return base + QUEUE_PORT_OFFSETS[kinds[0]]
+    port = base + QUEUE_PORT_OFFSETS[kinds[0]]
+    if port > 65535:
+        raise ConfigError(f"metrics port {base} + the {kinds[0].queue} queue's offset "
+                          f"{QUEUE_PORT_OFFSETS[kinds[0]]} is {port}, past 65535: use a base port of at most "
+                          f"{65535 - max(QUEUE_PORT_OFFSETS.values())} (--metrics-port / WORKER_METRICS_PORT)")
+    return port
 
 
 class Probe(Protocol):
@@ -45,9 +56,19 @@ class Probe(Protocol):
     def readyz(self) -> tuple[int, dict[str, Any]]: ...
 
 
+# The server's bounds: a connection that sends nothing (or too slowly) is closed after
+# CONNECTION_TIMEOUT_S; at most SERVER_THREADS connections are served at once and
+# MAX_WAITING more wait for a thread; any beyond are closed at once. 5000 half-open
+# connections cost at most SERVER_THREADS threads (a thread each before).
+CONNECTION_TIMEOUT_S = 5.0
+SERVER_THREADS = 4
+MAX_WAITING = 64
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    timeout = CONNECTION_TIMEOUT_S  # the socket's timeout for every read and write
 
     def do_GET(self) -> None:
         self._answer(head=False)
@@ -82,15 +103,41 @@ class _Handler(BaseHTTPRequestHandler):
         """No access log: the worker's output is its pino lines."""
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(HTTPServer):
+    """Connections served by a bounded pool of threads (see SERVER_THREADS, MAX_WAITING)."""
+
     allow_reuse_address = True
+    request_queue_size = MAX_WAITING  # the listen backlog (5 by default): a burst is accepted, not dropped
 
     def __init__(self, address: tuple[str, int], registry: CollectorRegistry, probe: Probe | None) -> None:
         self.registry = registry
         self.probe = probe
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._pool = concurrent.futures.ThreadPoolExecutor(SERVER_THREADS, thread_name_prefix="muzo-metrics")
+        self._waiting = threading.BoundedSemaphore(SERVER_THREADS + MAX_WAITING)
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._waiting.acquire(blocking=False):  # too many at once: close this one now
+            self.shutdown_request(request)
+            return
+        self._pool.submit(self._serve, request, client_address)
+
+    def _serve(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self._waiting.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that timed out or went away: nothing to report."""
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class MetricsServer:

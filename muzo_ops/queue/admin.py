@@ -32,12 +32,12 @@ MAX_DURATION = dt.timedelta(days=36500)  # --run-at +…, --older-than: a centur
 INT64 = (-(2**63), 2**63 - 1)
 
 
-def connect(url: str, timeout_s: float = 10.0) -> AdminStore:
+def connect(url: str, timeout_s: float | None = None) -> AdminStore:
     """The operators' store on DATABASE_URL's ``Job`` collection."""
     return AdminStore.connect(url, timeout_s)
 
 
-def connect_from_values(values: Mapping[str, str], timeout_s: float = 10.0) -> AdminStore:
+def connect_from_values(values: Mapping[str, str], timeout_s: float | None = None) -> AdminStore:
     """The operators' store on the ``Job`` collection of env ``values``' DATABASE_URL."""
     from muzo_ops.env import database_url
 
@@ -146,7 +146,7 @@ class QueueStatus:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # type -> status -> n
     oldest_due_pending_s: float | None = None  # age of the oldest due PENDING job (known types)
     stuck_running: int = 0  # RUNNING past lockedUntil (worker died or stalled)
-    future_pending: int = 0  # PENDING not yet due (retries waiting)
+    future_pending: int = 0  # PENDING scheduled: not yet due (--run-at, or a retry waiting)
     due_pending: int = 0  # PENDING due now (a missing availableAt is due), known types
     unknown_type_pending: int = 0  # PENDING of a type no worker knows: they never run
 

@@ -36,8 +36,10 @@ class StopState:
 class DatabaseLink:
     """Outage state and retries of one worker's MongoDB calls."""
 
-    def __init__(self, lock_s: float, error_backoff_cap_s: float, events: Observers, stop: StopState) -> None:
+    def __init__(self, lock_s: float, error_backoff_cap_s: float, events: Observers, stop: StopState,
+                 slow_s: float | None = None) -> None:
         self.lock_s = lock_s
+        self.slow_s = slow_s if slow_s is not None else lock_s / 3  # a round trip this long: the server stalled
         self.error_backoff_cap_s = error_backoff_cap_s
         self.events = events
         self.stop = stop
@@ -86,6 +88,21 @@ class DatabaseLink:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
 
+    def round_trip(self, sent: float) -> bool:
+        """A call sent at ``sent`` (monotonic) was just answered; whether it was slow.
+
+        A slow answer means the server stalled (frozen, or unreachable within
+        server selection, with no error): the owners of locks that expired
+        meanwhile have writes waiting too, so no takeover for one lock period.
+        """
+        if time.monotonic() - sent <= self.slow_s:
+            return False
+        now = time.monotonic()
+        if now >= self.no_takeover_until:
+            self.events.takeovers_paused(self.lock_s)
+        self.no_takeover_until = max(self.no_takeover_until, now + self.lock_s)
+        return True
+
     def takeover_allowed(self) -> bool:
         return not self.in_outage and time.monotonic() >= self.no_takeover_until
 
@@ -114,9 +131,11 @@ class DatabaseLink:
         """Run a MongoDB call, retrying through outages (at once when the server is back);
         None once ``deadline`` passed, on a forced stop, or (``until_stop``) once stopping."""
         while True:
+            sent = time.monotonic()
             try:
                 result = await call()
                 self.ok()
+                self.round_trip(sent)
                 return result
             except Exception as exc:
                 if not is_outage(exc):

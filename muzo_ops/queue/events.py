@@ -13,6 +13,7 @@ import datetime as dt
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from muzo_ops.queue.jobs import JobType
 
@@ -32,10 +33,16 @@ class Outcome(enum.StrEnum):
 class JobInfo:
     """The job an event is about: never its payload."""
 
-    id: str  # the ObjectId as 24 hex characters
+    id: str  # the ObjectId as 24 hex characters (str() of another _id)
     type: JobType
     attempt: int  # this run's number, from 1
     max_attempts: int
+    key: tuple[str, Any] | None = None  # the real _id's identity (jobs.job_key): "1" and 1 differ
+
+    @property
+    def identity(self) -> tuple[str, Any]:
+        """What tells two jobs apart (the key, else the id)."""
+        return self.key if self.key is not None else ("string", self.id)
 
     @property
     def queue(self) -> str:
@@ -130,7 +137,13 @@ class Observer:
         """``abandoned`` reached the limit: the worker drains and exits non-zero."""
 
     def job_lock_lost(self, job: JobInfo) -> None:
-        """A heartbeat found the lock taken over; the run's outcome will be LOST."""
+        """A heartbeat found the lock taken over (the final write is fenced; LOST unless it comes back)."""
+
+    def task_crashed(self, task: str, error: BaseException) -> None:
+        """A long-lived task (claim, watch, sweep, watchdog) raised: the worker stops with exit 1."""
+
+    def takeover_given_back(self, job: JobInfo, waited_s: float) -> None:
+        """A takeover claim waited ``waited_s`` for the server: the job went back to its owner."""
 
     def job_error(self, job: JobInfo, error: BaseException) -> None:
         """A bug or a refused write while processing (the lock expires, the job is retried)."""
@@ -241,6 +254,12 @@ class Observers(Observer):
 
     def job_lock_lost(self, job: JobInfo) -> None:
         self._each("job_lock_lost", job)
+
+    def task_crashed(self, task: str, error: BaseException) -> None:
+        self._each("task_crashed", task, error)
+
+    def takeover_given_back(self, job: JobInfo, waited_s: float) -> None:
+        self._each("takeover_given_back", job, waited_s)
 
     def job_error(self, job: JobInfo, error: BaseException) -> None:
         self._each("job_error", job, error)

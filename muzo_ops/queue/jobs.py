@@ -104,6 +104,30 @@ def is_whole(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# attempts at or past this are malformed: the claim's +1 must stay a 64-bit integer.
+ATTEMPTS_LIMIT = 2**62
+
+
+def job_key(job_id: Any) -> tuple[str, Any]:
+    """A hashable key equal for the _id values MongoDB holds equal: ``"1"`` and ``1`` differ,
+    ``1`` and ``Int64(1)`` do not; any BSON value (a document _id too) has one."""
+    if is_whole(job_id) or isinstance(job_id, float):
+        return "number", job_id
+    if type(job_id) is str:  # not bson.Code, a str subclass that cannot be hashed
+        return "string", job_id
+    return type(job_id).__name__, repr(job_id)
+
+
+def claimed_type(value: Any, queues: tuple[JobType, ...]) -> JobType:
+    """The type a claimed document is run (or failed) as: its own when it is a known type's
+    string, else the first of ``queues`` it holds (an array matches a claim filter), else the first."""
+    candidates = value if isinstance(value, list) else [value]
+    for candidate in candidates:
+        if type(candidate) is str and candidate in JobType.__members__ and JobType(candidate) in queues:
+            return JobType(candidate)
+    return queues[0]
+
+
 def attempts_of(doc: dict[str, Any]) -> int:
     """The document's ``attempts`` when it is a whole number, else 0."""
     value = doc.get("attempts")
@@ -118,7 +142,10 @@ def document_problems(doc: dict[str, Any]) -> list[str]:
     ``maxAttempts`` is the default. Present with the wrong type, they are not.
     """
     problems = []
-    if "attempts" in doc and not (is_whole(doc["attempts"]) and doc["attempts"] >= 0):
+    kind = doc.get("type")
+    if not (type(kind) is str and kind in JobType.__members__):
+        problems.append(f"type is {_describe(kind)} (expected one of {', '.join(t.value for t in JobType)})")
+    if "attempts" in doc and not (is_whole(doc["attempts"]) and 0 <= doc["attempts"] < ATTEMPTS_LIMIT):
         problems.append(f"attempts is {_describe(doc['attempts'])} (expected a whole number from 0)")
     maximum = doc.get("maxAttempts")
     if maximum is not None and not (is_whole(maximum) and maximum >= 1):
@@ -137,8 +164,10 @@ def _describe(value: Any) -> str:
         return "a boolean"
     if is_whole(value):
         return f"{value}" if abs(value) < 10**12 else "a huge number"
-    if isinstance(value, str):
-        return "a string"
+    if type(value) is str:
+        return "a string" if value not in JobType.__members__ else repr(value)
+    if isinstance(value, list):
+        return "an array"
     if isinstance(value, float):
         return "a fractional number"
     if isinstance(value, dt.datetime):

@@ -105,8 +105,15 @@ class LogObserver(Observer):
                                 reason=reason)
 
     def job_lock_lost(self, job: JobInfo) -> None:
-        self.jobs[job.type].warn("Job lock lost to another worker; its result will not be written",
-                                 jobId=job.id)
+        self.jobs[job.type].warn("Job lock lost to another worker; its result is written only if the lock "
+                                 "comes back (fenced)", jobId=job.id)
+
+    def task_crashed(self, task: str, error: BaseException) -> None:
+        self.log.fatal("Worker task crashed; stopping with exit code 1 for a restart", task=task, err=error)
+
+    def takeover_given_back(self, job: JobInfo, waited_s: float) -> None:
+        self.jobs[job.type].warn("Takeover given back: the claim waited for MongoDB, its owner may be alive",
+                                 jobId=job.id, waitedMs=int(waited_s * 1000))
 
     def job_finished(self, job: JobInfo, outcome: Outcome, duration_s: float, error: BaseException | None) -> None:
         if outcome is Outcome.DONE:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import pymongo
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING
 
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from pymongo.collection import Collection
 
 Doc = dict[str, Any]
+
+DEFAULT_TIMEOUT_S = 10.0  # an operator's command waits this long for MongoDB unless the URL or --timeout says
 
 
 def status_pipeline() -> list[Doc]:
@@ -84,13 +87,27 @@ class AdminStore:
         self.jobs = jobs
 
     @classmethod
-    def connect(cls, url: str, timeout_s: float = 10.0) -> AdminStore:
-        """DATABASE_URL's ``Job`` collection; the client connects on first use."""
+    def connect(cls, url: str, timeout_s: float | None = None) -> AdminStore:
+        """DATABASE_URL's ``Job`` collection; the client connects on first use.
+
+        ``timeout_s`` (``--timeout``) bounds server selection, connecting and
+        each reply; without it the URL's own serverSelectionTimeoutMS and
+        connectTimeoutMS hold (10 s each when the URL does not set them), and
+        a reply waits as long as the URL's socketTimeoutMS (no limit when
+        unset: a status count over millions of jobs may take long).
+        """
         from pymongo import MongoClient
 
-        ms = int(timeout_s * 1000)
-        client: MongoClient[Doc] = MongoClient(url, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms,
-                                               appname="muzo-ops jobs")
+        from muzo_ops.mongo import url as mongourl
+
+        parsed = mongourl.parse(url)
+        kwargs: dict[str, Any] = {}
+        for option in ("serverSelectionTimeoutMS", "connectTimeoutMS", "socketTimeoutMS"):
+            if timeout_s is not None:
+                kwargs[option] = int(timeout_s * 1000)
+            elif parsed.option(option) is None and option != "socketTimeoutMS":
+                kwargs[option] = int(DEFAULT_TIMEOUT_S * 1000)
+        client: MongoClient[Doc] = MongoClient(url, appname="muzo-ops jobs", **kwargs)
         db = client.get_default_database(default="muzo")
         return cls(db.get_collection(JOB_COLLECTION, codec_options=CODEC_OPTIONS))
 
@@ -155,6 +172,8 @@ class AdminStore:
 
 DEFAULT_CACHE_S = 5.0
 DEFAULT_CAP = 100_000  # index keys a count walks at most: a few milliseconds on MongoDB
+# one refresh of the counts answers within this (a scrape must beat Prometheus's 10 s scrape_timeout)
+DEFAULT_COUNTS_TIMEOUT_S = 5.0
 PAGE_SIZE = 50
 MAX_WORKERS_SHOWN = 100
 ERROR_HISTORY_KEPT = 10  # lastError values kept in errorHistory by an operator's retry
@@ -252,8 +271,9 @@ class QueueCounts:
     def __init__(self, jobs: Collection[Doc], cache_s: float = DEFAULT_CACHE_S, cap: int = DEFAULT_CAP,
                  types: Iterable[JobType] = tuple(JobType),
                  clock: Callable[[], float] = time.monotonic,
-                 now: Callable[[], dt.datetime] = utcnow) -> None:
+                 now: Callable[[], dt.datetime] = utcnow, timeout_s: float = DEFAULT_COUNTS_TIMEOUT_S) -> None:
         self.jobs = jobs
+        self.timeout_s = timeout_s
         self.cache_s = cache_s
         self.cap = cap
         self.types = tuple(types)
@@ -285,14 +305,23 @@ class QueueCounts:
         now = self._now()
         snap = Snapshot(up=True)
         try:
-            for job_type in self.types:
-                for status in STATUSES:
-                    snap.counts[(job_type.value, status)] = int(self.jobs.count_documents(
-                        status_query(job_type, status, now), limit=self.cap))
-                oldest = self.jobs.find_one(status_query(job_type, PENDING_DUE, now),
-                                            sort=[("availableAt", ASCENDING)], projection={"availableAt": 1, "_id": 0})
-                when = _aware(oldest.get("availableAt") if oldest else None)
-                snap.oldest_due_age_s[job_type.value] = max(0.0, (now - when).total_seconds()) if when else 0.0
+            with pymongo.timeout(self.timeout_s):  # one deadline for the whole refresh (also sets maxTimeMS)
+                for job_type in self.types:
+                    for status in STATUSES:
+                        n = int(self.jobs.count_documents(status_query(job_type, status, now), limit=self.cap))
+                        if status == PENDING_DUE:  # due by date, plus those without availableAt (due at once)
+                            n = min(self.cap, n + int(self.jobs.count_documents(
+                                {"type": job_type.value, **undated_pending_query()}, limit=self.cap)))
+                        snap.counts[(job_type.value, status)] = n
+                    dated = self.jobs.find_one(status_query(job_type, PENDING_DUE, now),
+                                               sort=[("availableAt", ASCENDING)],
+                                               projection={"availableAt": 1, "_id": 0})
+                    undated = self.jobs.find_one({"type": job_type.value, **undated_pending_query()},
+                                                 sort=[("createdAt", ASCENDING)], projection={"createdAt": 1, "_id": 0})
+                    since = [w for w in (_aware((dated or {}).get("availableAt")),
+                                         _aware((undated or {}).get("createdAt"))) if w is not None]
+                    snap.oldest_due_age_s[job_type.value] = max(
+                        [0.0, *((now - w).total_seconds() for w in since)])
         except Exception as exc:
             if not is_pymongo_error(exc):
                 raise
@@ -304,23 +333,25 @@ class QueueCounts:
         now = self._now()
         act = Activity(up=True)
         try:
-            hour_ago = now - dt.timedelta(hours=1)
-            for status, into in ((JobStatus.DONE, act.finished_last_hour), (JobStatus.FAILED, act.failed_last_hour)):
-                for row in self.jobs.aggregate([
-                        {"$match": {"status": status.value, "updatedAt": {"$gte": hour_ago}}},
-                        {"$limit": self.cap},
-                        {"$group": {"_id": "$type", "n": {"$sum": 1}}}]):
-                    into[str(row["_id"])] = int(row["n"])
-            act.running_past_lock = int(self.jobs.count_documents(running_past_lock_query(now), limit=self.cap))
-            rows = self.jobs.aggregate([
-                {"$match": {"status": JobStatus.RUNNING.value}},
-                {"$limit": self.cap},
-                {"$group": {"_id": "$lockedBy", "running": {"$sum": 1}, "lastHeartbeat": {"$max": "$updatedAt"},
-                            "lockedUntil": {"$max": "$lockedUntil"}}},
-                {"$sort": {"lastHeartbeat": DESCENDING}},
-                {"$limit": MAX_WORKERS_SHOWN}])
-            act.workers = [Worker(str(row["_id"]) if row["_id"] is not None else "(none)", int(row["running"]),
-                                  _aware(row.get("lastHeartbeat")), _aware(row.get("lockedUntil"))) for row in rows]
+            with pymongo.timeout(self.timeout_s):
+                hour_ago = now - dt.timedelta(hours=1)
+                for status, into in ((JobStatus.DONE, act.finished_last_hour),
+                                     (JobStatus.FAILED, act.failed_last_hour)):
+                    for row in self.jobs.aggregate([
+                            {"$match": {"status": status.value, "updatedAt": {"$gte": hour_ago}}},
+                            {"$limit": self.cap},
+                            {"$group": {"_id": "$type", "n": {"$sum": 1}}}]):
+                        into[str(row["_id"])] = int(row["n"])
+                act.running_past_lock = int(self.jobs.count_documents(running_past_lock_query(now), limit=self.cap))
+                rows = self.jobs.aggregate([
+                    {"$match": {"status": JobStatus.RUNNING.value}},
+                    {"$limit": self.cap},
+                    {"$group": {"_id": "$lockedBy", "running": {"$sum": 1}, "lastHeartbeat": {"$max": "$updatedAt"},
+                                "lockedUntil": {"$max": "$lockedUntil"}}},
+                    {"$sort": {"lastHeartbeat": DESCENDING}},
+                    {"$limit": MAX_WORKERS_SHOWN}])
+                act.workers = [Worker(str(row["_id"]) if row["_id"] is not None else "(none)", int(row["running"]),
+                                      _aware(row.get("lastHeartbeat")), _aware(row.get("lockedUntil"))) for row in rows]
         except Exception as exc:
             if not is_pymongo_error(exc):
                 raise

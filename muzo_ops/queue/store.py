@@ -5,8 +5,13 @@ every filter and update of the ``Job`` collection lives in the two.
 
 Every write after a claim is fenced on ``_id``, ``lockedBy`` and
 ``attempts``: a worker that lost its lock matches nothing and writes
-nothing. Times are the client's clock (BSON dates, UTC), never ``$$NOW``.
-Works with pymongo's asyncio client against MongoDB 6.0–8.x.
+nothing. The lease is the server's: ``lockedAt``/``lockedUntil`` are set
+from ``$$NOW`` in the claim, the heartbeat and the takeover (update
+pipelines, MongoDB 4.2+), and whether a lock has expired is decided by the
+server's ``$$NOW`` too, so no worker's clock, and no wait for a server
+before a command lands, decides who owns a job. Other times (``availableAt``
+of a retry, ``updatedAt`` of a finish) are the worker's clock (BSON dates,
+UTC). Works with pymongo's asyncio client against MongoDB 6.0–8.x.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from bson.codec_options import CodecOptions, DatetimeConversion
 from pymongo import ASCENDING, ReturnDocument
 
 from muzo_ops.constants import DEFAULT_MAX_ATTEMPTS, JOB_COLLECTION
-from muzo_ops.queue.jobs import JobStatus, JobType, is_whole
+from muzo_ops.queue.jobs import ATTEMPTS_LIMIT, JobStatus, JobType, is_whole
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.client_session import AsyncClientSession
@@ -45,10 +50,12 @@ CODEC_OPTIONS: CodecOptions[Doc] = CodecOptions(
     document_class=dict, tz_aware=True, tzinfo=dt.UTC, unicode_decode_error_handler="replace",
     datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 
-# attempts + 1 when it is a whole number (or missing: 0); any other value is
-# kept as it is, so the claim never fails on it and the fence still matches.
+# attempts + 1 when it is a whole number (or missing: 0) below ATTEMPTS_LIMIT; any other
+# value is kept as it is, so the claim never fails or overflows on it, and the worker fails
+# the job as malformed.
 _INCREMENTED_ATTEMPTS: Doc = {"$cond": [
-    {"$in": [{"$type": "$attempts"}, ["int", "long", "missing"]]},
+    {"$and": [{"$in": [{"$type": "$attempts"}, ["int", "long", "missing"]]},
+              {"$lt": [{"$ifNull": ["$attempts", 0]}, ATTEMPTS_LIMIT]}]},
     {"$add": [{"$ifNull": ["$attempts", 0]}, 1]},
     "$attempts",
 ]}
@@ -83,6 +90,19 @@ def unlocked(status: JobStatus, now: dt.datetime, **fields: Any) -> Doc:
             "updatedAt": now, **fields}
 
 
+def lease_until(lock_s: float) -> Doc:
+    """The server's now plus ``lock_s`` (an aggregation expression for update pipelines)."""
+    return {"$add": ["$$NOW", int(lock_s * 1000)]}
+
+
+# A lock that has expired by the server's clock. A RUNNING job whose lockedUntil is
+# not a date never expires (as before: a query's $lt never matched null).
+EXPIRED_LOCK: Doc = {"lockedUntil": {"$type": "date"}}
+# Compared as milliseconds ($toLong, MongoDB 4.0+): SecantusDB compares a stored date with
+# $$NOW wrongly, and the numbers mean the same on every server.
+EXPIRED_LOCK_EXPR: Doc = {"$lt": [{"$toLong": "$lockedUntil"}, {"$toLong": "$$NOW"}]}
+
+
 def change_stream_pipeline() -> list[Doc]:
     """Change events that can make a job claimable: inserts and moves back to PENDING."""
     return [{"$match": {"$or": [
@@ -92,9 +112,16 @@ def change_stream_pipeline() -> list[Doc]:
 
 
 def fence(doc: Doc) -> Doc:
-    """The filter that matches ``doc`` only while its claim still holds."""
-    return {"_id": doc["_id"], "lockedBy": doc["lockedBy"], "attempts": doc["attempts"],
-            "status": JobStatus.RUNNING.value}
+    """The filter that matches ``doc`` only while its claim still holds.
+
+    ``lockedBy`` is unique to a worker process, which never takes over its
+    own job; ``attempts`` is matched too when it is a whole number (a
+    malformed value, NaN or a MinKey say, is left out: equality on it is
+    not the same on every server).
+    """
+    attempts = doc.get("attempts")
+    return {"_id": doc["_id"], "lockedBy": doc["lockedBy"], "status": JobStatus.RUNNING.value,
+            **({"attempts": attempts} if is_whole(attempts) else {})}
 
 
 class JobStore:
@@ -140,10 +167,11 @@ class JobStore:
         return {
             "type": job_type.value,
             "status": JobStatus.RUNNING.value,
-            "lockedUntil": {"$lt": now},
+            **EXPIRED_LOCK,
             "lockedBy": {"$ne": worker_id},
-            "$expr": {"$lt": [{"$ifNull": ["$attempts", 0]},
-                              {"$ifNull": ["$maxAttempts", DEFAULT_MAX_ATTEMPTS]}]},
+            "$expr": {"$and": [EXPIRED_LOCK_EXPR,
+                               {"$lt": [{"$ifNull": ["$attempts", 0]},
+                                        {"$ifNull": ["$maxAttempts", DEFAULT_MAX_ATTEMPTS]}]}]},
         }
 
     async def claim(self, worker_id: str, types: Sequence[JobType], lock_s: float,
@@ -193,33 +221,50 @@ class JobStore:
         return count, (await self.next_due(types) if count else None)
 
     async def _claim_one(self, query: Doc, worker_id: str, lock_s: float) -> tuple[Doc, Doc] | None:
-        now = utcnow()
-        until = now + dt.timedelta(seconds=lock_s)
         # An update pipeline (MongoDB 4.2+): unlike $inc it cannot fail on a
-        # malformed attempts value, so one bad document never blocks the queue.
+        # malformed attempts value, so one bad document never blocks the queue;
+        # the lease starts when the server applies the claim ($$NOW).
         before = await self.jobs.find_one_and_update(
             query,
             [{"$set": {"status": JobStatus.RUNNING.value, "lockedBy": {"$literal": worker_id},
-                       "lockedAt": now, "lockedUntil": until, "updatedAt": now,
+                       "lockedAt": "$$NOW", "lockedUntil": lease_until(lock_s), "updatedAt": "$$NOW",
                        "attempts": _INCREMENTED_ATTEMPTS}}],
             sort=CLAIM_SORT,
             return_document=ReturnDocument.BEFORE,
         )
         if before is None:
             return None
+        # The worker's copy: its lock times are this clock's estimate (only for wait metrics);
+        # the fence uses _id, lockedBy and attempts.
+        now = utcnow()
+        until = now + dt.timedelta(seconds=lock_s)
         after = dict(before)
         attempts = before.get("attempts", 0)
         after.update(status=JobStatus.RUNNING.value, lockedBy=worker_id, lockedAt=now,
                      lockedUntil=until, updatedAt=now,
-                     attempts=attempts + 1 if is_whole(attempts) else attempts)
+                     attempts=attempts + 1 if is_whole(attempts) and attempts < ATTEMPTS_LIMIT else attempts)
         return before, after
 
     async def heartbeat(self, doc: Doc, lock_s: float) -> dt.datetime | None:
-        """Extend the lock; the new lockedUntil, or None when the lock is lost."""
-        now = utcnow()
-        until = now + dt.timedelta(seconds=lock_s)
-        result = await self.jobs.update_one(fence(doc), {"$set": {"lockedUntil": until, "updatedAt": now}})
-        return until if result.matched_count else None
+        """Extend the lock to the server's now + ``lock_s``; this clock's estimate of the new
+        lockedUntil, or None when the lock is not ours (now)."""
+        result = await self.jobs.update_one(fence(doc), [{"$set": {"lockedUntil": lease_until(lock_s),
+                                                                   "updatedAt": "$$NOW"}}])
+        return utcnow() + dt.timedelta(seconds=lock_s) if result.matched_count else None
+
+    async def give_back(self, claimed: Doc, before: Doc, lock_s: float) -> bool:
+        """Undo a takeover: the job back to its previous owner with a fresh lease; False when
+        ``claimed``'s lock no longer holds.
+
+        For a takeover whose claim waited so long (a frozen or unreachable server) that the
+        owner's heartbeat may have waited behind it: the owner's fence matches again.
+        """
+        restored: Doc = {"lockedBy": {"$literal": before.get("lockedBy")},
+                         "attempts": {"$literal": before.get("attempts")},
+                         "lockedAt": {"$literal": before.get("lockedAt")},
+                         "lockedUntil": lease_until(lock_s), "updatedAt": "$$NOW"}
+        result = await self.jobs.update_one(fence(claimed), [{"$set": restored}])
+        return result.matched_count == 1
 
     async def complete(self, doc: Doc, result: Any) -> bool:
         """DONE with ``result``; False when the lock was lost (nothing written)."""
@@ -266,10 +311,11 @@ class JobStore:
         found = self.jobs.find({
             "type": {"$in": [t.value for t in types]},
             "status": JobStatus.RUNNING.value,
-            "lockedUntil": {"$lt": now},
+            **EXPIRED_LOCK,
             "lockedBy": {"$ne": worker_id},
-            "$expr": {"$gte": [{"$ifNull": ["$attempts", 0]},
-                               {"$ifNull": ["$maxAttempts", DEFAULT_MAX_ATTEMPTS]}]},
+            "$expr": {"$and": [EXPIRED_LOCK_EXPR,
+                               {"$gte": [{"$ifNull": ["$attempts", 0]},
+                                         {"$ifNull": ["$maxAttempts", DEFAULT_MAX_ATTEMPTS]}]}]},
         }, session=session)
         failed = []
         async for doc in found:
@@ -279,7 +325,8 @@ class JobStore:
                      "lockedBy": doc.get("lockedBy")}
             outcome = await self.jobs.update_one(
                 {"_id": doc["_id"], "status": JobStatus.RUNNING.value,
-                 "lockedBy": doc.get("lockedBy"), "lockedUntil": {"$lt": now}},
+                 "lockedBy": doc.get("lockedBy"), "lockedUntil": doc.get("lockedUntil"),
+                 "$expr": EXPIRED_LOCK_EXPR},
                 {"$set": unlocked(JobStatus.FAILED, now, lastError=error)},
                 session=session,
             )

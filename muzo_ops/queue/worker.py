@@ -23,7 +23,7 @@ import contextlib
 import datetime as dt
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from pymongo import AsyncMongoClient
@@ -35,6 +35,7 @@ from muzo_ops.mongo import topology
 from muzo_ops.mongo import url as mongourl
 from muzo_ops.mongo.errors import AUTHENTICATION_FAILED, is_outage
 from muzo_ops.queue import handlers as handlers_module
+from muzo_ops.queue.changes import ChangeWatcher
 from muzo_ops.queue.connection import DatabaseLink, StopState
 from muzo_ops.queue.events import JobInfo, Observer, Observers, Outcome, WorkerInfo
 from muzo_ops.queue.execution import HandlerRunner, Running, handler_name
@@ -47,26 +48,23 @@ from muzo_ops.queue.jobs import (
     MalformedJobError,
     PayloadError,
     attempts_of,
+    claimed_type,
     document_problems,
     is_whole,
+    job_key,
     max_attempts_of,
 )
 from muzo_ops.queue.logobserver import LogObserver
 from muzo_ops.queue.payloads import validate
 from muzo_ops.queue.retry import backoff_delay
 from muzo_ops.queue.settings import WorkerSettings
-from muzo_ops.queue.store import JobStore, change_stream_pipeline, error_document, utcnow
+from muzo_ops.queue.store import JobStore, error_document, utcnow
 from muzo_ops.redact.redactor import Redactor
 from muzo_ops.sdnotify import Notifier
 
 T = TypeVar("T")
 Doc = dict[str, Any]
 
-# While the claim loop is busy the change stream waits for it up to the poll
-# interval (at most this) per event, and the events it already fetched are
-# read through at least this often, so it asks the server again: well within
-# the server's idle cursor timeout (10 minutes).
-WATCH_PAUSE_MAX_S = 60.0
 
 
 class Worker:
@@ -83,7 +81,7 @@ class Worker:
         self.events = Observers([LogObserver(self.log), *observers])
         self.notifier = notifier or Notifier()
         self.transactions = False
-        self.running: dict[str, Running] = {}
+        self.running: dict[tuple[str, Any], Running] = {}
         self.stop = StopState()
         self.stopping = self.stop.stopping
         self.wake = asyncio.Event()
@@ -173,14 +171,14 @@ class Worker:
             concurrency=self.settings.concurrency, transactions=self.transactions,
             change_streams=self.change_streams_active,
             handlers=tuple((t, handler_name(self.handlers[t])) for t in self.settings.queues)))
-        background = [asyncio.create_task(self._claim_loop(), name="claim")]
+        background = [self._supervised(self._claim_loop(), "claim")]
         if self.change_streams_active:
-            background.append(asyncio.create_task(self._watch_loop(), name="watch"))
+            background.append(self._supervised(self._watch_loop(), "watch"))
         else:
             self.events.polling(self.settings.poll_s, None)
-        background.append(asyncio.create_task(self._sweep_loop(), name="sweep"))
+        background.append(self._supervised(self._sweep_loop(), "sweep"))
         if self.notifier.watchdog_s:
-            background.append(asyncio.create_task(self._watchdog_loop(), name="watchdog"))
+            background.append(self._supervised(self._watchdog_loop(), "watchdog"))
         await self.stopping.wait()
         self.notifier.notify("STOPPING=1")
         self.events.worker_stopping()
@@ -194,6 +192,23 @@ class Worker:
             waiting, next_due = self._burst_scheduled or (0, None)
             self.events.burst_summary(self.failed_here, waiting, next_due)
         return self.exit_code
+
+    def _supervised(self, loop: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A long-lived task whose escaping exception is never silent: it is logged, and the
+        worker drains and exits 1 (its service manager starts a fresh process)."""
+        task = asyncio.create_task(loop, name=name)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            if finished.cancelled() or finished.exception() is None:
+                return
+            error = finished.exception()
+            assert error is not None
+            self.events.task_crashed(name, error)
+            self.exit_code = self.exit_code or 1
+            self.request_stop()
+
+        task.add_done_callback(done)
+        return task
 
     # ---------------------------------------------------------------- loops
 
@@ -214,6 +229,7 @@ class Worker:
                 # The periodic round: expired locks and malformed availableAt first, so a busy
                 # queue still gets to them; repeated while it finds such jobs.
                 periodic = time.monotonic() >= self._next_takeover
+                sent = time.monotonic()
                 claimed = await self._store.claim(self.settings.worker_id,
                                                   types[self._rotation:] + types[:self._rotation],
                                                   self.settings.lock_s, expired_first=periodic,
@@ -221,6 +237,11 @@ class Worker:
                 if periodic and (claimed is None or self._ordinary(claimed[0])):
                     self._next_takeover = time.monotonic() + self.settings.takeover_interval_s
                 self.db.ok()
+                slow = self.db.round_trip(sent)
+                if claimed is not None and slow and claimed[0].get("status") == JobStatus.RUNNING.value:
+                    await self._give_back(*claimed, time.monotonic() - sent)
+                    slots.release()
+                    continue
             except Exception as exc:
                 slots.release()
                 if not is_outage(exc):
@@ -252,10 +273,16 @@ class Worker:
                 continue
             before, after = claimed
             entry = Running(after, self._job_info(after))
-            key = str(after["_id"])
+            key = entry.info.identity
             self.running[key] = entry
-            entry.task = asyncio.create_task(self._run_job(before, entry), name=f"job-{key}")
+            entry.task = asyncio.create_task(self._run_job(before, entry), name=f"job-{entry.info.id}")
             entry.task.add_done_callback(self._finished_callback(key, slots))
+
+    async def _give_back(self, before: Doc, after: Doc, waited_s: float) -> None:
+        """A takeover that waited for the server: the owner's heartbeat may have waited behind
+        it. The job goes back to its owner (fenced); if the owner is dead it expires again."""
+        await self.db.retrying("give back", lambda: self._store.give_back(after, before, self.settings.lock_s))
+        self.events.takeover_given_back(self._job_info(after), waited_s)
 
     @staticmethod
     def _ordinary(before: Doc) -> bool:
@@ -267,9 +294,11 @@ class Worker:
     async def _idle_wait(self) -> None:
         """Nothing due: sleep until the earliest scheduled job of our queues, a change, or the poll."""
         timeout = self.settings.poll_s
+        sent = time.monotonic()
         try:
             next_due = await self._store.next_due(self.settings.queues)
             self.db.ok()
+            self.db.round_trip(sent)
         except Exception as exc:
             if is_outage(exc):
                 self.db.mark_outage()
@@ -283,64 +312,18 @@ class Worker:
         finally:
             self._idle.clear()
 
-    def _finished_callback(self, key: str, slots: asyncio.Semaphore) -> Callable[[asyncio.Task[None]], None]:
+    def _finished_callback(self, key: tuple[str, Any],
+                           slots: asyncio.Semaphore) -> Callable[[asyncio.Task[None]], None]:
         def finished(_task: asyncio.Task[None]) -> None:
             self.running.pop(key, None)
             slots.release()
         return finished
 
     async def _watch_loop(self) -> None:
-        pipeline = change_stream_pipeline()
-        pause = min(self.settings.poll_s, WATCH_PAUSE_MAX_S)
-        # While the claim loop is busy (it claims again by itself), each event waits until the
-        # claim loop waits for work, or ``pause`` at most: a round trip per event otherwise.
-        # Once per WATCH_PAUSE_MAX_S of such waits the events already fetched are read at once,
-        # so the stream still goes to the server: ``draining`` stays true until the stream next
-        # yields to the loop (its next round trip).
-        loop = asyncio.get_running_loop()
-        draining = False
-
-        def drained() -> None:
-            nonlocal draining
-            draining = False
-
-        failures = 0
-        while not self.stopping.is_set():
-            try:
-                async with await self._store.jobs.watch(pipeline, max_await_time_ms=500) as stream:
-                    failures = 0
-                    self.wake.set()
-                    next_drain = loop.time() + WATCH_PAUSE_MAX_S
-                    async for _change in stream:
-                        self.wake.set()
-                        if draining or self._idle.is_set():
-                            continue
-                        try:
-                            await asyncio.wait_for(self._idle.wait(), pause)
-                        except TimeoutError:
-                            if loop.time() >= next_drain:
-                                next_drain = loop.time() + WATCH_PAUSE_MAX_S
-                                draining = True
-                                loop.call_soon(drained)
-            except OperationFailure as exc:
-                if is_outage(exc):
-                    failures += 1
-                    self.db.mark_outage()
-                else:
-                    self.events.polling(self.settings.poll_s, exc.code)
-                    self.change_streams_active = False
-                    return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not is_outage(exc):
-                    self.events.change_stream_error(exc)
-                else:
-                    self.db.mark_outage()
-                failures += 1
-            if await self.db.sleep(backoff_delay(failures, ERROR_BACKOFF_BASE_S, self.settings.error_backoff_cap_s),
-                                 db_back=True):
-                return
+        watcher = ChangeWatcher(self._store.jobs, self.wake, self._idle, self.stopping, self.db, self.events,
+                                self.settings.poll_s)
+        if not await watcher.run():
+            self.change_streams_active = False
 
     async def _sweep(self) -> None:
         """Fail jobs whose worker died on their last attempt (several documents at once).
@@ -390,10 +373,10 @@ class Worker:
 
     # ---------------------------------------------------------------- one job
 
-    @staticmethod
-    def _job_info(doc: Doc) -> JobInfo:
-        return JobInfo(id=str(doc["_id"]), type=JobType(doc["type"]), attempt=attempts_of(doc),
-                       max_attempts=max_attempts_of(doc))
+    def _job_info(self, doc: Doc) -> JobInfo:
+        """Every field through the Job contract's parsing: never raises, whatever the document holds."""
+        return JobInfo(id=str(doc.get("_id")), type=claimed_type(doc.get("type"), self.settings.queues),
+                       attempt=attempts_of(doc), max_attempts=max_attempts_of(doc), key=job_key(doc.get("_id")))
 
     async def _run_job(self, before: Doc, entry: Running) -> None:
         try:
@@ -436,14 +419,11 @@ class Worker:
         if error is not None:
             await self._after_failure(entry, error)
             return
-        if entry.lost:
-            self._lost(entry, None)
-            return
         try:
             # No deadline: the fence (id, lockedBy, attempts) makes a late write
             # safe, and after an outage no worker takes this job over for a
             # lock period while this write is retried.
-            written = await self.db.retrying("complete", lambda: self._store.complete(doc, result))
+            written = await self._write_fenced("complete", lambda: self._store.complete(doc, result))
         except Exception as exc:  # e.g. a result over MongoDB's 16 MB document limit
             if is_outage(exc):
                 raise
@@ -479,11 +459,18 @@ class Worker:
             entry.heartbeat.cancel()
 
     async def _heartbeat(self, entry: Running) -> None:
-        """Renew the lock now, then every ``heartbeat_s``, until cancelled or the lock is lost."""
+        """Renew the lock now, then every ``heartbeat_s``, until cancelled.
+
+        A renewal that matches nothing marks the lock lost; the beats go on,
+        since a takeover that waited for the server is given back (``lost``
+        clears). Whatever the flag says, the final write is fenced.
+        """
         while True:
+            sent = time.monotonic()
             try:
                 until = await self._store.heartbeat(entry.doc, self.settings.lock_s)
                 self.db.ok()
+                self.db.round_trip(sent)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -492,11 +479,21 @@ class Worker:
                 else:
                     self.events.heartbeat_error(entry.info, exc)
             else:
-                if until is None:
+                if until is None and not entry.lost:
                     entry.lost = True
                     self.events.job_lock_lost(entry.info)
-                    return
+                elif until is not None:
+                    entry.lost = False
             await asyncio.sleep(self.settings.heartbeat_s)
+
+    async def _write_fenced(self, what: str, call: Callable[[], Awaitable[bool]]) -> bool | None:
+        """A final write (fenced), tried once more a moment later when its fence matched nothing:
+        a takeover that waited for the server is given back at once (True, False: lost, None)."""
+        written = await self.db.retrying(what, call)
+        if written is False:
+            await asyncio.sleep(min(self.settings.heartbeat_s, 1.0))
+            written = await self.db.retrying(what, call)
+        return written
 
     def _lost(self, entry: Running, error: BaseException | None) -> None:
         """The one place a lost lock ends a run: nothing was written for it."""
@@ -505,9 +502,6 @@ class Worker:
 
     async def _after_failure(self, entry: Running, exc: BaseException) -> None:
         doc, info = entry.doc, entry.info
-        if entry.lost:
-            self._lost(entry, exc)
-            return
         raw_attempts = doc.get("attempts")
         attempts = raw_attempts if is_whole(raw_attempts) else None
         policy = self.settings.policy_for(info.type)
@@ -516,7 +510,7 @@ class Worker:
         duration = time.monotonic() - entry.started
         delay = policy.decide(exc, attempts, policy.maximum(doc))
         if delay is None:
-            written = await self.db.retrying("fail", lambda: self._store.fail(doc, error))
+            written = await self._write_fenced("fail", lambda: self._store.fail(doc, error))
             if written:
                 self.stats["failed"] += 1
                 self.failed_here += 1
@@ -529,7 +523,7 @@ class Worker:
                 self._lost(entry, exc)
             return
         available = utcnow() + dt.timedelta(seconds=delay)
-        written = await self.db.retrying("retry", lambda: self._store.retry_later(doc, error, available))
+        written = await self._write_fenced("retry", lambda: self._store.retry_later(doc, error, available))
         if written:
             self.stats["retried"] += 1
             self.events.job_retrying(info, delay, exc)
@@ -558,11 +552,11 @@ class Worker:
             released = await self.db.retrying(
                 "release", lambda: self._in_transaction(lambda s: self._store.release(docs, session=s)),
                 deadline=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=10)) or []
-            released_ids = {str(d["_id"]) for d in released}
-            infos = [e.info for e in mine if e.info.id in released_ids]
+            released_ids = {job_key(d["_id"]) for d in released}
+            infos = [e.info for e in mine if e.info.identity in released_ids]
             self.stats["released"] += len(infos)
             for entry in mine:
-                if entry.info.id in released_ids:
+                if entry.info.identity in released_ids:
                     self.events.job_finished(entry.info, Outcome.RELEASED, time.monotonic() - entry.started, None)
             self.events.jobs_released(infos)
         await self.db.close()
