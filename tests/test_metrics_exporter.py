@@ -213,6 +213,31 @@ def test_unreachable_database_is_up_0_not_an_error() -> None:
     assert got[("muzo_queue_scrape_duration_seconds", ())] >= 0.25
 
 
+def test_healthz_answers_through_a_database_outage_and_readyz_says_it(secantus: Secantus) -> None:
+    """The deploy gates the exporter's unit on /healthz: it must say the process works whether or not
+    MongoDB answers (an outage must not roll a good exporter back); /readyz says whether it does."""
+    port = free_port()
+    for url, ready in ((secantus.url("m" + uuid.uuid4().hex[:10]), 200),
+                       (f"mongodb://127.0.0.1:{free_port()}/x?serverSelectionTimeoutMS=300", 503)):
+        stop = threading.Event()
+        thread = threading.Thread(target=exporter_module.serve, kwargs={
+            "values": {"DATABASE_URL": url}, "port": port, "stop": stop}, daemon=True)
+        thread.start()
+        try:
+            wait_port(port, 10)
+            codes = {}
+            for path in ("/healthz", "/readyz"):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("GET", path)
+                codes[path] = conn.getresponse().status
+                conn.close()
+            assert codes == {"/healthz": 200, "/readyz": ready}
+        finally:
+            stop.set()
+            thread.join(10)
+        assert not thread.is_alive()
+
+
 def test_serve_over_http_until_stopped(secantus: Secantus) -> None:
     port = free_port()
     stop = threading.Event()

@@ -27,8 +27,8 @@ DEFAULT_HEALTH_TIMEOUT_S = 30.0
 WORKER_TASKS_MAX = 256  # the event loop, pymongo's monitor threads, handler threads, the metrics server
 EXPORTER_TASKS_MAX = 64
 DASHBOARD_TASKS_MAX = 128
-# The exporter's gate asks /metrics (it runs one query round): `jobs metrics` serves no /healthz.
-EXPORTER_HEALTH_PATH = "/metrics"
+# The exporter's gate asks its /healthz (the process answers; a database outage does not fail it).
+EXPORTER_HEALTH_PATH = "/healthz"
 BIND_RE = re.compile(r"^[0-9A-Za-z.:\[\]-]{1,64}$")
 
 

@@ -102,6 +102,21 @@ def exporter_registry(exporter: QueueExporter) -> CollectorRegistry:
     return registry
 
 
+class ExporterProbe:
+    """``/healthz``: the exporter answers (200 whether or not the database does, so an outage never
+    makes a deploy's gate roll a good exporter back); ``/readyz``: its last counts reached MongoDB."""
+
+    def __init__(self, exporter: QueueExporter) -> None:
+        self.exporter = exporter
+
+    def healthz(self) -> tuple[int, dict[str, Any]]:
+        return 200, {"status": "ok"}
+
+    def readyz(self) -> tuple[int, dict[str, Any]]:
+        up = self.exporter.snapshot().up
+        return (200 if up else 503), {"status": "ready" if up else "database unreachable"}
+
+
 def serve(values: Mapping[str, str], host: str = DEFAULT_HOST, port: int = 0,
           on_ready: Callable[[str], None] | None = None, cache_s: float = DEFAULT_CACHE_S,
           cap: int = DEFAULT_CAP, stop: threading.Event | None = None) -> int:
@@ -111,7 +126,7 @@ def serve(values: Mapping[str, str], host: str = DEFAULT_HOST, port: int = 0,
     store = connect_from_values(values, DB_TIMEOUT_S)
     exporter = QueueExporter(store.jobs, cache_s=cache_s, cap=cap)
     stop = stop or threading.Event()
-    server = MetricsServer(exporter_registry(exporter), host=host, port=port).start()
+    server = MetricsServer(exporter_registry(exporter), ExporterProbe(exporter), host=host, port=port).start()
     previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -129,5 +144,6 @@ def serve(values: Mapping[str, str], host: str = DEFAULT_HOST, port: int = 0,
     return 0
 
 
-__all__ = ["DEFAULT_CACHE_S", "DEFAULT_CAP", "PENDING_DUE", "PENDING_SCHEDULED", "STATUSES", "QueueExporter",
+__all__ = ["DEFAULT_CACHE_S", "DEFAULT_CAP", "PENDING_DUE", "PENDING_SCHEDULED", "STATUSES", "ExporterProbe",
+           "QueueExporter",
            "Snapshot", "exporter_registry", "serve", "status_query"]
