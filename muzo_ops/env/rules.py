@@ -64,8 +64,8 @@ _RULE_LIST: tuple[Rule, ...] = (
          "(127.1, 2130706433, 0x7f.1, 0), IPv6 forms (::1, ::, ::ffff:127.0.0.1), percent-encoded or "
          "Unicode spellings, a Unix socket path, or a host that Node's URL parser reads where Python's "
          "does not (http://127.0.0.1\\@muzo.app)."),
-    Rule("production-mongo-no-tls", "error", "In production: DATABASE_URL is neither mongodb+srv:// "
-         "nor tls=true/ssl=true."),
+    Rule("production-mongo-no-tls", "error", "In production: DATABASE_URL does not connect over TLS: "
+         "neither mongodb+srv:// (without tls=false or ssl=false) nor tls=true/ssl=true."),
     Rule("nextauth-url-not-https", "error", "In production: NEXTAUTH_URL is not https:// (the "
          "scheme in any case: HTTPS:// is https)."),
     Rule("s3-endpoint-not-https", "error", "In production: S3_ENDPOINT is plain http://."),

@@ -162,10 +162,11 @@ def check_production(report: Report, values: Mapping[str, str], names: set[str],
             mongo = mongourl.parse(url)
         except ValueError:
             mongo = None
-        if mongo is not None and not mongo.srv and not (mongo.flag("tls") or mongo.flag("ssl")):
+        if mongo is not None and not mongo.uses_tls:
             report.add("DATABASE_URL", Severity.ERROR, "production-mongo-no-tls",
                        f"DATABASE_URL has no TLS in production ({why}): production expects "
-                       "mongodb+srv:// or tls=true (with tlsCAFile= for a private CA)", special=True)
+                       "mongodb+srv:// (without tls=false) or tls=true (with tlsCAFile= for a private CA)",
+                       special=True)
     endpoint = values.get("S3_ENDPOINT", "")
     if "S3_ENDPOINT" in names and urls.scheme_of(endpoint.strip()) == "http":
         report.add("S3_ENDPOINT", Severity.ERROR, "s3-endpoint-not-https",
