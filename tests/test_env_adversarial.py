@@ -47,3 +47,44 @@ def test_an_srv_url_with_tls_on_or_by_default_passes(option: str) -> None:
     url = f"{SRV}{option}"
     assert srv_options_as_the_driver_reads(url)["tls"]
     assert ("DATABASE_URL", "production-mongo-no-tls") not in codes({**FULL, "DATABASE_URL": url})
+
+
+# ------------------------------------------------------------------ secrets in percent-encoded forms
+
+LIVE_KEY = "sk_live_51HLeakLeakLeak000000xyz"
+
+
+def _every_byte(text: str) -> str:
+    return "".join(f"%{b:02X}" for b in text.encode())
+
+
+ENCODED_FORMS = {
+    "every byte": _every_byte(LIVE_KEY),
+    "every byte, lower-case hex": _every_byte(LIVE_KEY).lower(),
+    "the tail": LIVE_KEY[:8] + _every_byte(LIVE_KEY[8:]),
+    "underscores": LIVE_KEY.replace("_", "%5F"),
+    "underscores lower-case": LIVE_KEY.replace("_", "%5f"),
+    "twice": quote(quote(LIVE_KEY, safe=""), safe="").replace("_", "%255F"),
+}
+# the readable forms the output could show a secret in (any of them is a leak)
+LEAK_MARKS = [LIVE_KEY, LIVE_KEY[8:], "51HLeakLeakLeak"] + [f for f in ENCODED_FORMS.values()] + [
+    _every_byte(LIVE_KEY)[:40], _every_byte(LIVE_KEY).lower()[:40], _every_byte(LIVE_KEY[8:])[:40]]
+
+
+PLACES = {"S3_BUCKET": "{}", "GOOGLE_CLIENT_ID": "{}", "LOG_LEVEL": "{}", "S3_REGION": "x-{}",
+          "NEXTAUTH_URL": "https://muzo.app/?k={}", "S3_ENDPOINT": "https://muzo.app/{}",
+          "UPSTASH_REDIS_REST_URL": "https://eu1-muzo.upstash.io/#{}"}
+
+
+@pytest.mark.parametrize("form", list(ENCODED_FORMS))
+def test_a_percent_encoded_secret_is_never_printed(tmp_path: Path, form: str) -> None:
+    """A secret-shaped value percent-encoded (whole, in part, twice) in variables not meant for it."""
+    placed = {name: template.format(ENCODED_FORMS[form]) for name, template in PLACES.items()}
+    env = write_env(tmp_path / ".env", {**FULL, **placed})
+    for fmt in ("text", "json"):
+        result = run_cli("check-env", "--env-file", str(env), "--format", fmt)
+        assert result.returncode in (0, 1), result.stderr
+        out = result.stdout + result.stderr
+        assert_no_secret(out, SECRETS)
+        for mark in LEAK_MARKS:
+            assert mark not in out, f"{form} shown ({fmt})"
