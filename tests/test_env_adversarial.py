@@ -88,3 +88,37 @@ def test_a_percent_encoded_secret_is_never_printed(tmp_path: Path, form: str) ->
         assert_no_secret(out, SECRETS)
         for mark in LEAK_MARKS:
             assert mark not in out, f"{form} shown ({fmt})"
+
+
+# ------------------------------------------------------------------ waivers cannot hide a secret
+
+def test_a_secret_given_as_a_waiver_code_is_not_echoed(tmp_path: Path) -> None:
+    env = write_env(tmp_path / ".env", FULL)
+    for argument in (f"{LIVE_KEY}:reason", LIVE_KEY, f"{FULL['UPSTASH_REDIS_REST_TOKEN']}:why",
+                     f"{FULL['NEXTAUTH_SECRET']}"):
+        result = run_cli("check-env", "--env-file", str(env), "--allow", argument)
+        assert result.returncode == 2
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+        assert_no_secret(result.stdout + result.stderr, SECRETS + [LIVE_KEY])
+    # a mistyped code is still named, so the fix is plain
+    result = run_cli("check-env", "--env-file", str(env), "--allow", "MONGO-TLS-INSECURE:x")
+    assert result.returncode == 2 and "MONGO-TLS-INSECURE" in result.stderr
+
+
+def test_a_secret_key_in_a_public_variable_cannot_be_waived(tmp_path: Path) -> None:
+    """A live secret key in NEXT_PUBLIC_* ships to every browser: no waiver makes that pass."""
+    values = {**FULL, "NEXT_PUBLIC_STRIPE_PUBLISHABLE_KEY": LIVE_KEY}
+    allows = ["--allow", "invalid:on purpose", "--allow", "stripe-publishable-differ:on purpose"]
+    env = write_env(tmp_path / ".env", values)
+    result = run_cli("check-env", "--env-file", str(env), *allows, "--allow", "secret-in-public:accepted")
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.startswith("error: ") and "secret-in-public" in result.stderr
+    on_record = write_env(tmp_path / "b.env", {**values, "MUZO_CHECK_WAIVERS": "secret-in-public:accepted"})
+    result = run_cli("check-env", "--env-file", str(on_record), *allows)
+    assert result.returncode == 2, result.stdout
+    for out in (result.stdout + result.stderr,):
+        assert_no_secret(out, SECRETS + [LIVE_KEY])
+    # without that waiver the others still cannot make it pass
+    result = run_cli("check-env", "--env-file", str(env), *allows, "--format", "json")
+    assert result.returncode == 1
+    assert LIVE_KEY not in result.stdout

@@ -10,6 +10,7 @@ usage error (exit 2).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -17,6 +18,15 @@ from muzo_ops.errors import UsageError
 
 WAIVERS_VARIABLE = "MUZO_CHECK_WAIVERS"
 MAX_REASON_CHARS = 300
+# Codes no waiver accepts: the problem exposes a secret (a Stripe secret key in a NEXT_PUBLIC_*
+# variable ships to every browser), so accepting it on record would hide a leak, not a risk.
+UNWAIVABLE: dict[str, str] = {
+    "secret-in-public": "a secret key in a NEXT_PUBLIC_* variable ships to every browser: move it "
+                        "and rotate the key",
+}
+# What an unknown code is echoed as: only text shaped like a code (letters and '-'); anything
+# else may be a secret pasted in the wrong place and is not shown.
+_CODE_SHAPED = re.compile(r"[A-Za-z-]{1,40}")
 
 class Rule(NamedTuple):
     """One problem code check-env can report: the docs page lists exactly these."""
@@ -102,8 +112,11 @@ def parse_waiver(text: str, where: str) -> tuple[str, str]:
     code, _, reason = text.partition(":")
     code, reason = code.strip(), " ".join(reason.split())
     if code not in RULES:
-        raise UsageError(f"{where}: cannot waive {code[:60]!r}: not a check-env code (the codes are listed "
+        named = repr(code) if _CODE_SHAPED.fullmatch(code) else "the text before ':' (not shown)"
+        raise UsageError(f"{where}: cannot waive {named}: not a check-env code (the codes are listed "
                          "in docs/ENVIRONMENT_VARIABLES.md; e.g. mongo-tls-insecure)")
+    if code in UNWAIVABLE:
+        raise UsageError(f"{where}: {code} cannot be waived: {UNWAIVABLE[code]}")
     if not reason:
         raise UsageError(f"{where}: the waiver of {code} has no reason: write {code}:why it is accepted")
     if len(reason) > MAX_REASON_CHARS:
