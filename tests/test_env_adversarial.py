@@ -122,3 +122,52 @@ def test_a_secret_key_in_a_public_variable_cannot_be_waived(tmp_path: Path) -> N
     result = run_cli("check-env", "--env-file", str(env), *allows, "--format", "json")
     assert result.returncode == 1
     assert LIVE_KEY not in result.stdout
+
+
+# ------------------------------------------------------------------ start-up stays light on every path
+
+HEAVY = ("pymongo", "pyinfra", "jinja2", "redis", "starlette", "httpx", "bson", "dns")
+
+
+@pytest.mark.parametrize("args", [
+    ("--format", "json", "--allow", "mongo-tls-insecure:reviewed"),
+    ("--environment", "production", "--strict"),
+    ("--allow", "nope:x"),  # a usage error
+])
+def test_check_env_on_hostile_input_imports_nothing_heavy(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """The new paths (URL rules as the clients read them, loopback spellings, waivers, encoded
+    secrets) must not pull in the driver or the web stack."""
+    import subprocess
+    import sys
+
+    values = {**FULL, "DATABASE_URL": SRV + "&tls=false&tlsAllowInvalidCertificates=true&TLS=true",
+              "NEXTAUTH_URL": "https://[::ffff:7f00:1]/", "S3_ENDPOINT": "HTTP://0x7f.1:9000",
+              "REDIS_URL": "redis://%6Cocalhost", "EMAIL_SERVER_HOST": "ｌｏｃａｌｈｏｓｔ",
+              "S3_BUCKET": ENCODED_FORMS["underscores"],
+              "MUZO_CHECK_WAIVERS": "mongo-timeout-low:ok; reviewed;stripe-mode-mixed:x"}
+    env = write_env(tmp_path / ".env", values, extra="pasted line without equals\n")
+    probe = ("import sys, runpy; sys.argv = ['muzo_ops', 'check-env', '--env-file', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('muzo_ops', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             f"print('HEAVY', sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", probe, str(env), *args], capture_output=True, text=True,
+                          timeout=60)
+    assert "Traceback" not in proc.stderr
+    assert "Environment Variables Check" in proc.stdout or '"problems"' in proc.stdout or "error:" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "HEAVY []", proc.stderr[-1500:]
+
+
+# ------------------------------------------------------------------ init-env --set
+
+@pytest.mark.parametrize("form", ["underscores", "every byte", "twice"])
+def test_set_refuses_a_percent_encoded_secret_and_never_echoes_it(tmp_path: Path, form: str) -> None:
+    """`--set S3_BUCKET=sk%5Flive%5F…` put a live key on the command line (ps, shell history) and
+    into a plain variable: it is refused as the plain key is, and nothing is written."""
+    env = tmp_path / ".env"
+    for argument in (f"S3_BUCKET={ENCODED_FORMS[form]}", f"{ENCODED_FORMS[form]}=x"):
+        result = run_cli("init-env", "--env-file", str(env), "--non-interactive", "--set", argument)
+        assert result.returncode == 2, result.stdout
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+        out = result.stdout + result.stderr
+        for mark in LEAK_MARKS:
+            assert mark not in out
+        assert not env.exists()

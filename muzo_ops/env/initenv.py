@@ -21,6 +21,7 @@ from muzo_ops.errors import MuzoOpsError, SchemaError, UsageError
 from muzo_ops.files import atomic, reading, temp
 from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
 from muzo_ops.redact.redactor import secret_values, shaped_secrets
+from muzo_ops.redact.shapes import hides_shaped_secret
 
 Prompt = Callable[[Variable], str]
 
@@ -57,7 +58,7 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
                              "shown: it may be a secret): write --set NAME=value, and secrets with "
                              "--set-stdin NAME")
         var = known_variable(name)
-        if shaped_secrets(value):
+        if shaped_secrets(value) or hides_shaped_secret(value):  # percent-encoded too
             raise UsageError(f"--set {name}: the value looks like a secret key, which does not belong in "
                              f"{name} nor on a command line (ps and shell history show it): check the "
                              "variable, and pass secrets with --set-stdin NAME")
