@@ -171,3 +171,25 @@ def test_set_refuses_a_percent_encoded_secret_and_never_echoes_it(tmp_path: Path
         for mark in LEAK_MARKS:
             assert mark not in out
         assert not env.exists()
+
+
+def test_init_env_never_writes_a_file_it_would_then_refuse_to_read(tmp_path: Path) -> None:
+    """A 1 MiB value through --set-stdin made a 1.05 MB .env that check-env and init-env itself
+    then refused ("over the 1024 KiB an env file may have"): refused before writing instead."""
+    env = tmp_path / ".env"
+    huge = "a" * (1 << 20)
+    result = run_cli("init-env", "--env-file", str(env), "--non-interactive", "--set-stdin", "S3_BUCKET",
+                     stdin=huge + "\n")
+    assert result.returncode == 2, result.stdout[-300:]
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr[:300]
+    assert huge[:100] not in result.stderr + result.stdout
+    assert not env.exists()
+    # over an existing file: the file and its folder stay as they were (no backup, no temporary file)
+    assert run_cli("init-env", "--env-file", str(env), "--non-interactive").returncode == 0
+    before = env.read_bytes()
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    result = run_cli("init-env", "--env-file", str(env), "--non-interactive", "--set-stdin", "S3_BUCKET",
+                     stdin=huge + "\n")
+    assert result.returncode == 2 and result.stderr.startswith("error: ")
+    assert env.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == listing
+    assert run_cli("check-env", "--env-file", str(env)).returncode in (0, 1)
