@@ -193,3 +193,31 @@ def test_init_env_never_writes_a_file_it_would_then_refuse_to_read(tmp_path: Pat
     assert result.returncode == 2 and result.stderr.startswith("error: ")
     assert env.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == listing
     assert run_cli("check-env", "--env-file", str(env)).returncode in (0, 1)
+
+
+# ------------------------------------------------------------------ a secret split by junk characters
+
+PLAIN_VARIABLES = ["S3_BUCKET", "S3_REGION", "GOOGLE_CLIENT_ID", "EMAIL_SERVER_USER", "LOG_LEVEL",
+                   "EMAIL_SERVER_HOST", "WORKER_QUEUES", "DASHBOARD_USER", "WORKER_METRICS_HOST",
+                   "S3_FORCE_PATH_STYLE", "EMAIL_SERVER_PORT", "WORKER_CONCURRENCY", "QUEUE_TRANSACTIONS"]
+SPLITTERS = ['""', "''", " ", "\\\"", "\t", "\u2028", "\x00", "\x1b", "\u200b", "\xad", "#", "`", "\\"]
+
+
+@pytest.mark.parametrize("cut", [12, 20])
+def test_a_secret_split_by_quotes_or_invisible_characters_is_not_printed(tmp_path: Path, cut: int) -> None:
+    """`S3_BUCKET=sk_live_51HL""eakLeak…` (or a space, tab, NUL, zero-width space… in the cut)
+    was shown as it is: a reader removes the junk and has the key. The whole value is masked."""
+    lines = []
+    for index, splitter in enumerate(SPLITTERS):
+        value = LIVE_KEY[:cut] + splitter + LIVE_KEY[cut:]
+        name = PLAIN_VARIABLES[index]  # one each: of a variable set twice only the last is shown
+        quoted = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' if index % 2 else value
+        lines.append(f"{name}={quoted}\n")
+    env = write_env(tmp_path / ".env", FULL, extra="".join(lines))
+    tail = LIVE_KEY[cut:]
+    for fmt in ("text", "json"):
+        result = run_cli("check-env", "--env-file", str(env), "--format", fmt)
+        assert result.returncode in (0, 1), result.stderr
+        out = result.stdout + result.stderr
+        shown = [tail[i:i + 8] for i in range(len(tail) - 7) if tail[i:i + 8] in out]
+        assert not shown, (fmt, [x for x in out.splitlines() if shown[0] in x][:3])

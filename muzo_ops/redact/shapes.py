@@ -98,10 +98,20 @@ def decoded_forms(text: str) -> list[str]:
     return forms
 
 
+# What a reader skips when reading a key cut in two: quotes, backslashes, `#`, white space,
+# control and invisible (format) characters (``sk_live_51HL""eakLeak…`` is the key).
+_JUNK = re.compile("[\\s\"'`\\\\#\x00-\x1f\x7f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e"
+                   "\u2060-\u2064\ufeff]+")
+
+
 def hides_shaped_secret(text: str) -> bool:
-    """Whether a percent-decoded form of ``text`` has a secret's shape that ``text`` itself hides
-    (``sk%5Flive%5F…``: a client or a reader decodes it to the key)."""
-    return any(shaped_secrets(form) for form in decoded_forms(text))
+    """Whether a form of ``text`` a reader or a client makes has a secret's shape that ``text``
+    itself hides: percent-decoded (``sk%5Flive%5F…``) or with the junk cutting it removed."""
+    forms = decoded_forms(text)
+    joined = _JUNK.sub("", text)
+    if joined != text:
+        forms.append(joined)
+    return any(shaped_secrets(form) for form in forms)
 
 
 def mask_shapes(text: str) -> str:
