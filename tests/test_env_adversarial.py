@@ -221,3 +221,37 @@ def test_a_secret_split_by_quotes_or_invisible_characters_is_not_printed(tmp_pat
         out = result.stdout + result.stderr
         shown = [tail[i:i + 8] for i in range(len(tail) - 7) if tail[i:i + 8] in out]
         assert not shown, (fmt, [x for x in out.splitlines() if shown[0] in x][:3])
+
+
+# ------------------------------------------------------------------ hosts as Node's WHATWG URL reads them
+
+NODE_HOSTS = Path(__file__).parent / "node"
+IGNORED_BY_IDNA = ["\u00ad", "\u034f", "\u180b", "\u200b", "\u2060", "\u2064", "\ufe0f", "\ufeff", "\U000e0100"]
+
+
+def node_hosts(urls: list[str]) -> list[list[str] | None]:
+    """``[protocol, hostname]`` of each URL as Node's WHATWG ``URL`` reads it (None: refused)."""
+    import json
+    import subprocess
+
+    script = ("const l=require('fs').readFileSync(0,'utf8').split('\\n').filter(Boolean).map(JSON.parse);"
+              "process.stdout.write(JSON.stringify(l.map(u=>{try{const x=new URL(u);"
+              "return [x.protocol,x.hostname]}catch(e){return null}})))")
+    proc = subprocess.run(["node", "-e", script], input="\n".join(json.dumps(u) for u in urls),
+                          capture_output=True, text=True, check=True, timeout=60, cwd=NODE_HOSTS)
+    result: list[list[str] | None] = json.loads(proc.stdout)
+    return result
+
+
+def test_a_host_with_characters_idna_drops_is_this_machine_as_node_reads_it() -> None:
+    """`https://lo\\u00adcalhost` (a soft hyphen, a zero-width space, a variation selector…) is
+    localhost to the Node app (UTS #46 maps those to nothing) but passed production."""
+    urls = []
+    for mark in IGNORED_BY_IDNA:
+        urls += [f"https://lo{mark}calhost/", f"https://127.0.0.1{mark}/", f"https://local{mark}host.:443",
+                 "https://lo" + quote(mark) + "calhost/"]
+    for url, read in zip(urls, node_hosts(urls), strict=True):
+        assert read is not None and read[1] in ("localhost", "127.0.0.1", "localhost."), (url, read)
+        for variable in ("NEXTAUTH_URL", "S3_ENDPOINT"):
+            found = codes({**FULL, variable: url})
+            assert (variable, "production-localhost") in found or (variable, "invalid") in found, (variable, url)
