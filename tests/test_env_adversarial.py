@@ -255,3 +255,18 @@ def test_a_host_with_characters_idna_drops_is_this_machine_as_node_reads_it() ->
         for variable in ("NEXTAUTH_URL", "S3_ENDPOINT"):
             found = codes({**FULL, variable: url})
             assert (variable, "production-localhost") in found or (variable, "invalid") in found, (variable, url)
+
+
+def test_a_waiver_reason_holding_a_cut_secret_is_not_printed(tmp_path: Path) -> None:
+    cut = [LIVE_KEY[:12] + '""' + LIVE_KEY[12:], "key " + LIVE_KEY[:12] + " " + LIVE_KEY[12:] + " ok",
+           "key " + LIVE_KEY[:12] + "\u200b" + LIVE_KEY[12:], ENCODED_FORMS["underscores"]]
+    values = {**FULL, "DATABASE_URL": FULL["DATABASE_URL"] + "&tlsAllowInvalidCertificates=true"}
+    env = write_env(tmp_path / ".env", values)
+    for reason in cut:
+        on_record = write_env(tmp_path / "b.env", {**values, "MUZO_CHECK_WAIVERS": f"mongo-tls-insecure:{reason}"})
+        for fmt in ("text", "json"):
+            for run in (run_cli("check-env", "--env-file", str(env), "--format", fmt,
+                                "--allow", f"mongo-tls-insecure:{reason}"),
+                        run_cli("check-env", "--env-file", str(on_record), "--format", fmt)):
+                assert run.returncode == 0, run.stdout[-500:]
+                assert "eakLeakLeak" not in run.stdout + run.stderr, (reason, fmt)

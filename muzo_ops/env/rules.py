@@ -14,7 +14,9 @@ import re
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from muzo_ops.constants import MASK
 from muzo_ops.errors import UsageError
+from muzo_ops.redact.shapes import hides_shaped_secret
 
 WAIVERS_VARIABLE = "MUZO_CHECK_WAIVERS"
 MAX_REASON_CHARS = 300
@@ -119,6 +121,8 @@ def parse_waiver(text: str, where: str) -> tuple[str, str]:
         raise UsageError(f"{where}: {code} cannot be waived: {UNWAIVABLE[code]}")
     if not reason:
         raise UsageError(f"{where}: the waiver of {code} has no reason: write {code}:why it is accepted")
+    if hides_shaped_secret(reason):
+        reason = MASK  # a key cut by quotes or spaces, or percent-encoded: not shown as a reason
     if len(reason) > MAX_REASON_CHARS:
         raise UsageError(f"{where}: the reason for waiving {code} is over {MAX_REASON_CHARS} characters")
     return code, reason

@@ -104,13 +104,18 @@ _JUNK = re.compile("[\\s\"'`\\\\#\x00-\x1f\x7f\u00ad\u061c\u180e\u200b-\u200f\u2
                    "\u2060-\u2064\ufeff]+")
 
 
+_JOINED_PIECES = 8  # a key cut more often than this is not read as one
+_JOINED_CHARS = 256
+
+
 def hides_shaped_secret(text: str) -> bool:
     """Whether a form of ``text`` a reader or a client makes has a secret's shape that ``text``
     itself hides: percent-decoded (``sk%5Flive%5F…``) or with the junk cutting it removed."""
     forms = decoded_forms(text)
-    joined = _JUNK.sub("", text)
-    if joined != text:
-        forms.append(joined)
+    pieces = _JUNK.split(text)
+    if len(pieces) > 1 and _candidates("".join(pieces)):
+        # a key may start at any piece (``key sk_live_51HL eak…``): join from each piece on
+        forms += ["".join(pieces[i:i + _JOINED_PIECES])[:_JOINED_CHARS] for i in range(len(pieces))]
     return any(shaped_secrets(form) for form in forms)
 
 
