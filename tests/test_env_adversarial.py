@@ -99,7 +99,7 @@ def test_a_secret_given_as_a_waiver_code_is_not_echoed(tmp_path: Path) -> None:
         result = run_cli("check-env", "--env-file", str(env), "--allow", argument)
         assert result.returncode == 2
         assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
-        assert_no_secret(result.stdout + result.stderr, SECRETS + [LIVE_KEY])
+        assert_no_secret(result.stdout + result.stderr, [*SECRETS, LIVE_KEY])
     # a mistyped code is still named, so the fix is plain
     result = run_cli("check-env", "--env-file", str(env), "--allow", "MONGO-TLS-INSECURE:x")
     assert result.returncode == 2 and "MONGO-TLS-INSECURE" in result.stderr
@@ -117,7 +117,7 @@ def test_a_secret_key_in_a_public_variable_cannot_be_waived(tmp_path: Path) -> N
     result = run_cli("check-env", "--env-file", str(on_record), *allows)
     assert result.returncode == 2, result.stdout
     for out in (result.stdout + result.stderr,):
-        assert_no_secret(out, SECRETS + [LIVE_KEY])
+        assert_no_secret(out, [*SECRETS, LIVE_KEY])
     # without that waiver the others still cannot make it pass
     result = run_cli("check-env", "--env-file", str(env), *allows, "--format", "json")
     assert result.returncode == 1
@@ -270,3 +270,34 @@ def test_a_waiver_reason_holding_a_cut_secret_is_not_printed(tmp_path: Path) -> 
                         run_cli("check-env", "--env-file", str(on_record), "--format", fmt)):
                 assert run.returncode == 0, run.stdout[-500:]
                 assert "eakLeakLeak" not in run.stdout + run.stderr, (reason, fmt)
+
+
+def test_the_same_waivers_by_allow_and_on_record_give_the_same_report(tmp_path: Path) -> None:
+    import json
+
+    values = {**FULL, "DATABASE_URL": FULL["DATABASE_URL"] + "&tlsAllowInvalidCertificates=true",
+              "STRIPE_SECRET_KEY": "sk_test_51Htest0000000000000abc",
+              "STRIPE_PUBLISHABLE_KEY": "pk_test_51Ht00000000000pub",
+              "NEXT_PUBLIC_STRIPE_PUBLISHABLE_KEY": "pk_test_51Ht00000000000pub"}
+    reasons = {"mongo-tls-insecure": "self-signed; reviewed 2026-12", "stripe-test-in-production": "staging"}
+    by_allow = write_env(tmp_path / "a.env", values)
+    on_record = write_env(tmp_path / "b.env", {**values, "MUZO_CHECK_WAIVERS": ";".join(
+        f"{code}:{reason}" for code, reason in reasons.items())})
+    allows = [arg for code, reason in reasons.items() for arg in ("--allow", f"{code}:{reason}")]
+    first = run_cli("check-env", "--env-file", str(by_allow), "--format", "json", "--strict", *allows)
+    second = run_cli("check-env", "--env-file", str(on_record), "--format", "json", "--strict")
+    assert first.returncode == second.returncode == 0, (first.stdout[-800:], second.stderr)
+    a, b = json.loads(first.stdout), json.loads(second.stdout)
+    assert a["problems"] == b["problems"]
+    waived = {p["code"]: p["reason"] for p in a["problems"] if p["waived"]}
+    assert waived == reasons
+    assert all(p["reason"] is None for p in a["problems"] if not p["waived"])
+
+
+def test_no_waiver_makes_an_unparsable_file_pass(tmp_path: Path) -> None:
+    every = [arg for code in ("invalid", "duplicate", "no-equals", "missing") for arg in ("--allow", f"{code}:x")]
+    env = write_env(tmp_path / ".env", FULL, extra=f'STRIPE_SECRET_KEY="{LIVE_KEY}\n')
+    for fmt in ("text", "json"):
+        result = run_cli("check-env", "--env-file", str(env), "--format", fmt, *every)
+        assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+        assert LIVE_KEY not in result.stdout + result.stderr and "Traceback" not in result.stderr
