@@ -301,3 +301,9 @@ def test_no_waiver_makes_an_unparsable_file_pass(tmp_path: Path) -> None:
         result = run_cli("check-env", "--env-file", str(env), "--format", fmt, *every)
         assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
         assert LIVE_KEY not in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("sender", ["a@[IPv6:::1]", "muzo <a@[ipv6:::ffff:127.0.0.1]>", "a@[IPv6:0::1]"])
+def test_an_ipv6_address_literal_sender_on_this_machine_fails_production(sender: str) -> None:
+    """RFC 5321 writes an IPv6 domain as [IPv6:…]: `a@[IPv6:::1]` passed as a real domain."""
+    assert ("EMAIL_FROM", "production-localhost") in codes({**FULL, "EMAIL_FROM": sender})

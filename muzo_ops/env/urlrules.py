@@ -137,7 +137,10 @@ def hosts_of(var: Variable, value: str) -> list[str]:
         return found
     if var.kind is Kind.EMAIL:
         address = value.rpartition("<")[2].rstrip(">")
-        return [address.rpartition("@")[2]] if "@" in address else []
+        domain = address.rpartition("@")[2]
+        if domain[:6].lower() == "[ipv6:":  # an RFC 5321 address literal: [IPv6:::1]
+            domain = "[" + domain[6:]
+        return [domain] if "@" in address else []
     return [value]
 
 
