@@ -16,7 +16,9 @@ address (``0.0.0.0`` and ``::`` reach the local host on Linux):
   ``*.localhost`` name (RFC 6761);
 - each of those percent-encoded (``%6c%6fcalhost``), in Unicode
   compatibility forms (full-width letters, ideographic full stops: what
-  WHATWG's IDNA mapping turns into ASCII), upper case, or with a final dot;
+  WHATWG's IDNA mapping turns into ASCII), with characters that mapping
+  drops (soft hyphen, zero-width space, variation selectors), upper case,
+  or with a final dot;
 - a path (``/tmp/mongodb-27017.sock``): a Unix socket on this machine.
 """
 
@@ -30,6 +32,11 @@ LOOPBACK_NAMES = frozenset({
 })
 # Full stops WHATWG's IDNA mapping (UTS #46) reads as ".".
 _DOTS = ("\u3002", "\uff0e", "\uff61")
+# Code points UTS #46 (the IDNA mapping of WHATWG's URL, so Node's) maps to nothing: a host
+# holding them is the host without them (``lo\u00adcalhost`` is localhost). Measured in Node.
+_IGNORED = ((0xAD, 0xAD), (0x34F, 0x34F), (0x180B, 0x180D), (0x180F, 0x180F), (0x200B, 0x200B),
+            (0x2060, 0x2060), (0x2064, 0x2064), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF),
+            (0x1BCA0, 0x1BCA3), (0xE0100, 0xE01EF))
 _SPACE = " \t\n\v\f\r"
 
 
@@ -81,6 +88,7 @@ def normalized(host: str) -> str:
     if not name.isascii():
         import unicodedata
 
+        name = "".join(c for c in name if not any(low <= ord(c) <= high for low, high in _IGNORED))
         name = unicodedata.normalize("NFKC", name)
     for dot in _DOTS:
         name = name.replace(dot, ".")

@@ -17,10 +17,11 @@ from muzo_ops.constants import EXAMPLE_ENV_FILE, SECRET_FILE_MODE
 from muzo_ops.env import checks, envfile, schema
 from muzo_ops.env import generate as secretgen
 from muzo_ops.env.schema import Environment, Variable
-from muzo_ops.errors import MuzoOpsError, SchemaError, UsageError
+from muzo_ops.errors import EnvFileError, MuzoOpsError, SchemaError, UsageError
 from muzo_ops.files import atomic, reading, temp
 from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
 from muzo_ops.redact.redactor import secret_values, shaped_secrets
+from muzo_ops.redact.shapes import hides_shaped_secret
 
 Prompt = Callable[[Variable], str]
 
@@ -57,7 +58,7 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
                              "shown: it may be a secret): write --set NAME=value, and secrets with "
                              "--set-stdin NAME")
         var = known_variable(name)
-        if shaped_secrets(value):
+        if shaped_secrets(value) or hides_shaped_secret(value):  # percent-encoded too
             raise UsageError(f"--set {name}: the value looks like a secret key, which does not belong in "
                              f"{name} nor on a command line (ps and shell history show it): check the "
                              "variable, and pass secrets with --set-stdin NAME")
@@ -182,6 +183,7 @@ def _init_locked(path: str, environment: Environment | None, supplied: dict[str,
         if text == existing.text():
             text = ""
     if text:
+        _refuse_unreadable_size(path, text)
         result.backup = atomic.write(path, text, keep_backup=existing is not None)
         result.written = True
     elif existing is not None and os.stat(path).st_mode & 0o077:
@@ -238,6 +240,16 @@ def _addition(var: Variable, value: str) -> str:
     from muzo_ops.env import dotenvx
 
     return dotenvx.LineWriter("").addition(var.name, value)  # plain: keep_encrypted encrypts it after
+
+
+def _refuse_unreadable_size(path: str, text: str) -> None:
+    """Invariant: init-env never writes a file that muzo-ops would refuse to read (over
+    reading.MAX_FILE_BYTES); nothing is written and the message names no value."""
+    size = len(text.encode("utf-8"))
+    if size > reading.MAX_FILE_BYTES:
+        raise EnvFileError(path, f"would be {size} bytes, over the {reading.MAX_FILE_BYTES // 1024} KiB an env file "
+                           "may have (check-env and init-env refuse larger files): nothing written; "
+                           "shorten the value you set")
 
 
 def _write_example(env_path: str) -> str | None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from muzo_ops.constants import DOCS_ENV_PAGE, EXAMPLE_ENV_FILE, TEMPLATE_ENV_FILE
 from muzo_ops.env import checks, schema
 from muzo_ops.env.envfile import format_line
+from muzo_ops.env.rules import UNWAIVABLE
 
 if TYPE_CHECKING:
     import jinja2
@@ -64,6 +65,7 @@ def render(template: str, **context: object) -> str:
         "groups": schema.grouped(),
         "variables": schema.VARIABLES,
         "rules": RULES,
+        "unwaivable": sorted(UNWAIVABLE.items()),
     }
     base.update(context)
     return env.get_template(template).render(**base)

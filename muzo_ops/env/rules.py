@@ -10,13 +10,25 @@ usage error (exit 2).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from muzo_ops.constants import MASK
 from muzo_ops.errors import UsageError
+from muzo_ops.redact.shapes import hides_shaped_secret
 
 WAIVERS_VARIABLE = "MUZO_CHECK_WAIVERS"
 MAX_REASON_CHARS = 300
+# Codes no waiver accepts: the problem exposes a secret (a Stripe secret key in a NEXT_PUBLIC_*
+# variable ships to every browser), so accepting it on record would hide a leak, not a risk.
+UNWAIVABLE: dict[str, str] = {
+    "secret-in-public": "a secret key in a NEXT_PUBLIC_* variable ships to every browser: move it "
+                        "and rotate the key",
+}
+# What an unknown code is echoed as: only text shaped like a code (letters and '-'); anything
+# else may be a secret pasted in the wrong place and is not shown.
+_CODE_SHAPED = re.compile(r"[A-Za-z-]{1,40}")
 
 class Rule(NamedTuple):
     """One problem code check-env can report: the docs page lists exactly these."""
@@ -64,8 +76,8 @@ _RULE_LIST: tuple[Rule, ...] = (
          "(127.1, 2130706433, 0x7f.1, 0), IPv6 forms (::1, ::, ::ffff:127.0.0.1), percent-encoded or "
          "Unicode spellings, a Unix socket path, or a host that Node's URL parser reads where Python's "
          "does not (http://127.0.0.1\\@muzo.app)."),
-    Rule("production-mongo-no-tls", "error", "In production: DATABASE_URL is neither mongodb+srv:// "
-         "nor tls=true/ssl=true."),
+    Rule("production-mongo-no-tls", "error", "In production: DATABASE_URL does not connect over TLS: "
+         "neither mongodb+srv:// (without tls=false or ssl=false) nor tls=true/ssl=true."),
     Rule("nextauth-url-not-https", "error", "In production: NEXTAUTH_URL is not https:// (the "
          "scheme in any case: HTTPS:// is https)."),
     Rule("s3-endpoint-not-https", "error", "In production: S3_ENDPOINT is plain http://."),
@@ -102,10 +114,15 @@ def parse_waiver(text: str, where: str) -> tuple[str, str]:
     code, _, reason = text.partition(":")
     code, reason = code.strip(), " ".join(reason.split())
     if code not in RULES:
-        raise UsageError(f"{where}: cannot waive {code[:60]!r}: not a check-env code (the codes are listed "
+        named = repr(code) if _CODE_SHAPED.fullmatch(code) else "the text before ':' (not shown)"
+        raise UsageError(f"{where}: cannot waive {named}: not a check-env code (the codes are listed "
                          "in docs/ENVIRONMENT_VARIABLES.md; e.g. mongo-tls-insecure)")
+    if code in UNWAIVABLE:
+        raise UsageError(f"{where}: {code} cannot be waived: {UNWAIVABLE[code]}")
     if not reason:
         raise UsageError(f"{where}: the waiver of {code} has no reason: write {code}:why it is accepted")
+    if hides_shaped_secret(reason):
+        reason = MASK  # a key cut by quotes or spaces, or percent-encoded: not shown as a reason
     if len(reason) > MAX_REASON_CHARS:
         raise UsageError(f"{where}: the reason for waiving {code} is over {MAX_REASON_CHARS} characters")
     return code, reason

@@ -137,7 +137,10 @@ def hosts_of(var: Variable, value: str) -> list[str]:
         return found
     if var.kind is Kind.EMAIL:
         address = value.rpartition("<")[2].rstrip(">")
-        return [address.rpartition("@")[2]] if "@" in address else []
+        domain = address.rpartition("@")[2]
+        if domain[:6].lower() == "[ipv6:":  # an RFC 5321 address literal: [IPv6:::1]
+            domain = "[" + domain[6:]
+        return [domain] if "@" in address else []
     return [value]
 
 
@@ -162,10 +165,11 @@ def check_production(report: Report, values: Mapping[str, str], names: set[str],
             mongo = mongourl.parse(url)
         except ValueError:
             mongo = None
-        if mongo is not None and not mongo.srv and not (mongo.flag("tls") or mongo.flag("ssl")):
+        if mongo is not None and not mongo.uses_tls:
             report.add("DATABASE_URL", Severity.ERROR, "production-mongo-no-tls",
                        f"DATABASE_URL has no TLS in production ({why}): production expects "
-                       "mongodb+srv:// or tls=true (with tlsCAFile= for a private CA)", special=True)
+                       "mongodb+srv:// (without tls=false) or tls=true (with tlsCAFile= for a private CA)",
+                       special=True)
     endpoint = values.get("S3_ENDPOINT", "")
     if "S3_ENDPOINT" in names and urls.scheme_of(endpoint.strip()) == "http":
         report.add("S3_ENDPOINT", Severity.ERROR, "s3-endpoint-not-https",

@@ -59,6 +59,14 @@ class MongoUrl(NamedTuple):
         return self.scheme == "mongodb+srv"
 
     @property
+    def uses_tls(self) -> bool:
+        """Whether the driver connects over TLS: an SRV URL does unless tls/ssl=false says
+        otherwise (pymongo defaults tls to true only when neither option is given)."""
+        if self.srv:
+            return self.flag("tls") is not False and self.flag("ssl") is not False
+        return bool(self.flag("tls") or self.flag("ssl"))
+
+    @property
     def password(self) -> str | None:
         """The password as the driver decodes it (``unquote_plus``: ``+`` is a space), or None."""
         if not self.userinfo or ":" not in self.userinfo:

@@ -8,7 +8,7 @@ from urllib.parse import unquote, unquote_plus
 from muzo_ops import urls
 from muzo_ops.constants import MASK, MASK_VISIBLE_TAIL
 from muzo_ops.redact.sensitivity import SECRET_URL_OPTIONS
-from muzo_ops.redact.shapes import mask_shapes, shaped_secrets
+from muzo_ops.redact.shapes import hides_shaped_secret, mask_shapes, shaped_secrets
 
 MAX_SHOWN_CHARS = 80  # longer plain values are cut
 MIN_CHARS_FOR_TAIL = 16  # a secret this long shows its last 4 characters
@@ -106,6 +106,8 @@ def mask_value(value: str, *, sensitive: bool, url: bool = False) -> str:
     characters (when long enough and not themselves secret-shaped), anything secret-shaped masked."""
     if url:
         return mask_shapes(printable(redacted_url(value)))
+    if hides_shaped_secret(value):
+        return MASK  # an encoded secret: no part of it shown
     if sensitive or shaped_secrets(value):
         if len(value) >= MIN_CHARS_FOR_TAIL and not shaped_secrets(value[-MASK_VISIBLE_TAIL:]):
             return MASK + printable(value[-MASK_VISIBLE_TAIL:])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from urllib.parse import unquote
 
 from muzo_ops.constants import MASK
 
@@ -77,10 +78,54 @@ def shaped_secrets(text: str) -> list[str]:
     return found
 
 
+# A run of text between URL and word delimiters: the unit an encoded secret is masked in.
+_ENCODED_TOKEN = re.compile(r"[^\s\"'<>&?=#/;,]*%[0-9A-Fa-f]{2}[^\s\"'<>&?=#/;,]*")
+_MAX_DECODINGS = 3  # %255F is "_" decoded twice; a client decoding more often is not known
+
+
+def decoded_forms(text: str) -> list[str]:
+    """``text`` percent-decoded once, twice, … (each distinct form; none when nothing decodes)."""
+    forms: list[str] = []
+    current = text
+    for _ in range(_MAX_DECODINGS):
+        if "%" not in current:
+            break
+        decoded = unquote(current)
+        if decoded == current:
+            break
+        forms.append(decoded)
+        current = decoded
+    return forms
+
+
+# What a reader skips when reading a key cut in two: quotes, backslashes, `#`, white space,
+# control and invisible (format) characters (``sk_live_51HL""eakLeak…`` is the key).
+_JUNK = re.compile("[\\s\"'`\\\\#\x00-\x1f\x7f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e"
+                   "\u2060-\u2064\ufeff]+")
+
+
+_JOINED_PIECES = 8  # a key cut more often than this is not read as one
+_JOINED_CHARS = 256
+
+
+def hides_shaped_secret(text: str) -> bool:
+    """Whether a form of ``text`` a reader or a client makes has a secret's shape that ``text``
+    itself hides: percent-decoded (``sk%5Flive%5F…``) or with the junk cutting it removed."""
+    forms = decoded_forms(text)
+    pieces = _JUNK.split(text)
+    if len(pieces) > 1 and _candidates("".join(pieces)):
+        # a key may start at any piece (``key sk_live_51HL eak…``): join from each piece on
+        forms += ["".join(pieces[i:i + _JOINED_PIECES])[:_JOINED_CHARS] for i in range(len(pieces))]
+    return any(shaped_secrets(form) for form in forms)
+
+
 def mask_shapes(text: str) -> str:
-    """``text`` with everything that has a secret's shape replaced by ``***``."""
+    """``text`` with everything that has a secret's shape replaced by ``***``; a percent-encoded
+    secret is masked as the whole run of text it is encoded in."""
     for pattern in _candidates(text):
         if pattern.search(text):
             text = pattern.sub(lambda m: m.group(0)[: m.start("s") - m.start()] + MASK
                                + m.group(0)[m.end("s") - m.start():], text)
+    if "%" in text:
+        text = _ENCODED_TOKEN.sub(lambda m: MASK if hides_shaped_secret(m.group(0)) else m.group(0), text)
     return text
