@@ -8,8 +8,10 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from pymongo import MongoClient
 
 from tests.helpers import MONGO_APP_PASSWORD
 from tests.servers import Redis, Secantus
@@ -40,6 +42,27 @@ def secantus_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secantus
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def dbname() -> str:
+    """A fresh database name per test (dropped by ``jobs``)."""
+    return "t" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def jobs(secantus: Secantus, dbname: str) -> Iterator[Any]:
+    """The ``Job`` collection of a fresh database on the session's SecantusDB."""
+    client: MongoClient[dict[str, Any]] = MongoClient(secantus.uri, serverSelectionTimeoutMS=10000)
+    yield client[dbname]["Job"]
+    client.drop_database(dbname)
+    client.close()
+
+
+@pytest.fixture
+def db(dbname: str, jobs: Any) -> tuple[str, Any]:
+    """(database name, its ``Job`` collection)."""
+    return dbname, jobs
 
 
 @pytest.fixture(scope="session")

@@ -8,14 +8,13 @@ import json
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bson import json_util
 
-from tests import test_worker
+from tests import helpers
 from tests.workers import WorkerProcess, start_worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,19 +28,11 @@ PREVIOUS_SECRET = "hs-previous-1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d"
 
 
 # The worker tests' database fixtures (a fresh database per test, dropped after it).
-dbname = test_worker.dbname
-jobs = test_worker.jobs
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 60, what: str = "",
                worker: WorkerProcess | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    tail = worker.text()[-3000:] if worker is not None else ""
-    raise AssertionError(f"timed out: {what}\n{tail}")
+    helpers.wait_until(predicate, timeout, what, (lambda: worker.text()[-3000:]) if worker is not None else None)
 
 
 def worker(folder: Path, url: str, *args: str, env_lines: str = "", queues: str = "mockup",

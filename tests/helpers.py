@@ -6,7 +6,10 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 MONGO_APP_PASSWORD = "Str0ng-Mongo-App-Pass-77"
@@ -36,3 +39,14 @@ def copy_checkout(dest: Path) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, dest / name)
     return dest
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 60, what: str = "",
+               detail: Callable[[], str] | None = None) -> None:
+    """Poll ``predicate`` until it is true; AssertionError naming ``what`` (and ``detail()``) at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out: {what}" + (f"\n{detail()}" if detail is not None else ""))

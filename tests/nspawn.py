@@ -20,13 +20,14 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.servers import free_port
 
 CACHE = Path(os.environ.get("MUZO_TEST_NSPAWN_CACHE", "/var/cache/muzo-ops-test"))
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "python3-venv",
@@ -164,11 +165,6 @@ def build_rootfs(log: Path | None = None) -> Path:
         work.rename(target)
     return target
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

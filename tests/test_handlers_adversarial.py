@@ -28,9 +28,6 @@ from tests.servers import Secantus
 from tests.test_handlers_exec import FULFILLMENT_PAYLOAD, _alive
 from tests.workers import generation_payload, mockup_payload, prisma_job
 
-dbname = handlers_support.dbname  # fixtures
-jobs = handlers_support.jobs
-
 CHILD = Path(__file__).resolve().parent / "hostile_child.py"
 SECRET_LINE = f"SMTP_PASSWORD='{SECRET}'\n"
 

@@ -9,14 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests import handlers_support
 from tests.conftest import _marked_processes
 from tests.handlers_support import FAULTS, OPENAI_KEY, RUN_JOB, all_output, retry_delay, wait_until, worker
 from tests.servers import Secantus
 from tests.workers import generation_payload, mockup_payload, prisma_job
-
-dbname = handlers_support.dbname  # fixtures
-jobs = handlers_support.jobs
 
 FULFILLMENT_PAYLOAD = {
     "provider": "cloudprinter",

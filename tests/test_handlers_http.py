@@ -17,7 +17,6 @@ import httpx
 import pytest
 
 from muzo_ops.queue.handlers import signing
-from tests import handlers_support
 from tests.handlers_support import (
     EXAMPLES,
     NODE_MODULES,
@@ -33,9 +32,6 @@ from tests.handlers_support import (
 from tests.servers import Secantus, free_port, stop_pid
 from tests.test_handlers_exec import FULFILLMENT_PAYLOAD
 from tests.workers import generation_payload, mockup_payload, prisma_job
-
-dbname = handlers_support.dbname  # fixtures
-jobs = handlers_support.jobs
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,11 @@ import pytest
 from muzo_ops.constants import VERSION
 from muzo_ops.logs import Logger, default_format
 from muzo_ops.redact.redactor import Redactor
-from tests import handlers_support
 from tests.handlers_support import FAULTS, RUN_JOB, worker
 from tests.servers import Secantus
 from tests.workers import mockup_payload, prisma_job
 
 ROOT = Path(__file__).resolve().parent.parent
-dbname = handlers_support.dbname  # fixtures
-jobs = handlers_support.jobs
 
 
 def test_version() -> None:

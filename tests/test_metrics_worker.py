@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pymongo import MongoClient
 
 from muzo_ops import __version__
-from tests.helpers import run_cli
+from tests.helpers import run_cli, wait_until
 from tests.servers import Secantus, free_port, wait_port
 from tests.workers import mockup_payload, prisma_job, start_worker
 
@@ -43,13 +42,6 @@ def get(port: int, path: str) -> tuple[int, str]:
         conn.close()
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out: {what}")
 
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

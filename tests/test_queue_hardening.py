@@ -7,13 +7,11 @@ import asyncio
 import datetime as dt
 import io
 import json
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pymongo import MongoClient
 
 from muzo_ops.logs import Logger
 from muzo_ops.queue.events import JobInfo, Observer, Outcome, WorkerInfo
@@ -43,15 +41,6 @@ class Recorder(Observer):
 
     def named(self, name: str) -> list[tuple[Any, ...]]:
         return [args for event, args in self.events if event == name]
-
-
-@pytest.fixture
-def db(secantus: Secantus) -> Iterator[tuple[str, Any]]:
-    name = "h" + uuid.uuid4().hex[:10]
-    client: MongoClient[dict[str, Any]] = MongoClient(secantus.uri, serverSelectionTimeoutMS=10000)
-    yield name, client[name]["Job"]
-    client.drop_database(name)
-    client.close()
 
 
 def burst(secantus: Secantus, name: str, handler: Handler, *, observers: Sequence[Observer] = (),

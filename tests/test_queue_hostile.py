@@ -19,11 +19,8 @@ from muzo_ops.logs import Logger
 from muzo_ops.queue.events import JobInfo, Observer
 from muzo_ops.queue.jobs import Job, JobType
 from muzo_ops.queue.worker import Worker, WorkerSettings
-from tests import test_queue_hardening
 from tests.servers import Secantus
 from tests.workers import mockup_payload, prisma_job
-
-db = test_queue_hardening.db  # the fixture: a fresh database and its Job collection
 
 FIELDS = ("_id", "type", "status", "attempts", "maxAttempts", "lockedAt", "lockedUntil", "lockedBy",
           "availableAt", "lastError", "payload", "result", "projectId", "createdAt", "updatedAt")

@@ -5,26 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
-from pymongo import MongoClient
 
 from tests.helpers import run_cli
 from tests.servers import Secantus
 from tests.workers import mockup_payload, prisma_job, start_worker
-
-
-@pytest.fixture
-def db(secantus: Secantus) -> Iterator[tuple[str, Any]]:
-    name = "s" + uuid.uuid4().hex[:10]
-    client: MongoClient[dict[str, Any]] = MongoClient(secantus.uri, serverSelectionTimeoutMS=10000)
-    yield name, client[name]["Job"]
-    client.drop_database(name)
-    client.close()
 
 
 def _started_ms(lines: list[dict[str, Any]], job_id: str, attempt: int = 1) -> int:

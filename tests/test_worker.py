@@ -5,39 +5,16 @@ from __future__ import annotations
 import itertools
 import socket
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pymongo import MongoClient
 
+from tests.helpers import wait_until
 from tests.servers import Secantus
 from tests.workers import generation_payload, mockup_payload, prisma_job, records, start_worker
-
-
-@pytest.fixture
-def dbname() -> str:
-    return "t" + uuid.uuid4().hex[:12]
-
-
-@pytest.fixture
-def jobs(secantus: Secantus, dbname: str) -> Iterator[Any]:
-    client: MongoClient[dict[str, Any]] = MongoClient(secantus.uri, serverSelectionTimeoutMS=10000)
-    yield client[dbname]["Job"]
-    client.drop_database(dbname)
-    client.close()
-
-
-def wait_until(predicate: Any, timeout: float = 60, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out: {what}")
 
 
 def test_four_workers_200_jobs_each_run_exactly_once(tmp_path: Path, secantus: Secantus, dbname: str,
