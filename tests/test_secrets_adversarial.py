@@ -52,6 +52,60 @@ def chown_tree(folder: Path, uid: int) -> None:
 # --- links nobody trusted -------------------------------------------------------------------------
 
 
+@needs_root
+def test_rollback_never_installs_a_backup_that_is_a_symlink(tmp_path: Path) -> None:
+    """User 1234 plants ``.env.9.bak -> a root-only file``; root's rollback must not copy that file
+    into the env file 1234 owns (it was: exit 0, the root-only value in 1234's file)."""
+    folder = tmp_path / "app"
+    folder.mkdir()
+    env = write(folder / ".env", FULL)
+    root_only = tmp_path / "root-only"
+    root_only.write_text("NODE_ENV=production\nROOT_ONLY=root-only-value-7f3a9c\n")
+    root_only.chmod(0o600)
+    chown_tree(folder, OTHER_UID)
+    planted = folder / ".env.9.bak"
+    planted.symlink_to(root_only)
+    os.chown(planted, OTHER_UID, OTHER_UID, follow_symlinks=False)
+    before = env.read_bytes()
+
+    proc = cli("secrets", "rollback", "--env-file", str(env))
+
+    assert "root-only-value-7f3a9c" not in env.read_text()
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert env.read_bytes() == before
+    assert "Traceback" not in proc.stderr
+
+
+@needs_root
+@pytest.mark.parametrize("name", [".env.keys", ".env"])
+def test_a_symlink_another_user_planted_is_not_followed_to_write_roots_file(tmp_path: Path, name: str) -> None:
+    """A symlink owned by user 1234 leading to a root file: root's ``encrypt`` must not rewrite (nor
+    chmod) that file; it did, appending a private key to it."""
+    folder = tmp_path / "app"
+    folder.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("root: do not touch\n")
+    victim.chmod(0o644)
+    if name == ".env":
+        write(victim, FULL)
+        victim.chmod(0o644)
+        env = folder / ".env"
+    else:
+        env = write(folder / ".env", FULL)
+    chown_tree(folder, OTHER_UID)
+    link = folder / name
+    link.symlink_to(victim)
+    os.chown(link, OTHER_UID, OTHER_UID, follow_symlinks=False)
+    before = victim.read_bytes()
+
+    proc = cli("secrets", "encrypt", "--env-file", str(env))
+
+    assert victim.read_bytes() == before
+    assert victim.stat().st_mode & 0o777 == 0o644
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stderr.startswith("error: ") and "symlink" in proc.stderr, proc.stderr
+
+
 def test_a_symlink_root_made_to_another_users_file_is_still_written_through(tmp_path: Path) -> None:
     """The documented case stays: a link owned by the one running the command is followed."""
     real = write(tmp_path / "real.env", FULL)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from muzo_ops.constants import SECRET_FILE_MODE
 from muzo_ops.errors import EnvFileError
-from muzo_ops.files import backups, reading, temp
+from muzo_ops.files import backups, links, reading, temp
 from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
 
 
@@ -61,7 +61,7 @@ def write(path: str, content: str | bytes, mode: int = SECRET_FILE_MODE, *, keep
     if not isinstance(content, str | bytes):
         raise TypeError(f"content must be str or bytes, not {type(content).__name__}")
     data = content.encode("utf-8") if isinstance(content, str) else content
-    target = os.path.realpath(path)
+    target = links.trusted_target(path)
     folder = os.path.dirname(target)
     with locked(lock_of or path, lock_timeout_s, owner_of=owner_of):
         try:
@@ -124,7 +124,7 @@ def create_once(path: str, content: bytes, mode: int = SECRET_FILE_MODE, *, owne
     race the link decides (the loser's copy is dropped), so no lock is
     needed and both use one content.
     """
-    target = os.path.realpath(path)
+    target = links.trusted_target(path)
     if os.path.lexists(target):
         return False
     owner = _stat_or_none(owner_of) if owner_of else None
