@@ -299,3 +299,71 @@ def test_rotate_and_two_encrypts_in_one_folder_race_without_losing_anything(tmp_
         plain_env = {k: v or "" for k, v in dotenv_values(stream=io.StringIO(decrypted)).items()}
         assert plain_env["NEXTAUTH_SECRET_PREVIOUS"] == FULL["NEXTAUTH_SECRET"], round_
         assert (folder / ".env.keys").stat().st_mode & 0o777 == 0o600
+
+
+# --- kill -9 at each step boundary ----------------------------------------------------------------
+
+PAUSER = '''
+import os, time
+_at = os.environ.get("MUZO_TEST_PAUSE_AT")
+if _at:
+    _name, _n = _at.split(":")
+    _count = [0]
+    _orig = getattr(os, _name)
+    def _paused(*a, **k):
+        _count[0] += 1
+        if _count[0] == int(_n):
+            with open(os.environ["MUZO_TEST_PAUSE_MARK"], "w") as mark:
+                mark.write(repr(a))
+            time.sleep(60)
+        return _orig(*a, **k)
+    setattr(os, _name, _paused)
+'''
+
+
+def killed_at(step: str, folder: Path, args: list[str], hooks: Path) -> bool:
+    """Run ``secrets ARGS`` paused at the Nth call of ``os.<name>`` and kill -9 it there; whether it got there."""
+    mark = hooks / "mark"
+    mark.unlink(missing_ok=True)
+    env = {**os.environ, **NO_KEYS, "MUZO_TEST_PAUSE_AT": step, "MUZO_TEST_PAUSE_MARK": str(mark),
+           "PYTHONPATH": f"{hooks}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen([sys.executable, "-m", "muzo_ops", "secrets", *args], cwd=folder, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import time
+    deadline = time.monotonic() + 20
+    while proc.poll() is None and not mark.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    reached = mark.exists()
+    proc.kill()
+    proc.wait()
+    return reached
+
+
+def test_killed_at_every_rename_link_and_fsync_a_rerun_leaves_no_secret_temp_file(tmp_path: Path) -> None:
+    """kill -9 at each os.replace / os.link / os.fsync of ``encrypt`` (keys file, audit key, backup,
+    env file, audit log): the env file is whole (old or new), and a rerun completes and leaves no
+    temporary file behind (a killed audit-key creation left its key in a temp file for good)."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(PAUSER)
+    original = "".join(format_line(k, v) for k, v in FULL.items()).encode()
+    reached_any = 0
+    for step in ["replace:1", "replace:2", "link:1", "link:2", "fsync:1", "fsync:2", "fsync:3", "fsync:4",
+                 "fsync:5", "fsync:6"]:
+        folder = tmp_path / step.replace(":", "-")
+        folder.mkdir()
+        env = folder / ".env"
+        env.write_bytes(original)
+        env.chmod(0o600)
+        reached_any += killed_at(step, folder, ["encrypt", "--env-file", str(env)], hooks)
+        now = env.read_bytes()
+        assert now == original or b"encrypted:" in now, step
+        assert env.stat().st_mode & 0o777 == 0o600
+        rerun = cli("secrets", "encrypt", "--env-file", str(env), cwd=folder)
+        assert rerun.returncode == 0, (step, rerun.stderr)
+        assert cli("secrets", "decrypt", "--env-file", str(env), "--stdout", cwd=folder).returncode == 0, step
+        left = sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+        assert left == [], (step, left)
+        for backup in folder.glob(".env.*.bak"):
+            assert backup.stat().st_mode & 0o777 == 0o600
+    assert reached_any >= 8

@@ -17,6 +17,7 @@ over the target, fsync of the folder.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from muzo_ops.constants import SECRET_FILE_MODE
 from muzo_ops.errors import EnvFileError
 from muzo_ops.files import backups, links, reading, temp
 from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
+
+_CREATE_ATTEMPTS = 5
 
 
 def _final_mode(requested: int, current: int | None) -> int:
@@ -122,22 +125,33 @@ def create_once(path: str, content: bytes, mode: int = SECRET_FILE_MODE, *, owne
     Filled and fsynced under a temporary name, then hard-linked into
     place: a reader never sees it half-written, and when two first users
     race the link decides (the loser's copy is dropped), so no lock is
-    needed and both use one content.
+    needed and both use one content. Temporary copies that creators killed
+    before their link left (they hold the content) are removed by every
+    call (``temp.remove_stale``); a live racer whose copy went that way
+    fills another.
     """
     target = links.trusted_target(path)
-    if os.path.lexists(target):
-        return False
-    owner = _stat_or_none(owner_of) if owner_of else None
+    made = False
     try:
-        tmp = temp.temp_copy(path, target, content, mode, owner, new=True)
-        try:
-            os.link(tmp, target)
-            made = True
-        except FileExistsError:
-            made = False
-        finally:
-            temp.unlink_quietly([tmp])
-        temp.fsync_folder(os.path.dirname(target))
+        temp.remove_stale(target)
+        owner = _stat_or_none(owner_of) if owner_of else None
+        for _attempt in range(_CREATE_ATTEMPTS):
+            if os.path.lexists(target):
+                break
+            tmp = temp.temp_copy(path, target, content, mode, owner, new=True)
+            try:
+                os.link(tmp, target)
+                made = True
+            except FileExistsError:
+                break
+            except FileNotFoundError:
+                continue  # our copy was removed as stale by a concurrent call: fill another
+            finally:
+                temp.unlink_quietly([tmp])
+            temp.fsync_folder(os.path.dirname(target))
+            break
+        else:
+            raise FileNotFoundError(errno.ENOENT, "its temporary file kept vanishing", target)
     except OSError as exc:
         raise temp.write_error(path, exc) from exc
     return made

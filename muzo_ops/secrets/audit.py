@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from muzo_ops.errors import EnvFileError, MuzoOpsError
-from muzo_ops.files import atomic
+from muzo_ops.files import atomic, temp
 
 LOG_NAME = ".muzo-secrets-audit.jsonl"
 KEY_NAME = ".muzo-secrets-audit.key"
@@ -62,6 +62,12 @@ def env_file_name(env_path: str) -> str:
     return os.path.basename(os.path.realpath(env_path))
 
 
+def remove_stale_key_copies(env_path: str) -> None:
+    """Delete the temporary copies of the fingerprint key a creator killed before its link left
+    (they hold a key); a live creator whose copy goes fills another (``atomic.create_once``)."""
+    temp.remove_stale(key_path(env_path))
+
+
 def _load_or_create_key(path: str, env_path: str) -> bytes:
     """The fingerprint key at ``path``, created on first use (0600, the env file's owner).
 
@@ -69,12 +75,11 @@ def _load_or_create_key(path: str, env_path: str) -> bytes:
     (``files.atomic.create_once``), so a reader never sees a half-written
     key and two first users agree.
     """
-    if not os.path.exists(path):
-        try:
-            atomic.create_once(path, os.urandom(_KEY_BYTES).hex().encode("ascii") + b"\n",
-                               owner_of=os.path.realpath(env_path))
-        except EnvFileError as exc:
-            raise AuditError(f"{path}: cannot create the fingerprint key: {exc}") from exc
+    try:  # an existing key stays; create_once also removes temporary copies a killed creator left
+        atomic.create_once(path, os.urandom(_KEY_BYTES).hex().encode("ascii") + b"\n",
+                           owner_of=os.path.realpath(env_path))
+    except EnvFileError as exc:
+        raise AuditError(f"{path}: cannot create the fingerprint key: {exc}") from exc
     try:
         with open(path, encoding="ascii") as handle:
             text = handle.read(4096).strip()
