@@ -367,3 +367,30 @@ def test_killed_at_every_rename_link_and_fsync_a_rerun_leaves_no_secret_temp_fil
         for backup in folder.glob(".env.*.bak"):
             assert backup.stat().st_mode & 0o777 == 0o600
     assert reached_any >= 8
+
+
+def _limit_memory() -> None:
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (200 << 20, 200 << 20))
+
+
+def test_a_damaged_or_huge_audit_log_is_read_in_bounded_memory(tmp_path: Path) -> None:
+    """A non-UTF-8 line made ``secrets log`` and ``rollback`` fail ("unexpected UnicodeDecodeError",
+    exit 1); a 120 MB line was read whole (over 200 MB of memory). Both are skipped like a torn line."""
+    env = write(tmp_path / ".env", FULL)
+    log = tmp_path / ".muzo-secrets-audit.jsonl"
+    log.write_bytes(b"\xff\xfe not utf-8\n")
+    assert cli("secrets", "rotate", "--env-file", str(env)).returncode == 0
+    shown = cli("secrets", "log", "--env-file", str(env), "--format", "json")
+    assert shown.returncode == 0, shown.stderr
+    assert "rotate" in shown.stdout
+    with log.open("ab") as handle:
+        handle.write(b'{"x": "' + b"a" * 120_000_000 + b'"}\n')
+    assert cli("secrets", "rotate", "--env-file", str(env), "--force").returncode == 0
+    for args in (("log", "--format", "json"), ("rollback",)):
+        proc = subprocess.run([sys.executable, "-m", "muzo_ops", "secrets", *args, "--env-file", str(env)],
+                              capture_output=True, text=True, env={**os.environ, **NO_KEYS},
+                              preexec_fn=_limit_memory, timeout=120)
+        assert proc.returncode == 0, (args, proc.stderr[-500:])
+    assert "undid the rotate" in proc.stdout
+    assert read(env)["NEXTAUTH_SECRET_PREVIOUS"] == FULL["NEXTAUTH_SECRET"]
