@@ -318,6 +318,18 @@ if _at:
             time.sleep(60)
         return _orig(*a, **k)
     setattr(os, _name, _paused)
+_after = os.environ.get("MUZO_TEST_INTERRUPT_AFTER")
+if _after:
+    _aname, _an = _after.split(":")
+    _acount = [0]
+    _aorig = getattr(os, _aname)
+    def _interrupted(*a, **k):
+        result = _aorig(*a, **k)
+        _acount[0] += 1
+        if _acount[0] == int(_an):
+            raise KeyboardInterrupt  # as a SIGINT arriving right after the call returned
+        return result
+    setattr(os, _aname, _interrupted)
 '''
 
 
@@ -394,3 +406,27 @@ def test_a_damaged_or_huge_audit_log_is_read_in_bounded_memory(tmp_path: Path) -
         assert proc.returncode == 0, (args, proc.stderr[-500:])
     assert "undid the rotate" in proc.stdout
     assert read(env)["NEXTAUTH_SECRET_PREVIOUS"] == FULL["NEXTAUTH_SECRET"]
+
+
+def test_sigint_right_after_the_rename_keeps_the_backup_of_the_old_file(tmp_path: Path) -> None:
+    """A SIGINT landing between ``os.replace`` and the writer's bookkeeping deleted the backup of
+    the file just replaced: the new file stood with no backup of the old one (rollback went one
+    change too far; test_secrets_rotation's random kills saw it as "torn file after signal 7")."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(PAUSER)
+    env = write(tmp_path / ".env", FULL)
+    original = env.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "muzo_ops", "secrets", "rotate", "--env-file", str(env)],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **NO_KEYS, "MUZO_TEST_INTERRUPT_AFTER": "replace:1",
+                               "PYTHONPATH": f"{hooks}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert proc.returncode != 0
+    assert read(env)["NEXTAUTH_SECRET_PREVIOUS"] == FULL["NEXTAUTH_SECRET"], "the rename was not the env file's"
+    backup_files = sorted(tmp_path.glob(".env.*.bak"))
+    assert [b.read_bytes() for b in backup_files] == [original]
+    assert backup_files[0].stat().st_mode & 0o777 == 0o600
+    assert not list(tmp_path.glob(".*.tmp"))
+    undo = cli("secrets", "rollback", "--env-file", str(env))
+    assert undo.returncode == 0, undo.stderr
+    assert env.read_bytes() == original

@@ -78,10 +78,12 @@ def write(path: str, content: str | bytes, mode: int = SECRET_FILE_MODE, *, keep
         made: list[str] = []  # removed again if anything fails
         temps: list[str] = []  # removed in any case
         backup_path = None
+        new_inode = -1
         try:
             try:
                 tmp = temp.temp_copy(path, target, data, final_mode, owner, new=current is None)
                 made.append(tmp)
+                new_inode = os.stat(tmp).st_ino
                 if keep_backup and current is not None:
                     old_tmp = temp.temp_copy(path, target, reading.read_bytes(target), SECRET_FILE_MODE,
                                              current)
@@ -92,7 +94,11 @@ def write(path: str, content: str | bytes, mode: int = SECRET_FILE_MODE, *, keep
                 made.clear()  # the new file is in place: its backup stays whatever happens next
                 temp.fsync_folder(folder)
             except BaseException:
-                temp.unlink_quietly(made)
+                # a signal (SIGINT) between the rename and made.clear(): the new file is in place,
+                # and its backup (the old file) must stay
+                placed = _stat_or_none(target)
+                if not (placed is not None and made and placed.st_ino == new_inode):
+                    temp.unlink_quietly(made)
                 raise
         except OSError as exc:
             raise temp.write_error(path, exc) from exc
