@@ -305,31 +305,39 @@ def test_rotate_and_two_encrypts_in_one_folder_race_without_losing_anything(tmp_
 
 PAUSER = '''
 import os, time
-_at = os.environ.get("MUZO_TEST_PAUSE_AT")
-if _at:
-    _name, _n = _at.split(":")
-    _count = [0]
-    _orig = getattr(os, _name)
-    def _paused(*a, **k):
-        _count[0] += 1
-        if _count[0] == int(_n):
-            with open(os.environ["MUZO_TEST_PAUSE_MARK"], "w") as mark:
-                mark.write(repr(a))
-            time.sleep(60)
-        return _orig(*a, **k)
-    setattr(os, _name, _paused)
-_after = os.environ.get("MUZO_TEST_INTERRUPT_AFTER")
-if _after:
-    _aname, _an = _after.split(":")
-    _acount = [0]
-    _aorig = getattr(os, _aname)
-    def _interrupted(*a, **k):
-        result = _aorig(*a, **k)
-        _acount[0] += 1
-        if _acount[0] == int(_an):
-            raise KeyboardInterrupt  # as a SIGINT arriving right after the call returned
+
+
+def _pause(args):  # kill -9 lands here: the Nth call has not run yet
+    with open(os.environ["MUZO_TEST_PAUSE_MARK"], "w") as mark:
+        mark.write(repr(args))
+    time.sleep(60)
+
+
+def _interrupt(args):  # as a SIGINT arriving right after the Nth call returned
+    raise KeyboardInterrupt
+
+
+def _hook(variable, action, before):
+    spec = os.environ.get(variable)
+    if not spec:
+        return
+    name, nth = spec.split(":")
+    count = [0]
+    orig = getattr(os, name)
+    def hooked(*a, **k):
+        count[0] += 1
+        hit = count[0] == int(nth)
+        if hit and before:
+            action(a)
+        result = orig(*a, **k)
+        if hit and not before:
+            action(a)
         return result
-    setattr(os, _aname, _interrupted)
+    setattr(os, name, hooked)
+
+
+_hook("MUZO_TEST_PAUSE_AT", _pause, True)
+_hook("MUZO_TEST_INTERRUPT_AFTER", _interrupt, False)
 '''
 
 
