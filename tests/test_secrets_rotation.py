@@ -233,7 +233,7 @@ def test_killed_at_any_point_the_file_is_complete_old_or_new(tmp_path: Path) -> 
         current = read(env)
         newest = read(backups.numbered(str(env))[-1][1]) if backups.numbered(str(env)) else FULL
         complete_old = current == newest
-        complete_new = (current["NEXTAUTH_SECRET_PREVIOUS"] == newest["NEXTAUTH_SECRET"]
+        complete_new = (current.get("NEXTAUTH_SECRET_PREVIOUS") == newest["NEXTAUTH_SECRET"]
                         and len(current["NEXTAUTH_SECRET"]) == 43
                         and {k: v for k, v in current.items() if not k.startswith("NEXTAUTH_SECRET")}
                         == {k: v for k, v in FULL.items() if k != "NEXTAUTH_SECRET"})

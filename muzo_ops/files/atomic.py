@@ -17,14 +17,17 @@ over the target, fsync of the folder.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Callable
 
 from muzo_ops.constants import SECRET_FILE_MODE
 from muzo_ops.errors import EnvFileError
-from muzo_ops.files import backups, reading, temp
+from muzo_ops.files import backups, links, reading, temp
 from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
+
+_CREATE_ATTEMPTS = 5
 
 
 def _final_mode(requested: int, current: int | None) -> int:
@@ -61,7 +64,7 @@ def write(path: str, content: str | bytes, mode: int = SECRET_FILE_MODE, *, keep
     if not isinstance(content, str | bytes):
         raise TypeError(f"content must be str or bytes, not {type(content).__name__}")
     data = content.encode("utf-8") if isinstance(content, str) else content
-    target = os.path.realpath(path)
+    target = links.trusted_target(path)
     folder = os.path.dirname(target)
     with locked(lock_of or path, lock_timeout_s, owner_of=owner_of):
         try:
@@ -75,10 +78,12 @@ def write(path: str, content: str | bytes, mode: int = SECRET_FILE_MODE, *, keep
         made: list[str] = []  # removed again if anything fails
         temps: list[str] = []  # removed in any case
         backup_path = None
+        new_inode = -1
         try:
             try:
                 tmp = temp.temp_copy(path, target, data, final_mode, owner, new=current is None)
                 made.append(tmp)
+                new_inode = os.stat(tmp).st_ino
                 if keep_backup and current is not None:
                     old_tmp = temp.temp_copy(path, target, reading.read_bytes(target), SECRET_FILE_MODE,
                                              current)
@@ -89,7 +94,11 @@ def write(path: str, content: str | bytes, mode: int = SECRET_FILE_MODE, *, keep
                 made.clear()  # the new file is in place: its backup stays whatever happens next
                 temp.fsync_folder(folder)
             except BaseException:
-                temp.unlink_quietly(made)
+                # a signal (SIGINT) between the rename and made.clear(): the new file is in place,
+                # and its backup (the old file) must stay
+                placed = _stat_or_none(target)
+                if not (placed is not None and made and placed.st_ino == new_inode):
+                    temp.unlink_quietly(made)
                 raise
         except OSError as exc:
             raise temp.write_error(path, exc) from exc
@@ -122,22 +131,33 @@ def create_once(path: str, content: bytes, mode: int = SECRET_FILE_MODE, *, owne
     Filled and fsynced under a temporary name, then hard-linked into
     place: a reader never sees it half-written, and when two first users
     race the link decides (the loser's copy is dropped), so no lock is
-    needed and both use one content.
+    needed and both use one content. Temporary copies that creators killed
+    before their link left (they hold the content) are removed by every
+    call (``temp.remove_stale``); a live racer whose copy went that way
+    fills another.
     """
-    target = os.path.realpath(path)
-    if os.path.lexists(target):
-        return False
-    owner = _stat_or_none(owner_of) if owner_of else None
+    target = links.trusted_target(path)
+    made = False
     try:
-        tmp = temp.temp_copy(path, target, content, mode, owner, new=True)
-        try:
-            os.link(tmp, target)
-            made = True
-        except FileExistsError:
-            made = False
-        finally:
-            temp.unlink_quietly([tmp])
-        temp.fsync_folder(os.path.dirname(target))
+        temp.remove_stale(target)
+        owner = _stat_or_none(owner_of) if owner_of else None
+        for _attempt in range(_CREATE_ATTEMPTS):
+            if os.path.lexists(target):
+                break
+            tmp = temp.temp_copy(path, target, content, mode, owner, new=True)
+            try:
+                os.link(tmp, target)
+                made = True
+            except FileExistsError:
+                break
+            except FileNotFoundError:
+                continue  # our copy was removed as stale by a concurrent call: fill another
+            finally:
+                temp.unlink_quietly([tmp])
+            temp.fsync_folder(os.path.dirname(target))
+            break
+        else:
+            raise FileNotFoundError(errno.ENOENT, "its temporary file kept vanishing", target)
     except OSError as exc:
         raise temp.write_error(path, exc) from exc
     return made

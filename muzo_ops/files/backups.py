@@ -12,7 +12,7 @@ import os
 import re
 
 from muzo_ops.constants import BACKUP_SUFFIX, SECRET_FILE_MODE
-from muzo_ops.files import reading, temp
+from muzo_ops.files import links, reading, temp
 from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
 
 
@@ -26,7 +26,9 @@ def numbered(path: str) -> list[tuple[int, str]]:
         with os.scandir(folder) as entries:
             for entry in entries:
                 match = pattern.match(entry.name)
-                if match:
+                # a backup is a regular file this writer made: a symlink (or anything else) under a
+                # backup's name is never listed, so rollback never installs what it leads to
+                if match and entry.is_file(follow_symlinks=False):
                     found.append((int(match.group(1)), entry.path))
     except FileNotFoundError:
         return []
@@ -52,7 +54,7 @@ def make(path: str, *, lock_timeout_s: float = DEFAULT_TIMEOUT_S) -> str | None:
     Holds the file's lock (re-entrant: a caller that holds it already
     keeps it). A failure (disk full) leaves nothing behind.
     """
-    target = os.path.realpath(path)
+    target = links.trusted_target(path)
     with locked(path, lock_timeout_s):
         try:
             current = os.stat(target)

@@ -27,17 +27,18 @@ import hmac
 import json
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from muzo_ops.errors import EnvFileError, MuzoOpsError
-from muzo_ops.files import atomic
+from muzo_ops.files import atomic, temp
 
 LOG_NAME = ".muzo-secrets-audit.jsonl"
 KEY_NAME = ".muzo-secrets-audit.key"
 FINGERPRINT_HEX = 12
 _KEY_BYTES = 32
+MAX_RECORD_BYTES = 1 << 20  # a record names a few variables: 1 MiB is far beyond any
 
 
 class AuditError(MuzoOpsError):
@@ -62,6 +63,12 @@ def env_file_name(env_path: str) -> str:
     return os.path.basename(os.path.realpath(env_path))
 
 
+def remove_stale_key_copies(env_path: str) -> None:
+    """Delete the temporary copies of the fingerprint key a creator killed before its link left
+    (they hold a key); a live creator whose copy goes fills another (``atomic.create_once``)."""
+    temp.remove_stale(key_path(env_path))
+
+
 def _load_or_create_key(path: str, env_path: str) -> bytes:
     """The fingerprint key at ``path``, created on first use (0600, the env file's owner).
 
@@ -69,12 +76,11 @@ def _load_or_create_key(path: str, env_path: str) -> bytes:
     (``files.atomic.create_once``), so a reader never sees a half-written
     key and two first users agree.
     """
-    if not os.path.exists(path):
-        try:
-            atomic.create_once(path, os.urandom(_KEY_BYTES).hex().encode("ascii") + b"\n",
-                               owner_of=os.path.realpath(env_path))
-        except EnvFileError as exc:
-            raise AuditError(f"{path}: cannot create the fingerprint key: {exc}") from exc
+    try:  # an existing key stays; create_once also removes temporary copies a killed creator left
+        atomic.create_once(path, os.urandom(_KEY_BYTES).hex().encode("ascii") + b"\n",
+                           owner_of=os.path.realpath(env_path))
+    except EnvFileError as exc:
+        raise AuditError(f"{path}: cannot create the fingerprint key: {exc}") from exc
     try:
         with open(path, encoding="ascii") as handle:
             text = handle.read(4096).strip()
@@ -192,18 +198,33 @@ def read_for(env_path: str) -> list[Record]:
     return read(env_path)
 
 
+def _bounded_lines(handle: BinaryIO) -> Iterator[bytes]:
+    """The lines of ``handle``, each at most ``MAX_RECORD_BYTES``; a longer line is read past, not kept."""
+    while True:
+        line = handle.readline(MAX_RECORD_BYTES)
+        if not line:
+            return
+        if len(line) == MAX_RECORD_BYTES and not line.endswith(b"\n"):
+            while line and not line.endswith(b"\n"):  # drop the rest of the oversized line
+                line = handle.readline(MAX_RECORD_BYTES)
+            continue
+        yield line
+
+
 def read(env_path: str, only_this_file: bool = True) -> list[Record]:
     """Every record of the log beside ``env_path`` (of that env file only, by default).
 
-    A line that is not JSON (a crash mid-write on a full disk) is skipped.
+    A line that is not JSON (a crash mid-write on a full disk), not UTF-8,
+    or longer than any record (``MAX_RECORD_BYTES``) is skipped: memory stays
+    bounded by one record, however large or damaged the log.
     """
     path = log_path(env_path)
     records: list[Record] = []
     try:
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                with contextlib.suppress(ValueError):
-                    data = json.loads(line)
+        with open(path, "rb") as handle:
+            for line in _bounded_lines(handle):
+                with contextlib.suppress(ValueError):  # UnicodeDecodeError is a ValueError
+                    data = json.loads(line.decode("utf-8"))
                     if isinstance(data, dict):
                         records.append(Record.from_json(data))
     except FileNotFoundError:

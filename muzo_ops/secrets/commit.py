@@ -40,7 +40,9 @@ def record(path: str, command: str, changes: Mapping[str, tuple[str | None, str 
     try:
         audit.append(path, command, changes, extra=extra, fingerprinter=fingerprinter, now=now)
     except audit.AuditError as exc:
-        return f"{exc}; the change above was made, but is not in the audit log"
+        # the audit error's own "nothing was changed" is about the log; the env file did change
+        cause = str(exc).replace("; nothing was changed", "")
+        return f"{cause}; the change above was made, but is not in the audit log"
     return None
 
 

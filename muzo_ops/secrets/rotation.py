@@ -95,8 +95,9 @@ class Result:
 
 def read_env_text(path: str) -> str:
     """The env file's text (bounded, UTF-8); EnvFileError says why it cannot be read. Call under
-    its lock, which also clears temporary files a killed writer left."""
+    its lock, which also clears temporary files a killed writer left (of the file and the audit key)."""
     temp.remove_stale(path)
+    audit.remove_stale_key_copies(path)
     return reading.read_text(path, what="an env file", missing="no such file: create it with `muzo-ops init-env`")
 
 
