@@ -199,7 +199,7 @@ def job_view(doc: Doc, redactor: Redactor) -> JobView:
     shown = mask_document(plain(doc), redactor)
     status = str(shown.get("status"))
     return JobView(
-        id=str(doc.get("_id")), type=str(shown.get("type")), status=status,
+        id=str(shown.get("_id")), type=str(shown.get("type")), status=status,
         attempts=shown.get("attempts"), max_attempts=shown.get("maxAttempts"),
         timeline={k: shown.get(k) for k in TIMELINE}, locked_by=shown.get("lockedBy"),
         project_id=shown.get("projectId"), payload=shown.get("payload"), result=shown.get("result"),

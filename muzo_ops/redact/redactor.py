@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 from muzo_ops.constants import MASK
 
@@ -145,8 +145,11 @@ class Redactor:
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
-        """Hide these values from now on (values under 4 characters are ignored)."""
-        fresh = {s for s in secrets if len(s) >= MIN_SECRET_CHARS} - self._secrets
+        """Hide these values from now on, and their URL-encoded forms (a secret in a query string or a
+        worker id): values under 4 characters are ignored."""
+        given = {s for s in secrets if len(s) >= MIN_SECRET_CHARS}
+        fresh = given | {quote(s, safe="") for s in given} | {quote_plus(s, safe="") for s in given}
+        fresh -= self._secrets
         if fresh:
             self._secrets |= fresh
             self._ordered = sorted(self._secrets, key=len, reverse=True)

@@ -1,0 +1,343 @@
+"""Attacks on the dashboard's promises (docs/DASHBOARD.md): secrets, fences, auth, hostile documents, bad input."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import io
+import json
+import re
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+from bson import Binary, ObjectId
+from pymongo.collection import Collection
+from starlette.testclient import TestClient
+from starlette.types import Message
+
+from muzo_ops.dashboard import check_bind, create_app
+from muzo_ops.errors import UsageError
+from muzo_ops.logs import Logger
+from muzo_ops.redact.redactor import Redactor
+from tests.dashboard_helpers import DASHBOARD_PASSWORD, NEXTAUTH_SECRET, SECRETS, basic, env_values, fresh_jobs
+from tests.helpers import assert_no_secret
+from tests.servers import Secantus
+from tests.workers import now, prisma_job
+
+Doc = dict[str, Any]
+
+# an env-file secret with characters that URL-encoding changes
+ODD_SECRET = "p@ss:w/rd+Zq9!x7"
+ALL_SECRETS = [*SECRETS, ODD_SECRET, urllib.parse.quote(ODD_SECRET, safe=""), urllib.parse.quote_plus(ODD_SECRET)]
+HEADERS = ("content-security-policy", "x-frame-options", "referrer-policy")
+
+
+class Adv:
+    def __init__(self, client: TestClient, jobs: Collection[Doc], log: io.StringIO) -> None:
+        self.client, self.jobs, self.log = client, jobs, log
+
+
+def build(jobs: Collection[Doc], url: str, log: io.StringIO, *, password: str | None = DASHBOARD_PASSWORD,
+          **options: Any) -> TestClient:
+    values = {**env_values(url, password), "EMAIL_SERVER_PASSWORD": ODD_SECRET}
+    redactor = Redactor()
+    logger = Logger("muzo-dashboard", "info", stream=log, redactor=redactor)
+    options = {"change_streams": False, "poll_s": 60.0, "allow_actions": True, **options}
+    app = create_app(values, jobs=jobs, redactor=redactor, logger=logger, **options)
+    headers = {"Authorization": basic()} if password else {}
+    client = TestClient(app, headers=headers, base_url="http://127.0.0.1:8090", raise_server_exceptions=False)
+
+    def checked(response: Any) -> None:
+        response.read()
+        text = response.text + str(response.headers)
+        for secret in ALL_SECRETS:
+            assert secret not in text, (response.request.url, secret, text[max(0, text.find(secret) - 200):][:400])
+        for name in HEADERS:
+            assert name in response.headers, (response.status_code, response.request.url, name)
+
+    client.event_hooks["response"].append(checked)
+    return client
+
+
+@pytest.fixture
+def adv(secantus: Secantus) -> Iterator[Adv]:
+    with fresh_jobs(secantus) as (jobs, _commands, url):
+        log = io.StringIO()
+        with build(jobs, url, log) as client:
+            yield Adv(client, jobs, log)
+        assert_no_secret(log.getvalue(), ALL_SECRETS)
+
+
+def one_line(text: str) -> bool:
+    return "Traceback" not in text and len(text) < 5000
+
+
+# ---------------------------------------------------------------- invariant 6: bad input
+
+
+@pytest.mark.parametrize("path", [
+    "/jobs?after=" + "a" * 24 + "%0A",          # a trailing newline passes a `$`-anchored regex
+    "/jobs?q=" + "a" * 24 + "%0A",
+    "/jobs?after=%00" + "a" * 23,
+    "/jobs?after=" + "１" * 24,                  # non-ASCII digits
+    "/jobs?q=" + "x" * 30_000,
+    "/jobs?status=" + "P" * 30_000,
+    "/jobs?type=%00",
+    "/jobs?status=PENDING&status=DONE",
+    "/jobs?after[$gt]=1",
+    "/jobs/" + "a" * 24 + "%0A",
+    "/jobs/%00",
+    "/jobs/" + "f" * 10_000,
+], ids=lambda p: p[:40])
+def test_bad_input_is_400_or_404(adv: Adv, path: str) -> None:
+    r = adv.client.get(path)
+    assert r.status_code in (200, 400, 404), (path, r.status_code, r.text[:300])  # lenient is fine, 500 is not
+    assert one_line(r.text) or r.status_code == 200
+
+
+def test_bad_basic_credentials_are_401_not_500(adv: Adv) -> None:
+    for raw in (b"\xff\xfe:" + DASHBOARD_PASSWORD.encode(), b"ops", b"ops:" + b"\xff" * 3, b"", b":"):
+        header = "Basic " + base64.b64encode(raw).decode()
+        r = adv.client.get("/", headers={"Authorization": header})
+        assert r.status_code == 401, (raw, r.status_code)
+    for header in ("Basic", "Basic ====", "Basic a", "basic " + base64.b64encode(b"ops:x").decode(),
+                   "Basic " + "A" * 100_000):
+        r = adv.client.get("/", headers={"Authorization": header})
+        assert r.status_code == 401, (header[:20], r.status_code)
+
+
+# ---------------------------------------------------------------- invariant 3: headers and auth
+
+
+def test_security_headers_on_every_kind_of_answer(adv: Adv) -> None:
+    anonymous = {"Authorization": ""}
+    answers = [adv.client.get("/nope"), adv.client.get("/nope", headers=anonymous),
+               adv.client.get("/static/nope.js"), adv.client.get("/static/../app.py"),
+               adv.client.put("/jobs"), adv.client.delete(f"/jobs/{ObjectId()}"),
+               adv.client.options("/"), adv.client.head("/"), adv.client.head("/healthz"),
+               adv.client.post(f"/jobs/{ObjectId()}/retry", content=b"\xff" * 10,
+                               headers={"Content-Type": "multipart/form-data; boundary=x"}),
+               adv.client.post(f"/jobs/{ObjectId()}/retry", content=b"csrf=%ZZ&&==",
+                               headers={"Content-Type": "application/x-www-form-urlencoded"})]
+    for r in answers:
+        assert r.status_code < 500, (r.request.method, r.request.url, r.status_code, r.text[:300])
+    # the event hook checked the headers of each
+
+
+def test_no_page_without_credentials(adv: Adv) -> None:
+    anonymous = {"Authorization": ""}
+    for path in ("/static/dashboard.css", "/healthz/../", "//", "/jobs/", "/api/overview/",
+                 "/events?since=0", "/%2e%2e/", "/HEALTHZ"):
+        r = adv.client.get(path, headers=anonymous)
+        assert r.status_code in (401, 404, 307), (path, r.status_code)
+        assert r.text.strip() != "ok" or path == "/healthz", path
+
+
+def test_bind_refusal_is_not_fooled(secantus: Secantus) -> None:
+    for host in ("0", "0.0.0.0 ", "::", "[::]", "::ffff:0.0.0.0", "0x0", "", "*", "192.168.1.1",
+                 "127.0.0.1.nip.io", "0000:0000::"):
+        with pytest.raises(UsageError):
+            check_bind(host, {"DATABASE_URL": "mongodb://x/y"})
+
+
+def test_host_header_check_without_password(secantus: Secantus) -> None:
+    with fresh_jobs(secantus) as (jobs, _commands, url), build(jobs, url, io.StringIO(), password=None) as client:
+        for host in ("127.0.0.1.attacker.example", "localhost.attacker.example", "attacker.example",
+                     "127.0.0.1@attacker.example", "evil.example:127.0.0.1", "127.0.0.1 .evil", ""):
+            r = client.get("/", headers={"Host": host})
+            assert r.status_code in (400, 421), (host, r.status_code)
+
+
+# ---------------------------------------------------------------- invariant 1: secrets everywhere
+
+
+def test_secret_in_keys_urlencoded_and_in_every_field(adv: Adv) -> None:
+    quoted = urllib.parse.quote(ODD_SECRET, safe="")
+    payload = {ODD_SECRET: "key is the secret", "url": f"https://x.example/cb?pw={quoted}",
+               "form": f"a=1&pw={urllib.parse.quote_plus(ODD_SECRET)}", "raw": f"x{ODD_SECRET}y",
+               "Authorization": "Bearer abc.def.ghi", "AUTHORIZATION2": {"x": 1}, "X-Api-Key": "plain-key-1",
+               "client_secret": ["a", {"b": "c"}], "headers": [{"PASSWORD": "pw-in-array-1"}],
+               "Credentials": {"user": "u", "pass": "pw-in-object-1"}, "nested": {"deeper": {"Token": 42}},
+               "sessionCookie": "cookie-val-1", "privateKey": "pk-val-1", "db": {"passwd": "passwd-val-1"}}
+    jobs = [
+        prisma_job("MOCKUP", payload, status="FAILED", attempts=1,
+                   lastError={"name": f"E{NEXTAUTH_SECRET}", "message": quoted,
+                              "stack": f"at f ({ODD_SECRET})\n  at g"}),
+        prisma_job(NEXTAUTH_SECRET, {}, status="DONE", updatedAt=now()),   # secret as the type
+        prisma_job("MOCKUP", {}, status=NEXTAUTH_SECRET),                  # secret as the status
+        prisma_job("MOCKUP", {}, status="RUNNING", lockedBy=f"host/{quoted}", lockedUntil=now()),
+        {**prisma_job("MOCKUP", {}), "_id": f"id-{NEXTAUTH_SECRET}"},      # secret in an id
+        {**prisma_job("MOCKUP", {}), "_id": {"secret": "id-obj-secret-1"}},
+    ]
+    adv.jobs.insert_many(jobs)
+    extra = ["pw-in-array-1", "pw-in-object-1", "plain-key-1", "cookie-val-1", "pk-val-1", "passwd-val-1",
+             "abc.def.ghi", "id-obj-secret-1"]
+    texts = []
+    paths = ("/", "/api/overview", "/jobs", "/jobs?status=FAILED", "/jobs?status=RUNNING",
+             f"/jobs/{jobs[0]['_id']}", f"/jobs/{jobs[3]['_id']}", "/jobs?status=DONE")
+    for path in paths:
+        r = adv.client.get(path)
+        assert r.status_code == 200, (path, r.status_code, r.text[:300])
+        texts.append(r.text)
+    for path, text in zip(paths, texts, strict=True):
+        for secret in [*ALL_SECRETS, *extra]:
+            assert secret not in text, (path, secret, text[max(0, text.find(secret) - 200):][:300])
+    detail = texts[5]
+    assert "key is the secret" in detail, detail[detail.find("payload"):][:1500]  # the rest is still shown
+
+
+def test_error_pages_do_not_echo_secrets(adv: Adv) -> None:
+    quoted = urllib.parse.quote(NEXTAUTH_SECRET)
+    for path in (f"/jobs?q={quoted}", f"/jobs?status={quoted}", f"/jobs?type={quoted}",
+                 f"/jobs?after={quoted}", f"/jobs/{quoted}", f"/jobs?q={urllib.parse.quote(ODD_SECRET, safe='')}"):
+        r = adv.client.get(path)
+        assert r.status_code in (400, 404), path
+    r = adv.client.post(f"/queues/{quoted}/retry-failed", data={"csrf": "x"})
+    assert r.status_code in (400, 403)
+
+
+def test_finished_last_hour_with_hostile_types(adv: Adv) -> None:
+    t = now()
+    adv.jobs.insert_many([
+        {**prisma_job("MOCKUP", status="DONE", updatedAt=t), "type": {"$x": "<script>alert(1)</script>"}},
+        {**prisma_job("MOCKUP", status="FAILED", updatedAt=t), "type": ["a", "b"]},
+        {**prisma_job("MOCKUP", status="DONE", updatedAt=t), "type": ObjectId()},
+        {**prisma_job("MOCKUP", status="DONE", updatedAt=t), "type": None},
+        {**prisma_job("MOCKUP", status="DONE", updatedAt=t), "type": Binary(b"\x00\xff")},
+        {**prisma_job("MOCKUP", status="DONE", updatedAt=t), "type": "<img src=x onerror=alert(1)>"},
+        prisma_job("MOCKUP", status="DONE", updatedAt=t),
+        {**prisma_job("MOCKUP", status="RUNNING", lockedUntil=t), "lockedBy": {"w": [1, 2]}},
+        {**prisma_job("MOCKUP", status="RUNNING", lockedUntil=t), "lockedBy": 12},
+        {**prisma_job("MOCKUP", status="RUNNING", lockedUntil=t), "lockedBy": "<b>w</b>", "lockedAt": "soon"},
+    ])
+    for path in ("/api/overview", "/", "/jobs", "/jobs?status=DONE"):
+        r = adv.client.get(path)
+        assert r.status_code == 200, (path, r.status_code, r.text[:500])
+        if path != "/api/overview":  # JSON (nosniff) is not markup
+            assert "<script>alert" not in r.text and "<img src=x" not in r.text and "<b>w</b>" not in r.text
+
+
+def test_dates_out_of_python_range_do_not_break_pages(adv: Adv) -> None:
+    # SecantusDB refuses dates outside Python's range: the extremes it keeps
+    far = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)
+    before = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
+    t = now()
+    hostile = [
+        {**prisma_job("MOCKUP"), "availableAt": before, "createdAt": far},          # oldest due: out of range
+        {**prisma_job("MOCKUP", status="RUNNING"), "lockedAt": far, "lockedUntil": before, "lockedBy": "w-far",
+         "updatedAt": far},
+        {**prisma_job("MOCKUP", status="DONE"), "updatedAt": t.replace(microsecond=999_999)},
+        {**prisma_job("MOCKUP", status="FAILED"), "updatedAt": far},
+    ]
+    ok = prisma_job("GENERATION", status="FAILED")
+    adv.jobs.insert_many([*hostile, ok])
+    for path in ("/", "/api/overview", "/jobs", "/jobs?status=FAILED", "/jobs?status=RUNNING",
+                 *(f"/jobs/{d['_id']}" for d in hostile)):
+        r = adv.client.get(path)
+        assert r.status_code == 200, (path, r.status_code, r.text[:300])
+    assert str(ok["_id"]) in adv.client.get("/jobs").text
+
+
+def test_hostile_ids_do_not_stop_paging(adv: Adv) -> None:
+    """50 documents whose _id sorts above every ObjectId (dates): the "Older" link still reaches the real jobs."""
+    real = [prisma_job("MOCKUP") for _ in range(5)]
+    hostile = [{**prisma_job("MOCKUP"), "_id": dt.datetime(2000, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=i)}
+               for i in range(50)]
+    adv.jobs.insert_many([*real, *hostile])
+    seen: set[str] = set()
+    path, pages = "/jobs", 0
+    while path and pages < 5:
+        r = adv.client.get(path)
+        assert r.status_code == 200, (path, r.status_code, r.text[:300])
+        seen.update(re.findall(r'href="[^"]*/jobs/([0-9a-f]{24})"', r.text))
+        more = re.search(r'id="next" href="([^"]+)"', r.text)
+        path, pages = (more.group(1).replace("&amp;", "&") if more else ""), pages + 1
+    assert {str(d["_id"]) for d in real} <= seen
+
+
+def test_huge_and_deep_documents(adv: Adv) -> None:
+    deep: Any = {"leaf": "<script>x</script>", "password": "deep-pw-1"}
+    for _ in range(95):
+        deep = {"d": [deep]}
+    big = prisma_job("MOCKUP", {"blob": "A" * (10 * 1024 * 1024 - 4096)}, status="FAILED")
+    nested = prisma_job("MOCKUP", {"deep": deep}, status="FAILED")
+    nan = {**prisma_job("MOCKUP", status="FAILED"), "attempts": float("nan"), "maxAttempts": float("inf")}
+    adv.jobs.insert_many([nested, nan])
+    adv.jobs.insert_one(big)
+    for doc in (big, nested, nan):
+        r = adv.client.get(f"/jobs/{doc['_id']}")
+        assert r.status_code == 200, (r.status_code, r.text[:300])
+        assert "deep-pw-1" not in r.text and "<script>x" not in r.text
+    assert adv.client.get("/jobs").status_code == 200
+    assert adv.client.get("/").status_code == 200
+
+
+def test_action_refusals_do_not_echo_secrets(adv: Adv) -> None:
+    job = prisma_job("MOCKUP", status=f"S-{NEXTAUTH_SECRET}")
+    adv.jobs.insert_one(job)
+    page = adv.client.get(f"/jobs/{job['_id']}")
+    assert page.status_code == 200
+    from tests.dashboard_helpers import form_fields
+    csrf = form_fields(adv.client.get("/").text, "/retry-failed")["csrf"] if "retry-failed" in \
+        adv.client.get("/").text else ""
+    for action in ("retry", "cancel", "delete"):
+        r = adv.client.post(f"/jobs/{job['_id']}/{action}", data={"csrf": csrf, "version": "x:1"})
+        assert r.status_code in (403, 409), (action, r.status_code)
+    assert "S-" in json.dumps(adv.jobs.find_one({"_id": job["_id"]}), default=str)
+
+
+class StatusSeen(Exception):
+    """Raised by a test's ASGI ``send`` once the status is known."""
+
+
+def test_events_cursor_of_unicode_digits_is_not_500(adv: Adv) -> None:
+    """``since`` of digits Python's isdigit accepts but int() refuses (a superscript two)."""
+    for since in ("%C2%B2", "%E2%91%A0", "%C2%B9%C2%B2"):
+        # called through the ASGI interface: the answer's status is all that is read (the stream never ends)
+        statuses: list[int] = []
+
+        async def call(since: str = since, statuses: list[int] = statuses) -> None:
+            scope = {"type": "http", "method": "GET", "path": "/events", "raw_path": b"/events",
+                     "query_string": f"since={since}".encode(), "root_path": "", "scheme": "http",
+                     "server": ("127.0.0.1", 8090), "client": ("127.0.0.1", 1), "http_version": "1.1",
+                     "headers": [(b"host", b"127.0.0.1:8090"), (b"authorization", basic().encode())]}
+            sent: list[Message] = [{"type": "http.request", "body": b"", "more_body": False}]
+
+            async def receive() -> Message:
+                if sent:
+                    return sent.pop()
+                await anyio.sleep(0.2)
+                return {"type": "http.disconnect"}
+
+            async def send(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    statuses.append(message["status"])
+                    raise StatusSeen
+
+            with anyio.move_on_after(5), contextlib.suppress(Exception):
+                await adv.client.app(scope, receive, send)
+
+        anyio.run(call)
+        assert statuses and statuses[0] in (200, 400), (since, statuses)
+
+
+def test_form_fields_sent_as_files_are_not_500(adv: Adv) -> None:
+    failed = prisma_job("MOCKUP", status="FAILED")
+    adv.jobs.insert_one(failed)
+    from tests.dashboard_helpers import form_fields
+    form = form_fields(adv.client.get(f"/jobs/{failed['_id']}").text, f"/jobs/{failed['_id']}/retry")
+    over = form_fields(adv.client.get("/").text, "/queues/MOCKUP/retry-failed")
+    attempts = [
+        (f"/jobs/{failed['_id']}/retry", {"version": form["version"]}, {"csrf": ("c.txt", form["csrf"].encode())}),
+        (f"/jobs/{failed['_id']}/retry", {"csrf": form["csrf"]}, {"version": ("v.txt", form["version"].encode())}),
+        ("/queues/MOCKUP/retry-failed", {"csrf": over["csrf"]}, {"seen": ("s.txt", over["seen"].encode())}),
+        ("/queues/MOCKUP/retry-failed", {"seen": over["seen"]}, {"csrf": ("c.txt", over["csrf"].encode())}),
+    ]
+    for path, data, files in attempts:
+        r = adv.client.post(path, data=data, files=files, follow_redirects=False)
+        assert r.status_code in (400, 403, 409), (path, list(files), r.status_code, r.text[:200])
+    assert adv.jobs.find_one({"_id": failed["_id"]})["status"] == "FAILED"
