@@ -331,6 +331,9 @@ class QueueCounts:
 # ---------------------------------------------------------------- lists and single jobs
 
 
+LAST_OBJECT_ID = ObjectId("f" * 24)
+
+
 def list_query(status: JobStatus | None = None, job_type: JobType | None = None,
                ids: Iterable[ObjectId] = (), before: ObjectId | None = None) -> Doc:
     """Jobs newest first matching the filters, older than ``before`` (the cursor).
@@ -347,8 +350,9 @@ def list_query(status: JobStatus | None = None, job_type: JobType | None = None,
     if wanted:
         as_text = [str(i) for i in wanted]
         query["$or"] = [{"_id": {"$in": wanted}}, {"projectId": {"$in": [*wanted, *as_text]}}]
-    if before is not None:
-        query["_id"] = {"$lt": before}
+    # Only ObjectId ids are listed: an id of another BSON type (a date or a boolean sorts above every
+    # ObjectId) would fill a page whose "after" cursor could not continue, hiding the real jobs.
+    query["_id"] = {"$lt": before} if before is not None else {"$lte": LAST_OBJECT_ID}
     return query
 
 
