@@ -273,7 +273,7 @@ async def events(request: Request) -> Response:
     dash = _dash(request)
     since = request.query_params.get("since", "")
     stream = dash.feed.events(request.is_disconnected, trailing_s=dash.counts.cache_s,
-                              since=int(since) if since.isdigit() and len(since) < 16 else None)
+                              since=int(since) if since.isascii() and since.isdigit() and len(since) < 16 else None)
     return StreamingResponse(stream, media_type="text/event-stream",
                              headers={"x-accel-buffering": "no"})
 
