@@ -190,14 +190,55 @@ def test_secret_in_keys_urlencoded_and_in_every_field(adv: Adv) -> None:
     assert "key is the secret" in detail, detail[detail.find("payload"):][:1500]  # the rest is still shown
 
 
+def fragments(secret: str, size: int = 12) -> list[str]:
+    """Every run of ``size`` characters of ``secret``: a cut or escaped echo must not show any."""
+    return [secret[i:i + size] for i in range(len(secret) - size + 1)]
+
+
+def assert_no_fragment(text: str, secrets: list[str]) -> None:
+    for secret in secrets:
+        for piece in fragments(secret):
+            assert piece not in text, (secret, piece, text[max(0, text.find(piece) - 100):][:300])
+
+
 def test_error_pages_do_not_echo_secrets(adv: Adv) -> None:
+    """Input echoed in an error line is cut (40 characters) or repr-escaped: neither may show a secret's part."""
     quoted = urllib.parse.quote(NEXTAUTH_SECRET)
     for path in (f"/jobs?q={quoted}", f"/jobs?status={quoted}", f"/jobs?type={quoted}",
                  f"/jobs?after={quoted}", f"/jobs/{quoted}", f"/jobs?q={urllib.parse.quote(ODD_SECRET, safe='')}"):
         r = adv.client.get(path)
         assert r.status_code in (400, 404), path
+        assert_no_fragment(r.text, [NEXTAUTH_SECRET, ODD_SECRET])
     r = adv.client.post(f"/queues/{quoted}/retry-failed", data={"csrf": "x"})
     assert r.status_code in (400, 403)
+    assert_no_fragment(r.text, [NEXTAUTH_SECRET])
+    # a hostile status echoed in a 409 ("job … is <status>: retry applies to FAILED jobs only")
+    job, other = prisma_job("MOCKUP", status=NEXTAUTH_SECRET), prisma_job("MOCKUP", status="FAILED")
+    adv.jobs.insert_many([job, other])
+    from tests.dashboard_helpers import form_fields
+    csrf = form_fields(adv.client.get(f"/jobs/{other['_id']}").text, f"/jobs/{other['_id']}/retry")["csrf"]
+    for action in ("retry", "cancel", "delete"):
+        r = adv.client.post(f"/jobs/{job['_id']}/{action}", data={"csrf": csrf, "version": "x:1"})
+        assert r.status_code == 409, (action, r.status_code)
+        assert_no_fragment(r.text, [NEXTAUTH_SECRET])
+    assert_no_fragment(adv.log.getvalue(), [NEXTAUTH_SECRET, ODD_SECRET])
+
+
+def test_cli_errors_do_not_echo_secrets(tmp_path: Any, secantus: Secantus) -> None:
+    from tests.helpers import run_cli
+    from tests.test_dashboard_cli import write_env
+
+    with fresh_jobs(secantus) as (jobs, _commands, url):
+        job = prisma_job("MOCKUP", status=NEXTAUTH_SECRET)
+        jobs.insert_one(job)
+        env = write_env(tmp_path / ".env", {**env_values(url), "EMAIL_SERVER_PASSWORD": ODD_SECRET})
+        runs = [run_cli("jobs", "show", NEXTAUTH_SECRET, "--env-file", str(env)),
+                run_cli("jobs", "list", "--status", NEXTAUTH_SECRET, "--env-file", str(env)),
+                run_cli("jobs", "list", "--type", ODD_SECRET, "--env-file", str(env)),
+                run_cli("jobs", "cancel", str(job["_id"]), "--env-file", str(env))]
+        assert [r.returncode for r in runs] == [2, 2, 2, 1], [(r.returncode, r.stderr) for r in runs]
+        for r in runs:
+            assert_no_fragment(r.stdout + r.stderr, [NEXTAUTH_SECRET, ODD_SECRET])
 
 
 def test_finished_last_hour_with_hostile_types(adv: Adv) -> None:

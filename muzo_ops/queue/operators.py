@@ -33,7 +33,7 @@ from muzo_ops.queue.opsstore import (
     retry_failed_seen,
     retry_job,
 )
-from muzo_ops.redact.documents import mask_document
+from muzo_ops.redact.documents import echo_input, mask_document
 from muzo_ops.redact.redactor import Redactor
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class ActionRefused(MuzoOpsError):
 def parse_job_id(text: str, what: str = "job id") -> ObjectId:
     """A 24-hex-character ObjectId; UsageError otherwise."""
     if not _HEX_ID.fullmatch(text.strip()):
-        raise UsageError(f"{what} {text[:40]!r}: expected 24 hexadecimal characters (an ObjectId)")
+        raise UsageError(f"{what} {echo_input(text)}: expected 24 hexadecimal characters (an ObjectId)")
     return ObjectId(text.strip().lower())
 
 
@@ -81,7 +81,7 @@ def parse_status(text: str) -> JobStatus:
     try:
         return JobStatus(text.strip().upper())
     except ValueError:
-        raise UsageError(f"unknown status {text[:40]!r}: use one of "
+        raise UsageError(f"unknown status {echo_input(text)}: use one of "
                          f"{', '.join(s.value for s in JobStatus)}") from None
 
 
@@ -271,8 +271,8 @@ def _check_applies(action: Action, doc: Doc) -> None:
         raise ActionRefused(f"job {doc['_id']} is RUNNING: a running job is never touched", 409)
     if status not in action.applies_to:
         allowed = " or ".join(s.value for s in action.applies_to)
-        raise ActionRefused(f"job {doc['_id']} is {str(status)[:20]}: {action.value} applies to {allowed} jobs only",
-                            409)
+        raise ActionRefused(f"job {doc['_id']} is {echo_input(str(status))}: {action.value} applies to {allowed} "
+                            "jobs only", 409)
 
 
 def _why_not(jobs: Collection[Doc], action: Action, job_id: ObjectId) -> ActionRefused:
