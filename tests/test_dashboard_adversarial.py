@@ -491,3 +491,98 @@ def test_served_process_sse_leak_and_frozen_database(tmp_path: Any, secantus: Se
             stop_pid(proc)  # type: ignore[arg-type]
         text = out.read_text()
         assert_no_secret(text, ALL_SECRETS)
+
+
+def test_reflected_parameters_and_links_are_inert(adv: Adv) -> None:
+    hostile = '"><img src=x onerror=alert(1)><a href="javascript:alert(1)">'
+    job = prisma_job("GENERATION", {"inputImageUrl": "javascript:alert(1)", "prompt": hostile},
+                     status="FAILED", lastError={"name": hostile, "message": hostile, "stack": f"</pre>{hostile}"})
+    adv.jobs.insert_one(job)
+    quoted = urllib.parse.quote(hostile)
+    for path in (f"/?retried={quoted}", f"/jobs/{job['_id']}?done={quoted}", f"/jobs/{job['_id']}",
+                 "/jobs", f"/jobs?status=FAILED&type=GENERATION&x={quoted}"):
+        r = adv.client.get(path)
+        assert r.status_code in (200, 400), (path, r.status_code)
+        assert "<img src=x" not in r.text and 'href="javascript:' not in r.text.lower(), path
+
+
+def test_csrf_only_from_the_form_body(adv: Adv) -> None:
+    failed = prisma_job("MOCKUP", status="FAILED")
+    adv.jobs.insert_one(failed)
+    from tests.dashboard_helpers import form_fields
+    form = form_fields(adv.client.get(f"/jobs/{failed['_id']}").text, f"/jobs/{failed['_id']}/retry")
+    query = urllib.parse.urlencode(form)
+    attempts = [adv.client.post(f"/jobs/{failed['_id']}/retry?{query}"),
+                adv.client.post(f"/jobs/{failed['_id']}/retry", content=json.dumps(form),
+                                headers={"Content-Type": "application/json"}),
+                adv.client.post(f"/jobs/{failed['_id']}/retry", headers={"X-CSRF-Token": form["csrf"]},
+                                data={"version": form["version"]})]
+    assert [r.status_code for r in attempts] == [403, 403, 403]
+    assert adv.jobs.find_one({"_id": failed["_id"]})["status"] == "FAILED"
+
+
+def test_retry_all_races_itself_and_a_single_retry(adv: Adv) -> None:
+    """Two operators press "Retry all failed" while a third retries one of the jobs: every job is retried once
+    (one errorHistory entry), the counts add up, nothing else moves."""
+    import threading
+
+    from tests.dashboard_helpers import form_fields
+
+    t = now() - dt.timedelta(minutes=1)
+    failed = [prisma_job("MOCKUP", status="FAILED", attempts=3, updatedAt=t,
+                         lastError={"name": "E", "message": f"m{i}"}) for i in range(30)]
+    adv.jobs.insert_many(failed)
+    bulk = form_fields(adv.client.get("/").text, "/queues/MOCKUP/retry-failed")
+    single = form_fields(adv.client.get(f"/jobs/{failed[7]['_id']}").text, f"/jobs/{failed[7]['_id']}/retry")
+    start = threading.Barrier(3)
+    answers: list[Any] = []
+
+    def press(path: str, form: dict[str, str]) -> None:
+        start.wait()
+        answers.append((path, adv.client.post(path, data=form, follow_redirects=False)))
+
+    threads = [threading.Thread(target=press, args=("/queues/MOCKUP/retry-failed", bulk)) for _ in range(2)]
+    threads.append(threading.Thread(target=press, args=(f"/jobs/{failed[7]['_id']}/retry", single)))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    retried = 0
+    single_won = False
+    for path, r in answers:
+        if path.startswith("/queues"):
+            assert r.status_code == 303, r.text[:200]
+            retried += int(r.headers["location"].rsplit("=", 1)[1])
+        else:
+            assert r.status_code in (303, 409), r.text[:200]
+            single_won = r.status_code == 303
+    assert retried + int(single_won) == 30, (retried, single_won)
+    for doc in adv.jobs.find({}):
+        assert doc["status"] == "PENDING" and doc["attempts"] == 0
+        assert len(doc["errorHistory"]) == 1, doc["errorHistory"]
+
+
+def test_truncated_fields_never_cut_a_secret(adv: Adv, tmp_path: Any) -> None:
+    """A secret placed where a list or the overview cuts a long field: masked before the cut, no part shows."""
+    from tests.helpers import run_cli
+    from tests.test_dashboard_cli import write_env
+
+    docs = []
+    for offset in (10, 30, 50, 55, 58, 70, 100, 190, 250):
+        pad = "x" * offset
+        docs.append(prisma_job("MOCKUP", status="RUNNING", lockedBy=pad + NEXTAUTH_SECRET, lockedUntil=now(),
+                               lastError={"name": pad + NEXTAUTH_SECRET, "message": pad + ODD_SECRET}))
+        docs.append(prisma_job("MOCKUP", status="FAILED", updatedAt=now(),
+                               lastError={"name": "E", "message": pad + NEXTAUTH_SECRET + " and " + ODD_SECRET}))
+    adv.jobs.insert_many(docs)
+    for path in ("/", "/api/overview", "/jobs", "/jobs?status=RUNNING", "/jobs?status=FAILED"):
+        r = adv.client.get(path)
+        assert r.status_code == 200
+        assert_no_fragment(r.text, [NEXTAUTH_SECRET, ODD_SECRET])
+    url = adv.jobs.database.client.address  # the same server, through the command line
+    env = write_env(tmp_path / ".env", {**env_values(f"mongodb://{url[0]}:{url[1]}/{adv.jobs.database.name}"
+                                                     "?directConnection=true"), "EMAIL_SERVER_PASSWORD": ODD_SECRET})
+    for args in (("list",), ("list", "--format", "json"), ("list", "--status", "RUNNING")):
+        proc = run_cli("jobs", *args, "--env-file", str(env))
+        assert proc.returncode == 0, proc.stderr
+        assert_no_fragment(proc.stdout + proc.stderr, [NEXTAUTH_SECRET, ODD_SECRET])
