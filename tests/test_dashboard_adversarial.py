@@ -414,6 +414,27 @@ def _open_events(port: int, count: int) -> list[Any]:
     return socks
 
 
+def _hears_change(port: int, jobs: Collection[Doc]) -> bool:
+    """Whether a new /events stream is sent ``change`` after a job is enqueued (within 20 s)."""
+    import time
+
+    (sock,) = _open_events(port, 1)
+    sock.settimeout(0.5)
+    heard = b""
+    start = time.monotonic()
+    inserted = False
+    while b"event: change" not in heard and time.monotonic() < start + 20:
+        if not inserted and time.monotonic() > start + 1.0:
+            jobs.insert_one(prisma_job("MOCKUP"))
+            inserted = True
+        try:
+            heard += sock.recv(4096)
+        except TimeoutError:
+            continue
+    sock.close()
+    return b"event: change" in heard
+
+
 def test_served_process_sse_leak_and_frozen_database(tmp_path: Any, secantus: Secantus) -> None:
     """200 /events streams opened and closed: threads and descriptors come back to the baseline. The database
     stopped shorter and longer than the timeouts: /healthz answers, pages 503 in one line, back after SIGCONT."""
@@ -458,6 +479,7 @@ def test_served_process_sse_leak_and_frozen_database(tmp_path: Any, secantus: Se
                 now_ = _threads_and_fds(proc.pid)
             assert now_[0] <= baseline[0] and now_[1] <= baseline[1] + 2, (baseline, during, now_)
             assert httpx.get(f"{base}/jobs", headers=auth, timeout=30).status_code == 200
+            assert _hears_change(port, jobs)  # live before the database stops
 
             # shorter than the timeouts: the page waits and answers
             os.kill(secantus.proc.pid, signal.SIGSTOP)
@@ -485,6 +507,8 @@ def test_served_process_sse_leak_and_frozen_database(tmp_path: Any, secantus: Se
                 time.sleep(0.5)
                 back = httpx.get(f"{base}/jobs", headers=auth, timeout=30)
             assert back.status_code == 200
+            # live updates came back too: a stream opened now hears of a job enqueued now
+            assert _hears_change(port, jobs)
             os.kill(proc.pid, signal.SIGTERM)
             assert proc.wait(15) == 0
         finally:
