@@ -610,3 +610,27 @@ def test_truncated_fields_never_cut_a_secret(adv: Adv, tmp_path: Any) -> None:
         proc = run_cli("jobs", *args, "--env-file", str(env))
         assert proc.returncode == 0, proc.stderr
         assert_no_fragment(proc.stdout + proc.stderr, [NEXTAUTH_SECRET, ODD_SECRET])
+
+
+def test_cli_show_and_actions_mask_like_the_page(tmp_path: Any, secantus: Secantus) -> None:
+    """``jobs show`` and the actions' own output: env secrets (URL-encoded too) and secret-named keys masked."""
+    from tests.helpers import run_cli
+    from tests.test_dashboard_cli import write_env
+
+    quoted = urllib.parse.quote(ODD_SECRET, safe="")
+    with fresh_jobs(secantus) as (jobs, _commands, url):
+        odd = {"note": f"a {NEXTAUTH_SECRET} b {quoted}", "apiKey": "cli-api-key-1", "lockedBy": quoted}
+        pending = prisma_job("MOCKUP", odd, lastError={"name": quoted, "message": NEXTAUTH_SECRET})
+        failed = prisma_job("MOCKUP", odd, status="FAILED", lockedBy=f"w/{quoted}",
+                            lastError={"name": "E", "message": f"x {quoted}"})
+        done = prisma_job("MOCKUP", odd, status="DONE", result={"token": "cli-token-1", "u": quoted})
+        jobs.insert_many([pending, failed, done])
+        env = write_env(tmp_path / ".env", {**env_values(url), "EMAIL_SERVER_PASSWORD": ODD_SECRET})
+        runs = [run_cli("jobs", *args, "--env-file", str(env)) for args in (
+            ("show", str(failed["_id"])), ("show", str(done["_id"]), "--format", "json"),
+            ("list", "--format", "json"), ("cancel", str(pending["_id"])), ("retry", str(failed["_id"])),
+            ("delete", str(done["_id"])))]
+        assert [r.returncode for r in runs] == [0, 0, 0, 0, 0, 0], [(r.returncode, r.stderr) for r in runs]
+        for r in runs:
+            assert_no_fragment(r.stdout + r.stderr, [NEXTAUTH_SECRET, ODD_SECRET, quoted, "cli-api-key-1",
+                                                      "cli-token-1"])
