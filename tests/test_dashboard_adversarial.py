@@ -634,3 +634,17 @@ def test_cli_show_and_actions_mask_like_the_page(tmp_path: Any, secantus: Secant
         for r in runs:
             assert_no_fragment(r.stdout + r.stderr, [NEXTAUTH_SECRET, ODD_SECRET, quoted, "cli-api-key-1",
                                                       "cli-token-1"])
+
+
+def test_retry_all_with_a_time_at_the_edge_of_the_calendar(adv: Adv) -> None:
+    """A forged form's ``seen`` whose UTC value falls outside the calendar: 400 in one line, nothing written."""
+    failed = prisma_job("MOCKUP", status="FAILED")
+    adv.jobs.insert_one(failed)
+    from tests.dashboard_helpers import form_fields
+    form = form_fields(adv.client.get("/").text, "/queues/MOCKUP/retry-failed")
+    for seen in ("9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59.999999+00:00",
+                 "2026-13-01T00:00:00Z", "nan", "2026-01-01T00:00:00+24:00"):
+        r = adv.client.post("/queues/MOCKUP/retry-failed", data={**form, "seen": seen}, follow_redirects=False)
+        assert r.status_code in (303, 400), (seen, r.status_code, r.text[:200])
+        assert one_line(r.text)
+    assert adv.jobs.find_one({"_id": failed["_id"]})["status"] in ("FAILED", "PENDING")
