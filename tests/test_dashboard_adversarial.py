@@ -648,3 +648,18 @@ def test_retry_all_with_a_time_at_the_edge_of_the_calendar(adv: Adv) -> None:
         assert r.status_code in (303, 400), (seen, r.status_code, r.text[:200])
         assert one_line(r.text)
     assert adv.jobs.find_one({"_id": failed["_id"]})["status"] in ("FAILED", "PENDING")
+
+
+def test_forged_versions_are_409_not_500(adv: Adv) -> None:
+    """The fence's ``version`` (``updatedAt`` ms : attempts) at the edges the form's pattern lets through."""
+    failed = prisma_job("MOCKUP", status="FAILED")
+    adv.jobs.insert_one(failed)
+    from tests.dashboard_helpers import form_fields
+    csrf = form_fields(adv.client.get(f"/jobs/{failed['_id']}").text, f"/jobs/{failed['_id']}/retry")["csrf"]
+    for version in ("999999999999999:1", "1:9999999999999999999", "1:-9999999999999999999", "0:0",
+                    "253402300800000:0", "-:9223372036854775808"):
+        for action in ("retry", "delete"):
+            r = adv.client.post(f"/jobs/{failed['_id']}/{action}", data={"csrf": csrf, "version": version},
+                                follow_redirects=False)
+            assert r.status_code == 409, (version, action, r.status_code, r.text[:200])
+    assert adv.jobs.find_one({"_id": failed["_id"]})["status"] == "FAILED"

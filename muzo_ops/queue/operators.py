@@ -157,8 +157,14 @@ def seen(job_id: ObjectId, version: str) -> Seen:
     if not match:
         raise ActionRefused(CHANGED, 409)
     stamp, count = match.groups()
-    updated = None if stamp == "-" else dt.datetime.fromtimestamp(int(stamp) / 1000, dt.UTC)
-    return Seen(job_id, updated, None if count == "-" else int(count))
+    try:  # a forged stamp past year 9999, or attempts past int64, is no version either
+        updated = None if stamp == "-" else dt.datetime.fromtimestamp(int(stamp) / 1000, dt.UTC)
+    except (ValueError, OverflowError, OSError):
+        raise ActionRefused(CHANGED, 409) from None
+    attempts = None if count == "-" else int(count)
+    if attempts is not None and not -(2**63) <= attempts < 2**63:
+        raise ActionRefused(CHANGED, 409)
+    return Seen(job_id, updated, attempts)
 
 
 def _aware(when: dt.datetime) -> dt.datetime:
