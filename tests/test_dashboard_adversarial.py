@@ -663,3 +663,14 @@ def test_forged_versions_are_409_not_500(adv: Adv) -> None:
                                 follow_redirects=False)
             assert r.status_code == 409, (version, action, r.status_code, r.text[:200])
     assert adv.jobs.find_one({"_id": failed["_id"]})["status"] == "FAILED"
+
+
+def test_a_job_updated_before_1970_can_still_be_acted_on(adv: Adv) -> None:
+    """Its version's stamp is negative: the form the page drew must pass the fence's own pattern."""
+    old = prisma_job("MOCKUP", status="FAILED", updatedAt=dt.datetime(1960, 5, 1, tzinfo=dt.UTC))
+    adv.jobs.insert_one(old)
+    from tests.dashboard_helpers import form_fields
+    form = form_fields(adv.client.get(f"/jobs/{old['_id']}").text, f"/jobs/{old['_id']}/retry")
+    r = adv.client.post(f"/jobs/{old['_id']}/retry", data=form, follow_redirects=False)
+    assert r.status_code == 303, (form, r.status_code, r.text[:200])
+    assert adv.jobs.find_one({"_id": old["_id"]})["status"] == "PENDING"

@@ -153,7 +153,7 @@ def version_of(doc: Doc) -> str:
 
 def seen(job_id: ObjectId, version: str) -> Seen:
     """The fence an action's form carries; ActionRefused (409) for a version this code never drew."""
-    match = re.fullmatch(r"(-|[0-9]{1,15}):(-|-?[0-9]{1,19})", version or "")
+    match = re.fullmatch(r"(-|-?[0-9]{1,15}):(-|-?[0-9]{1,19})", version or "")  # before 1970: negative
     if not match:
         raise ActionRefused(CHANGED, 409)
     stamp, count = match.groups()
