@@ -411,6 +411,8 @@ def _open_events(port: int, count: int) -> list[Any]:
             assert chunk, seen[:200]
             seen += chunk
         assert seen.startswith(b"HTTP/1.1 200"), seen[:200]
+        head = seen.split(b"\r\n\r\n", 1)[0].lower()  # security headers on the event stream too
+        assert all(name.encode() in head for name in HEADERS), head
     return socks
 
 
