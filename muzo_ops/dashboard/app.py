@@ -258,6 +258,10 @@ async def retry_failed_action(request: Request) -> Response:
         return dash.error(request, 400, "unknown job type, or a form without the time it was drawn: reload")
     if seen_at.tzinfo is None:
         return dash.error(request, 400, "the form's time has no zone: reload")
+    try:  # a zone can push the time past the calendar's ends (9999-12-31T23:59-23:59)
+        seen_at = seen_at.astimezone(dt.UTC)
+    except OverflowError:
+        return dash.error(request, 400, "the form's time is out of range: reload")
     try:
         count = await run_in_threadpool(operators.retry_all_failed, dash.jobs, job_type, seen_at)
     except Exception as exc:
@@ -273,7 +277,7 @@ async def events(request: Request) -> Response:
     dash = _dash(request)
     since = request.query_params.get("since", "")
     stream = dash.feed.events(request.is_disconnected, trailing_s=dash.counts.cache_s,
-                              since=int(since) if since.isdigit() and len(since) < 16 else None)
+                              since=int(since) if since.isascii() and since.isdigit() and len(since) < 16 else None)
     return StreamingResponse(stream, media_type="text/event-stream",
                              headers={"x-accel-buffering": "no"})
 

@@ -37,7 +37,9 @@ class JobType(enum.StrEnum):
             return cls(text.strip().upper())
         except ValueError as exc:
             choices = ", ".join(t.value for t in cls)
-            raise UsageError(f"unknown job type {text[:40]!r}: use one of {choices}") from exc
+            from muzo_ops.redact.documents import echo_input  # an echo never shows part of a secret
+
+            raise UsageError(f"unknown job type {echo_input(text)}: use one of {choices}") from exc
 
 
 class JobStatus(enum.StrEnum):

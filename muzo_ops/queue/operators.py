@@ -33,7 +33,7 @@ from muzo_ops.queue.opsstore import (
     retry_failed_seen,
     retry_job,
 )
-from muzo_ops.redact.documents import mask_document
+from muzo_ops.redact.documents import echo_input, mask_document
 from muzo_ops.redact.redactor import Redactor
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class ActionRefused(MuzoOpsError):
 def parse_job_id(text: str, what: str = "job id") -> ObjectId:
     """A 24-hex-character ObjectId; UsageError otherwise."""
     if not _HEX_ID.fullmatch(text.strip()):
-        raise UsageError(f"{what} {text[:40]!r}: expected 24 hexadecimal characters (an ObjectId)")
+        raise UsageError(f"{what} {echo_input(text)}: expected 24 hexadecimal characters (an ObjectId)")
     return ObjectId(text.strip().lower())
 
 
@@ -81,7 +81,7 @@ def parse_status(text: str) -> JobStatus:
     try:
         return JobStatus(text.strip().upper())
     except ValueError:
-        raise UsageError(f"unknown status {text[:40]!r}: use one of "
+        raise UsageError(f"unknown status {echo_input(text)}: use one of "
                          f"{', '.join(s.value for s in JobStatus)}") from None
 
 
@@ -153,12 +153,18 @@ def version_of(doc: Doc) -> str:
 
 def seen(job_id: ObjectId, version: str) -> Seen:
     """The fence an action's form carries; ActionRefused (409) for a version this code never drew."""
-    match = re.fullmatch(r"(-|[0-9]{1,15}):(-|-?[0-9]{1,19})", version or "")
+    match = re.fullmatch(r"(-|-?[0-9]{1,15}):(-|-?[0-9]{1,19})", version or "")  # before 1970: negative
     if not match:
         raise ActionRefused(CHANGED, 409)
     stamp, count = match.groups()
-    updated = None if stamp == "-" else dt.datetime.fromtimestamp(int(stamp) / 1000, dt.UTC)
-    return Seen(job_id, updated, None if count == "-" else int(count))
+    try:  # a forged stamp past year 9999, or attempts past int64, is no version either
+        updated = None if stamp == "-" else dt.datetime.fromtimestamp(int(stamp) / 1000, dt.UTC)
+    except (ValueError, OverflowError, OSError):
+        raise ActionRefused(CHANGED, 409) from None
+    attempts = None if count == "-" else int(count)
+    if attempts is not None and not -(2**63) <= attempts < 2**63:
+        raise ActionRefused(CHANGED, 409)
+    return Seen(job_id, updated, attempts)
 
 
 def _aware(when: dt.datetime) -> dt.datetime:
@@ -199,7 +205,7 @@ def job_view(doc: Doc, redactor: Redactor) -> JobView:
     shown = mask_document(plain(doc), redactor)
     status = str(shown.get("status"))
     return JobView(
-        id=str(doc.get("_id")), type=str(shown.get("type")), status=status,
+        id=str(shown.get("_id")), type=str(shown.get("type")), status=status,
         attempts=shown.get("attempts"), max_attempts=shown.get("maxAttempts"),
         timeline={k: shown.get(k) for k in TIMELINE}, locked_by=shown.get("lockedBy"),
         project_id=shown.get("projectId"), payload=shown.get("payload"), result=shown.get("result"),
@@ -271,8 +277,8 @@ def _check_applies(action: Action, doc: Doc) -> None:
         raise ActionRefused(f"job {doc['_id']} is RUNNING: a running job is never touched", 409)
     if status not in action.applies_to:
         allowed = " or ".join(s.value for s in action.applies_to)
-        raise ActionRefused(f"job {doc['_id']} is {str(status)[:20]}: {action.value} applies to {allowed} jobs only",
-                            409)
+        raise ActionRefused(f"job {doc['_id']} is {echo_input(str(status))}: {action.value} applies to {allowed} "
+                            "jobs only", 409)
 
 
 def _why_not(jobs: Collection[Doc], action: Action, job_id: ObjectId) -> ActionRefused:

@@ -362,6 +362,9 @@ class QueueCounts:
 # ---------------------------------------------------------------- lists and single jobs
 
 
+LAST_OBJECT_ID = ObjectId("f" * 24)
+
+
 def list_query(status: JobStatus | None = None, job_type: JobType | None = None,
                ids: Iterable[ObjectId] = (), before: ObjectId | None = None) -> Doc:
     """Jobs newest first matching the filters, older than ``before`` (the cursor).
@@ -378,8 +381,9 @@ def list_query(status: JobStatus | None = None, job_type: JobType | None = None,
     if wanted:
         as_text = [str(i) for i in wanted]
         query["$or"] = [{"_id": {"$in": wanted}}, {"projectId": {"$in": [*wanted, *as_text]}}]
-    if before is not None:
-        query["_id"] = {"$lt": before}
+    # Only ObjectId ids are listed: an id of another BSON type (a date or a boolean sorts above every
+    # ObjectId) would fill a page whose "after" cursor could not continue, hiding the real jobs.
+    query["_id"] = {"$lt": before} if before is not None else {"$lte": LAST_OBJECT_ID}
     return query
 
 
@@ -463,15 +467,21 @@ def retry_failed_seen(jobs: Collection[Doc], job_type: JobType, seen_at: dt.date
     return int(jobs.update_many(query, _retried(utcnow())).modified_count)
 
 
-def watch_jobs(jobs: Collection[Doc], max_await_ms: int = 1000) -> Iterator[Doc]:
+def watch_jobs(jobs: Collection[Doc], max_await_ms: int = 1000, stall_s: float = 10.0) -> Iterator[Doc]:
     """Change events of the collection (ids and kinds only: never a payload).
 
     OperationFailure where the server has no change streams (standalone).
+    Each wait is bounded (``stall_s``): a getMore whose answer never comes (the
+    server was stopped while it was asked, the client has no socket timeout)
+    raises a timeout instead of holding the feed forever.
     """
+    import pymongo
+
     pipeline = [{"$project": {"operationType": 1, "documentKey": 1}}]
     with jobs.watch(pipeline, max_await_time_ms=max_await_ms) as stream:
         while stream.alive:
-            change = stream.try_next()
+            with pymongo.timeout(stall_s):
+                change = stream.try_next()
             yield change if change is not None else {}
 
 

@@ -24,6 +24,18 @@ SECRET_KEY_NAME = re.compile(
     r"^otp$|^pin$|^cvv$|^cvc$|card[_-]?number|^iban$|^ssn$)")
 
 
+_PLAIN_INPUT = re.compile(r"[A-Za-z0-9_.:-]{0,24}")
+
+
+def echo_input(text: str) -> str:
+    """``text`` quoted for an error line when it is short and plain, else only its length.
+
+    Never a cut or an escaped form: ``'nextauth-secret-va…'`` or a repr's doubled
+    backslashes are no longer the secret the Redactor knows, and would show most of it.
+    """
+    return repr(text) if _PLAIN_INPUT.fullmatch(text) else f"of {len(text)} characters"
+
+
 def secret_key(name: str) -> bool:
     """Whether the value under key ``name`` is a secret by its name."""
     return bool(SECRET_KEY_NAME.search(name))
@@ -43,4 +55,4 @@ def mask_document(value: Any, redactor: Redactor, depth: int = 0) -> Any:
     return value
 
 
-__all__ = ["SECRET_KEY_NAME", "mask_document", "secret_key"]
+__all__ = ["SECRET_KEY_NAME", "echo_input", "mask_document", "secret_key"]

@@ -9,6 +9,7 @@ its declared names in (``Redactor(sensitivity=schema.SENSITIVITY)``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from urllib.parse import quote, quote_plus
 
 from muzo_ops.constants import MASK
 from muzo_ops.redact.masking import url_passwords
@@ -54,8 +55,11 @@ class Redactor:
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
-        """Hide these values from now on (values under 4 characters are ignored)."""
-        fresh = {s for s in secrets if len(s) >= MIN_SECRET_CHARS} - self._secrets
+        """Hide these values from now on, and their URL-encoded forms (a secret in a query string or a
+        worker id): values under 4 characters are ignored."""
+        given = {s for s in secrets if len(s) >= MIN_SECRET_CHARS}
+        fresh = given | {quote(s, safe="") for s in given} | {quote_plus(s, safe="") for s in given}
+        fresh -= self._secrets
         if fresh:
             self._secrets |= fresh
             self._ordered = sorted(self._secrets, key=len, reverse=True)
