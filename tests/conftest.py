@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
-from tests.helpers import MONGO_APP_PASSWORD
+from tests.helpers import MONGO_APP_PASSWORD, descendants, process_table
 from tests.servers import Redis, Secantus
 
 
@@ -108,29 +108,14 @@ def _descendants_and_group() -> list[tuple[int, str]]:
     parent's death is reparented to init but stays in the group it was started in) started after
     this process: this catches what a test started with an environment of its own, without the
     session marker, and leaves alone what shares the group from outside (``pytest | tail``)."""
-    table: dict[int, tuple[int, int, int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            table[int(entry)] = (int(fields[1]), int(fields[2]), int(fields[19]))
+    table = process_table()
     me, group = os.getpid(), os.getpgid(0)
     started = table[me][2] if me in table else 0
     ancestors, pid = set(), me
     while pid in table and pid > 1:
         ancestors.add(pid)
         pid = table[pid][0]
-    found, frontier = set(), [me]
-    while frontier:
-        parent = frontier.pop()
-        kids = [p for p, (pp, _g, _s) in table.items() if pp == parent and p not in found]
-        found.update(kids)
-        frontier += kids
+    found = descendants(me, table)
     found |= {p for p, (pp, g, s) in table.items() if g == group and pp in (0, 1) and s >= started}
     left = []
     for pid in sorted(found - ancestors - {me}):

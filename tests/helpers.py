@@ -50,3 +50,32 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 60, what: str = ""
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out: {what}" + (f"\n{detail()}" if detail is not None else ""))
+
+
+def process_table() -> dict[int, tuple[int, int, int]]:
+    """Every live (not zombie) process: pid -> (parent pid, process group, start time in clock ticks)."""
+    table: dict[int, tuple[int, int, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            table[int(entry)] = (int(fields[1]), int(fields[2]), int(fields[19]))
+    return table
+
+
+def descendants(pid: int, table: dict[int, tuple[int, int, int]] | None = None) -> set[int]:
+    """Every live descendant of ``pid``."""
+    table = process_table() if table is None else table
+    found: set[int] = set()
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        kids = [p for p, (pp, _g, _s) in table.items() if pp == parent and p not in found]
+        found.update(kids)
+        frontier += kids
+    return found

@@ -14,29 +14,8 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
+from tests.helpers import descendants
 from tests.servers import free_port
-
-
-def children(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (from /proc)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            parents[int(entry)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        parent = frontier.pop()
-        kids = [p for p, pp in parents.items() if pp == parent]
-        found += kids
-        frontier += kids
-    return found
 
 
 def alive(pid: int) -> bool:
@@ -69,7 +48,7 @@ def start_dev_db(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], lis
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
 def test_whatever_stops_dev_db_stops_its_server(tmp_path: Path, sig: signal.Signals) -> None:
     proc, _ = start_dev_db(tmp_path)
-    servers = children(proc.pid)
+    servers = sorted(descendants(proc.pid))
     assert servers, "dev-db started no server process"
     os.kill(proc.pid, sig)
     proc.wait(30)
