@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +70,8 @@ class ChangeFeed:
                     if self.mode != MODE_CHANGE_STREAM:
                         self.mode = MODE_CHANGE_STREAM
                         self.logger.info("dashboard live updates from a change stream")
+                    if failures:  # a stream opened after an outage: what changed meanwhile was not heard
+                        self.version += 1
                     failures = 0
                     if change:
                         self.version += 1
@@ -88,12 +91,22 @@ class ChangeFeed:
                 self.logger.warn("dashboard change stream failed", reason=error_line(exc))
             if failures >= 3:  # keep the page live by polling, try the stream again later
                 self.mode = MODE_POLLING
-                self.version += 1
-            if self._stop.wait(min(self.poll_s * failures, 30.0)):
+            if self._wait_polling(min(self.poll_s * failures, 30.0)):
                 return
         self.mode = MODE_POLLING
         while not self._stop.wait(self.poll_s):
             self.version += 1
+
+    def _wait_polling(self, seconds: float) -> bool:
+        """Wait ``seconds`` before trying the stream again (True: stopped meanwhile); while polling,
+        pages are told to refresh every ``poll_s`` as they wait, so they stay live through an outage."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self._stop.wait(min(left, self.poll_s)):
+                return True
+            if self.mode == MODE_POLLING:
+                self.version += 1
+        return False
 
     async def events(self, disconnected: Callable[[], Any], trailing_s: float,
                      since: int | None = None) -> AsyncIterator[str]:
