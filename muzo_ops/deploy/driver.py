@@ -199,6 +199,23 @@ class _Run:
             disconnect_all(self.state)
 
 
+def _run_once(target: Target, names: Sequence[str], deploy: Callable[[], None] | None = None, *,
+              check_machines: bool = False) -> tuple[_Run, dict[str, HostState]]:
+    """One pyinfra run over ``names``: read each host's state (refusing one machine under two names
+    when ``check_machines``), then run ``deploy`` on them if given; connections closed either way."""
+    run = _Run(target, names)
+    try:
+        states = run.read_states()
+        if check_machines:
+            same_machines(states)
+        if deploy is not None:
+            run.prepare(deploy)
+            run.execute()
+    finally:
+        run.close()
+    return run, states
+
+
 def _changed(metas: ops.Labelled) -> list[str]:
     return [label for label, m in metas if m.is_complete() and m.did_change()
             and label not in ("lease", "lease-given-back")]
@@ -309,14 +326,7 @@ def _phase1(target: Target, plans: dict[str, HostPlan], releases: dict[str, Rele
         if not leader:
             leader.append(dict(metas[name])["lease"])
 
-    run = _Run(target, target.names)
-    try:
-        states = run.read_states()
-        same_machines(states)
-        run.prepare(phase1)
-        run.execute()
-    finally:
-        run.close()
+    run, states = _run_once(target, target.names, phase1, check_machines=True)
     pending = []
     for name in target.names:
         res = result.hosts[name]
@@ -356,13 +366,7 @@ def _phase2(target: Target, pending: list[str], desired: dict[str, Desired], tok
     step = max(1, serial)
     for first in range(0, len(pending), step):
         batch = pending[first:first + step]
-        run = _Run(target, batch)
-        try:
-            run.read_states()
-            run.prepare(phase2)
-            run.execute()
-        finally:
-            run.close()
+        run, _states = _run_once(target, batch, phase2)
         stop = False
         for name in batch:
             stop = not _read_switch(result.hosts[name], switched.get(name), run.failed(name)) or stop
@@ -416,13 +420,7 @@ def _give_back(target: Target, names: Sequence[str], token: str) -> None:
     def give() -> None:
         ops.lease_given_back(name="deploy lease given back", token=token)
 
-    run = _Run(target, names)
-    try:
-        run.read_states()
-        run.prepare(give)
-        run.execute()
-    finally:
-        run.close()
+    _run_once(target, names, give)
 
 
 def _report(target: Target, result: DeployResult, settled: set[str], plans: dict[str, HostPlan]) -> None:
@@ -464,14 +462,7 @@ def rollback(inventory: str, env_file: str, *, serial: int = 1, limit: Sequence[
     try:
         for first in range(0, len(target.names), max(1, serial)):
             batch = target.names[first:first + max(1, serial)]
-            run = _Run(target, batch)
-            try:
-                states = run.read_states()
-                same_machines(states)
-                run.prepare(back)
-                run.execute()
-            finally:
-                run.close()
+            _run_once(target, batch, back, check_machines=True)
             stop = False
             for name in batch:
                 res = result.hosts[name]
@@ -506,12 +497,7 @@ def rollback(inventory: str, env_file: str, *, serial: int = 1, limit: Sequence[
 
 def _dry(target: Target, desired: dict[str, Desired], result: DeployResult) -> None:
     """What each host would do (one reading of its state; nothing changed, no lease taken)."""
-    run = _Run(target, target.names)
-    try:
-        states = run.read_states()
-        same_machines(states)
-    finally:
-        run.close()
+    _run, states = _run_once(target, target.names, check_machines=True)
     for name in target.names:
         res = result.hosts[name]
         state = states.get(name)
