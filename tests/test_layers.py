@@ -6,7 +6,7 @@ INCLUDED (a type-only import still ties the room to the one above it: the
 signature names a type owned there). The order is the one in the project's
 rules (bottom to top); names listed together form one room:
 
-    (constants, errors, sdnotify, urls, loopback, booleans) < files < redact < mongo < logs < env
+    (constants, errors, sdnotify, urls, loopback, booleans, faults) < files < redact < mongo < logs < env
     < (queue, devdb) < metrics < deploy < secrets < dashboard < (cli, __main__)
 
 ``urls`` (where a URL's user information ends, as clients split it) and
@@ -27,7 +27,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "muzo_ops"
 
 LEVELS: tuple[tuple[str, ...], ...] = (
-    ("constants", "errors", "sdnotify", "urls", "loopback", "booleans"),
+    ("constants", "errors", "sdnotify", "urls", "loopback", "booleans", "faults"),
     ("files",),
     ("redact",),
     ("mongo",),

@@ -427,7 +427,8 @@ def test_sigint_right_after_the_rename_keeps_the_backup_of_the_old_file(tmp_path
     original = env.read_bytes()
     proc = subprocess.run([sys.executable, "-m", "muzo_ops", "secrets", "rotate", "--env-file", str(env)],
                           capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **NO_KEYS, "MUZO_TEST_INTERRUPT_AFTER": "replace:1",
+                          # the first rename is the audit intent's (secrets.commit), the second the env file's
+                          env={**os.environ, **NO_KEYS, "MUZO_TEST_INTERRUPT_AFTER": "replace:2",
                                "PYTHONPATH": f"{hooks}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
     assert proc.returncode != 0
     assert read(env)["NEXTAUTH_SECRET_PREVIOUS"] == FULL["NEXTAUTH_SECRET"], "the rename was not the env file's"

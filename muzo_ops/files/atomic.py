@@ -22,6 +22,7 @@ import os
 import stat
 from collections.abc import Callable
 
+from muzo_ops import faults
 from muzo_ops.constants import SECRET_FILE_MODE
 from muzo_ops.errors import EnvFileError
 from muzo_ops.files import backups, links, reading, temp
@@ -84,15 +85,19 @@ def write(path: str, content: str | bytes, mode: int = SECRET_FILE_MODE, *, keep
                 tmp = temp.temp_copy(path, target, data, final_mode, owner, new=current is None)
                 made.append(tmp)
                 new_inode = os.stat(tmp).st_ino
+                faults.step(faults.TEMP_WRITTEN)
                 if keep_backup and current is not None:
                     old_tmp = temp.temp_copy(path, target, reading.read_bytes(target), SECRET_FILE_MODE,
                                              current)
                     temps.append(old_tmp)
                     backup_path = backups.link_next(old_tmp, target)
                     made.append(backup_path)
+                    faults.step(faults.BACKUP_LINKED)
                 os.replace(tmp, target)
                 made.clear()  # the new file is in place: its backup stays whatever happens next
+                faults.step(faults.RENAMED)
                 temp.fsync_folder(folder)
+                faults.step(faults.FOLDER_SYNCED)
             except BaseException:
                 # a signal (SIGINT) between the rename and made.clear(): the new file is in place,
                 # and its backup (the old file) must stay

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 
+from muzo_ops import faults
 from muzo_ops.constants import BACKUP_SUFFIX, SECRET_FILE_MODE
 from muzo_ops.files import links, reading, temp
 from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
@@ -68,6 +69,7 @@ def make(path: str, *, lock_timeout_s: float = DEFAULT_TIMEOUT_S) -> str | None:
             tmp = temp.temp_copy(path, target, data, SECRET_FILE_MODE, current)
             name = link_next(tmp, target)
             temp.fsync_folder(os.path.dirname(target))
+            faults.step(faults.BACKUP_MADE)
             return name
         except OSError as exc:
             raise temp.write_error(path, exc) from exc

@@ -13,6 +13,13 @@ The lock is re-entrant within a thread: every writer in ``files`` takes
 the lock of what it writes, and a command that already holds it for a
 whole read-modify-write keeps holding it (a second ``flock`` on a new
 descriptor would wait for itself).
+
+While a lock is held in the main thread, SIGTERM (when nothing else
+handles it) raises ``Terminated``, a KeyboardInterrupt, as SIGINT does:
+the writers' cleanup runs (temporary files removed, a renamed file's
+backup kept), the lock is released, and the command ends with one
+``error: interrupted`` line (exit 130) instead of dying mid-step without a
+word. The default action comes back when the lock is released.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +39,29 @@ DEFAULT_TIMEOUT_S = 10.0
 _POLL_S = 0.05
 # (thread, lock file) -> how many ``locked`` blocks of that thread hold it
 _HELD: dict[tuple[int, str], int] = {}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived while a lock was held (see the module doc)."""
+
+
+def _raise_terminated(_signum: int, _frame: object) -> None:
+    raise Terminated("terminated (SIGTERM)")
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` for the block (main thread, default action only)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class LockedError(MuzoOpsError):
@@ -100,28 +131,29 @@ def locked(path: str, timeout_s: float = DEFAULT_TIMEOUT_S, owner_of: str | None
     _give_to_owner(fd, path, owner_of)
     deadline = time.monotonic() + max(timeout_s, 0.0)
     try:
-        while True:
+        with _sigterm_raises():
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                        raise LockedError(f"{target}: cannot lock ({exc.strerror})") from exc
+                    if time.monotonic() >= deadline:
+                        raise LockedError(
+                            f"{path} is locked by another muzo-ops command (waited {timeout_s:g}s on "
+                            f"{target}): let it finish and run again") from None
+                    time.sleep(_POLL_S)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise LockedError(f"{target}: cannot lock ({exc.strerror})") from exc
-                if time.monotonic() >= deadline:
-                    raise LockedError(
-                        f"{path} is locked by another muzo-ops command (waited {timeout_s:g}s on "
-                        f"{target}): let it finish and run again") from None
-                time.sleep(_POLL_S)
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-        except OSError:
-            pass  # the pid is only a hint for people (a full disk must not stop a lock)
-        _HELD[mine] = 1
-        try:
-            yield
-        finally:
-            del _HELD[mine]
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError:
+                pass  # the pid is only a hint for people (a full disk must not stop a lock)
+            _HELD[mine] = 1
+            try:
+                yield
+            finally:
+                del _HELD[mine]
     finally:
         os.close(fd)  # releases the lock
 

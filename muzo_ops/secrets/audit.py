@@ -163,29 +163,38 @@ def _user() -> str:
         return str(os.getuid())
 
 
-def append(env_path: str, command: str, changes: Mapping[str, tuple[str | None, str | None]],
-           extra: Mapping[str, Any] | None = None, fingerprinter: Fingerprinter | None = None,
-           now: dt.datetime | None = None) -> Record:
-    """Append one record: ``changes`` maps each variable to ``(old value, new value)``.
-
-    Only fingerprints are written, through ``files.atomic.append_line``:
-    one fsynced ``write`` on a file opened with O_APPEND (0600), under the
-    log's lock.
-    """
+def build(env_path: str, command: str, changes: Mapping[str, tuple[str | None, str | None]],
+          extra: Mapping[str, Any] | None = None, fingerprinter: Fingerprinter | None = None,
+          now: dt.datetime | None = None) -> Record:
+    """The record of a change: ``changes`` maps each variable to ``(old value, new value)``; only
+    their fingerprints are kept."""
     fingerprinter = fingerprinter or Fingerprinter(env_path)
-    record = Record(
+    return Record(
         command=command, env_file=env_file_name(env_path), variables=list(changes),
         fingerprints={name: {"old": fingerprinter(old), "new": fingerprinter(new)}
                       for name, (old, new) in changes.items()},
         time=(now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds"),
         user=_user(), host=socket.gethostname(), extra=dict(extra or {}),
     )
+
+
+def append_record(env_path: str, record: Record) -> None:
+    """Append ``record`` through ``files.atomic.append_line``: one fsynced ``write`` on a file
+    opened with O_APPEND (0600), under the log's lock."""
     line = json.dumps(record.to_json(), sort_keys=False, ensure_ascii=False) + "\n"
     path = log_path(env_path)
     try:
         atomic.append_line(path, line, owner_of=os.path.realpath(env_path))
     except EnvFileError as exc:
         raise AuditError(f"cannot append to the audit log: {exc}") from exc
+
+
+def append(env_path: str, command: str, changes: Mapping[str, tuple[str | None, str | None]],
+           extra: Mapping[str, Any] | None = None, fingerprinter: Fingerprinter | None = None,
+           now: dt.datetime | None = None) -> Record:
+    """Append one record (``build``, then ``append_record``)."""
+    record = build(env_path, command, changes, extra=extra, fingerprinter=fingerprinter, now=now)
+    append_record(env_path, record)
     return record
 
 

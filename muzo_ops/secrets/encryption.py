@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from muzo_ops import faults
 from muzo_ops.env import dotenvx, schema
 from muzo_ops.errors import UsageError
 from muzo_ops.files import backups
@@ -163,6 +164,7 @@ def rekey_file(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float = D
                        "private_key_name": private_name})
         dotenvx.set_private_key(keys_file, private_name, pair.private_hex, os.path.basename(path), owner_of=path)
         backups.prune(keys_file, keep)
+        faults.step(faults.BACKUPS_PRUNED)
         env = os.environ if environ is None else environ
         if env.get(private_name):
             result.warnings.append(f"{private_name} is set in the environment: replace it there with the new "

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
 
+from muzo_ops import faults
 from muzo_ops.env import dotenvx
 from muzo_ops.env.envfile import parse_text, with_lines
 from muzo_ops.errors import MuzoOpsError, UsageError
@@ -46,7 +47,7 @@ from muzo_ops.files import atomic, reading, temp
 from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
 from muzo_ops.mongo.url import with_credentials
 from muzo_ops.secrets import audit
-from muzo_ops.secrets.commit import commit, record
+from muzo_ops.secrets.commit import commit, record, recover
 from muzo_ops.secrets.rotation import DEFAULT_KEEP
 
 ADMIN_URI_VARIABLE = "MUZO_MONGO_ADMIN_URI"
@@ -235,6 +236,7 @@ def rotate(path: str, *, dry_run: bool = False, confirm: Callable[[str], bool] |
     environ = os.environ if environ is None else environ
     with locked(path, lock_timeout_s):
         temp.remove_stale(path)
+        recover(path)
         current = _load(path, environ)
         if on_values is not None:
             on_values([v for v in (current.url, current.password) if v])
@@ -273,6 +275,7 @@ def rotate(path: str, *, dry_run: bool = False, confirm: Callable[[str], bool] |
             _set_idle_user(admin_uri, current, target, new_password, result)
         else:
             _update_user(admin_uri, current.auth_db, target, new_password, result, current.url)
+        faults.step(faults.PASSWORD_CHANGED)
         result.new_works = authenticates(new_url)
         if not result.new_works:
             result.old_works = authenticates(current.url)
@@ -282,6 +285,7 @@ def rotate(path: str, *, dry_run: bool = False, confirm: Callable[[str], bool] |
                 f"{path} is unchanged; the new URL is in {pending} (0600): once MongoDB answers, run "
                 f"`muzo-ops secrets confirm --env-file {path}`: it moves the pending file in if its password "
                 "works, else set a password with the admin tools")
+        faults.step(faults.PASSWORD_CHECKED)
         return _finish(path, current, new_text, new_password, target, result, fingerprint, keep=keep, now=now,
                        swap_users=swap_users)
 
@@ -306,6 +310,7 @@ def _finish(path: str, current: _Current, new_text: str, new_password: str, targ
     done = commit(path, new_text, keep=keep, command="rotate", changes={NAME: (current.password, new_password)},
                   extra=extra, fingerprinter=fingerprint, now=now)
     os.unlink(pending_path(path))
+    faults.step(faults.PENDING_REMOVED)
     result.pending = None
     result.backup, result.pruned, result.audit_error = done.backup, done.pruned, done.audit_error
     result.ok = True
@@ -340,8 +345,9 @@ def _check_interrupted(path: str, current: _Current, environ: Mapping[str, str],
     if authenticates(current.url):
         if not dry_run:
             os.unlink(pending)
-        result.warnings.append(f"removed {pending} left by an interrupted rotation (its password was never "
-                               "set; the env file's still works)")
+        why = ("it holds the env file's password: that rotation had finished" if held is not None and
+               held.url == current.url else "its password was never set; the env file's still works")
+        result.warnings.append(f"removed {pending} left by an interrupted rotation ({why})")
         return
     if held is not None and authenticates(held.url):
         raise MongoRotationError(
@@ -397,6 +403,7 @@ def confirm_swap(path: str, *, lock_timeout_s: float = DEFAULT_TIMEOUT_S, enviro
     """
     environ = os.environ if environ is None else environ
     with locked(path, lock_timeout_s):
+        recover(path)
         if os.path.exists(pending_path(path)):
             return resolve_pending(path, environ=environ, on_values=on_values, now=now)
         state_file = swap_state_path(path)

@@ -43,7 +43,7 @@ from muzo_ops.files import reading, temp
 from muzo_ops.files.backups import numbered
 from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
 from muzo_ops.secrets import audit
-from muzo_ops.secrets.commit import commit
+from muzo_ops.secrets.commit import commit, recover
 
 # next-auth's default session maxAge (30 days): a previous secret is needed this long.
 SESSION_LIFETIME = dt.timedelta(days=SESSION_LIFETIME_DAYS)
@@ -95,10 +95,13 @@ class Result:
 
 def read_env_text(path: str) -> str:
     """The env file's text (bounded, UTF-8); EnvFileError says why it cannot be read. Call under
-    its lock, which also clears temporary files a killed writer left (of the file and the audit key)."""
+    its lock, which also clears temporary files a killed writer left (of the file and the audit key)
+    and audits a change a killed writer made (``commit.recover``)."""
     temp.remove_stale(path)
     audit.remove_stale_key_copies(path)
-    return reading.read_text(path, what="an env file", missing="no such file: create it with `muzo-ops init-env`")
+    text = reading.read_text(path, what="an env file", missing="no such file: create it with `muzo-ops init-env`")
+    recover(path)
+    return text
 
 
 def _plain(value: str | None, path: str, text: str, environ: Mapping[str, str] | None,
@@ -261,8 +264,9 @@ def rollback(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float = DEF
              on_values: Callable[[Iterable[str]], None] | None = None) -> Result:
     """Restore the newest backup not yet restored; the current file is backed up first.
 
-    Rolling back twice undoes two changes (backups made by a rollback, and
-    backups already restored, are skipped). ``undid`` is the audit record
+    Rolling back twice undoes two changes (backups made by a rollback,
+    backups already restored, and backups identical to the file, which
+    undo nothing, are skipped). ``undid`` is the audit record
     of the change whose backup was restored. Invariant: the env file is the
     chosen backup or stays as it was, and a file the apps could not use is
     never installed: a backup whose DATABASE_URL password the server no
@@ -279,12 +283,7 @@ def rollback(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float = DEF
             if record.command == "rollback":
                 skip.add(str(record.extra.get("restored", "")))
                 skip.add(str(record.extra.get("backup", "")))
-        candidates = [(n, b) for n, b in numbered(path) if os.path.basename(b) not in skip]
-        if not candidates:
-            raise EnvFileError(path, "no backup left to restore (rollback restores the backups that "
-                               "rotate, retire, encrypt, decrypt and rekey make; each is restored once)")
-        _number, chosen = candidates[-1]
-        restored_text = reading.read_text(chosen, what="an env file backup")
+        chosen, restored_text = _newest_restorable(path, text, skip)
         restored_raw = parse_text(restored_text, chosen).raw()  # a damaged backup is refused, not installed
         current_raw = parse_text(text, path).raw()
         undone = next((r for r in reversed(records)
@@ -331,6 +330,23 @@ def rollback(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float = DEF
                             os.path.basename(path), owner_of=path)
         result.backup, result.pruned, result.audit_error = done.backup, done.pruned, done.audit_error
         return result
+
+
+def _newest_restorable(path: str, text: str, skip: set[str]) -> tuple[str, str]:
+    """The newest backup not yet restored that differs from the file, and its text.
+
+    A backup identical to the file undoes nothing: a writer killed between
+    linking its backup and renaming the new file leaves one, and restoring
+    it would make the rollback a no-op that the next one takes for done.
+    """
+    for _number, candidate in reversed(numbered(path)):
+        if os.path.basename(candidate) in skip:
+            continue
+        candidate_text = reading.read_text(candidate, what="an env file backup")
+        if candidate_text != text:
+            return candidate, candidate_text
+    raise EnvFileError(path, "no backup left to restore (rollback restores the backups that "
+                       "rotate, retire, encrypt, decrypt and rekey make; each is restored once)")
 
 
 def _keys_backup_of(path: str, undone: audit.Record | None) -> tuple[str, list[str]] | None:
