@@ -506,3 +506,20 @@ def test_files_root_makes_beside_another_users_env_file_belong_to_that_user(tmp_
         assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (65534, 65534, 0o600), name
     for lock in tmp_path.glob("*.lock"):  # the owner can lock every file again
         assert (lock.stat().st_uid, lock.stat().st_gid) == (65534, 65534), lock.name
+
+
+def test_database_url_rotation_of_a_hard_linked_env_file_is_refused_before_the_server_changes(
+        tmp_path: Path, mongo_auth: Secantus) -> None:
+    """The other hard link would keep the old password; refused before updateUser, so the old one still works."""
+    reset_app_password(mongo_auth, APP_PASSWORD)
+    env = write(tmp_path / ".env", {**FULL, "DATABASE_URL": app_url(mongo_auth, APP_PASSWORD)})
+    other = tmp_path / "web.env"
+    os.link(env, other)
+    before = env.read_bytes()
+    proc = cli("secrets", "rotate", "DATABASE_URL", "--env-file", str(env), "--yes",
+               env={"MUZO_MONGO_ADMIN_URI": admin_uri(mongo_auth)})
+    assert_one_line_error(proc)
+    assert "other hard link" in proc.stderr and "nothing was changed" in proc.stderr
+    assert_no_secret(proc.stdout + proc.stderr, [APP_PASSWORD, ADMIN_PASSWORD])
+    assert env.read_bytes() == other.read_bytes() == before
+    assert authenticates(app_url(mongo_auth, APP_PASSWORD)) and not (tmp_path / ".env.pending").exists()

@@ -6,7 +6,9 @@ log through ``append_line``; backups through ``files.backups``.
 
 Invariant of ``write``: at every instant (a kill -9 at any step, a full or
 read-only disk) the file is the complete old content or the complete new
-one, never a mix; a backup made with it is complete or absent; the new
+one, never a mix; a backup made with it is complete or absent; a file
+with other hard links is refused, unchanged (the rename would leave the
+other names the old content, see ``links.refuse_hard_links``); the new
 content has the old file's owner, group and mode (secrets never looser
 than 0600), or, for a new file, the owner of the file it belongs beside.
 The steps: lock, temporary file in the target's folder (0600 from its
@@ -75,6 +77,8 @@ def write(path: str, content: str | bytes, mode: int = SECRET_FILE_MODE, *, keep
             raise temp.write_error(path, exc) from exc
         if current is not None and not stat.S_ISREG(current.st_mode):
             raise EnvFileError(path, "is not a regular file: point --env-file at the env file")
+        if current is not None:
+            links.refuse_hard_links(path, current)
         final_mode = _final_mode(mode, stat.S_IMODE(current.st_mode) if current else None)
         made: list[str] = []  # removed again if anything fails
         temps: list[str] = []  # removed in any case

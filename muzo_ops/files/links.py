@@ -1,9 +1,13 @@
-"""Which symlinks the writer follows: its own, root's, or one whose owner owns what it leads to.
+"""Which links the writer goes through: symlinks of its own, root's, or whose owner owns what they
+lead to; never a file with other hard links.
 
 Invariant: muzo_ops never writes a file through a symlink that another
 user planted to lead to a file that user does not own (root running
 ``encrypt`` in a folder user 1234 controls never rewrites, nor chmods,
 a root file that 1234's ``.env.keys`` or ``.env`` symlink points at).
+Invariant: muzo_ops never replaces a file that has other hard links: the
+atomic rename gives the name a new inode, and every other name would keep
+the old content (the old secrets) without a word.
 """
 
 from __future__ import annotations
@@ -24,6 +28,29 @@ def _owner(path: str) -> int | None:
         except OSError:
             continue
     return None
+
+
+def refuse_hard_links(path: str, info: os.stat_result | None = None) -> None:
+    """EnvFileError (nothing changed) when the file ``path`` leads to has more than one hard link.
+
+    ``info``: its ``os.stat`` when the caller has it already. A missing file passes.
+    """
+    if info is None:
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise temp.write_error(path, exc) from exc
+    if info.st_nlink <= 1:
+        return
+    target = os.path.realpath(path)
+    others = info.st_nlink - 1
+    raise EnvFileError(
+        path, f"has {others} other hard link{'s' if others > 1 else ''} (the same file under another name): "
+        "replacing it would leave the other name with the old content; refused, nothing was changed. "
+        f"List them with `find / -xdev -samefile {target}`, then remove them or make them symlinks "
+        f"(`ln -sf {target} OTHER`)")
 
 
 def trusted_target(path: str) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 
 from muzo_ops import faults
 from muzo_ops.errors import EnvFileError
-from muzo_ops.files import atomic, backups, reading, temp
+from muzo_ops.files import atomic, backups, links, reading, temp
 from muzo_ops.secrets import audit
 
 INTENT_SUFFIX = ".audit-pending"
@@ -74,6 +74,7 @@ def commit(path: str, new_text: str, *, keep: int, command: str,
 
     Call under the env file's lock.
     """
+    links.refuse_hard_links(path)  # before the intent: nothing is written for a change that cannot be made
     fingerprinter = fingerprinter or audit.Fingerprinter(path)
     entry = audit.build(path, command, changes, extra={"backup": None, **(extra or {})},
                         fingerprinter=fingerprinter, now=now)

@@ -43,7 +43,7 @@ from muzo_ops import faults
 from muzo_ops.env import dotenvx
 from muzo_ops.env.envfile import parse_text, with_lines
 from muzo_ops.errors import MuzoOpsError, UsageError
-from muzo_ops.files import atomic, reading, temp
+from muzo_ops.files import atomic, links, reading, temp
 from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
 from muzo_ops.mongo.url import with_credentials
 from muzo_ops.secrets import audit
@@ -238,6 +238,7 @@ def rotate(path: str, *, dry_run: bool = False, confirm: Callable[[str], bool] |
         temp.remove_stale(path)
         recover(path)
         current = _load(path, environ)
+        links.refuse_hard_links(path)  # before the server changes: the env file could not take the new URL
         if on_values is not None:
             on_values([v for v in (current.url, current.password) if v])
         target = idle_user(current.user) if swap_users else current.user
