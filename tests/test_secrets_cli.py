@@ -523,3 +523,44 @@ def test_database_url_rotation_of_a_hard_linked_env_file_is_refused_before_the_s
     assert_no_secret(proc.stdout + proc.stderr, [APP_PASSWORD, ADMIN_PASSWORD])
     assert env.read_bytes() == other.read_bytes() == before
     assert authenticates(app_url(mongo_auth, APP_PASSWORD)) and not (tmp_path / ".env.pending").exists()
+
+
+def test_a_keys_file_others_can_read_is_warned_about_in_one_line(tmp_path: Path) -> None:
+    """.env.keys at 0644 was read without a word; every command that reads it now warns (stderr, one line)."""
+    env = write(tmp_path / ".env.production", FULL)
+    assert cli("secrets", "encrypt", "--env-file", str(env), cwd=tmp_path).returncode == 0
+    keys = tmp_path / ".env.keys"
+    private = dotenvx.read_keys_file(str(keys))["DOTENV_PRIVATE_KEY_PRODUCTION"]
+    secrets = [*SECRETS, private]
+    warning = (f"warning: {keys} is readable by its group or others (mode 0644) and holds the private key of "
+               f"{env}: run `chmod 600 {keys}`")
+
+    def warnings(proc: subprocess.CompletedProcess[str], plain_stdout: bool = False) -> list[str]:
+        assert proc.returncode == 0, proc.stderr[-800:]
+        assert "Traceback" not in proc.stderr
+        assert_no_secret(proc.stderr if plain_stdout else proc.stdout + proc.stderr, secrets)
+        return [line for line in proc.stderr.splitlines() if "readable by its group" in line]
+
+    keys.chmod(0o644)
+    shown = cli("secrets", "decrypt", "--env-file", str(env), "--stdout", cwd=tmp_path)
+    # the plain file goes to stdout (asked for), the warning to stderr
+    assert [w[:len(warning)] for w in warnings(shown, plain_stdout=True) if w.startswith(warning)] == [warning]
+    assert read_text(shown.stdout)["NEXTAUTH_SECRET"] == FULL["NEXTAUTH_SECRET"]
+    rotated = cli("secrets", "rotate", "NEXTAUTH_SECRET", "--env-file", str(env), cwd=tmp_path)
+    assert len(warnings(rotated)) == 1
+    # rekey rewrites the keys file 0600: the warning says it was readable
+    rekeyed = cli("secrets", "rekey", "--env-file", str(env), cwd=tmp_path)
+    secrets.append(dotenvx.read_keys_file(str(keys))["DOTENV_PRIVATE_KEY_PRODUCTION"])
+    (line,) = warnings(rekeyed)
+    assert line.startswith(f"warning: {keys} was readable by its group or others (mode 0644) until this command "
+                           "rewrote it 0600")
+    assert keys.stat().st_mode & 0o777 == 0o600
+    # a private keys file: no warning
+    assert warnings(cli("secrets", "decrypt", "--env-file", str(env), cwd=tmp_path)) == []
+    keys.chmod(0o640)
+    rolled = cli("secrets", "rollback", "--env-file", str(env), cwd=tmp_path)
+    assert [w for w in warnings(rolled) if "(mode 0640)" in w and f"chmod 600 {keys}" in w]
+
+
+def read_text(text: str) -> dict[str, str]:
+    return {k: v or "" for k, v in dotenv_values(stream=io.StringIO(text)).items()}

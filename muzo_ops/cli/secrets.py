@@ -178,6 +178,8 @@ def cmd_secrets_decrypt(args: argparse.Namespace, out: Output) -> int:
     result = encryption.decrypt_file(args.env_file, to_stdout=args.stdout, keep=args.keep,
                                      lock_timeout_s=args.lock_timeout, on_values=out.redactor.add)
     if args.stdout:
+        for warning in result.warnings:  # on stderr: standard output is the plain file and nothing else
+            out.err(f"warning: {warning}")
         out.value((result.text or "").rstrip("\n"))  # asked for: the plain file, unredacted, and nothing else
         return EXIT_OK
     lines = [f"Decrypted {len(result.names)} values in {args.env_file} (mode 0600)"

@@ -65,3 +65,13 @@ def read_text_or_none(path: str, *, max_bytes: int = MAX_FILE_BYTES) -> str | No
         if isinstance(exc.__cause__, FileNotFoundError):
             return None
         raise
+
+
+def loose_mode(path: str) -> int | None:
+    """The permission bits of ``path`` (a symlink is followed) when its group or others have any;
+    None when only its owner has access, or it cannot be looked at."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return None
+    return mode if mode & 0o077 else None

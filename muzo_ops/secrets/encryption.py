@@ -28,7 +28,7 @@ from muzo_ops.errors import UsageError
 from muzo_ops.files import backups
 from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
 from muzo_ops.secrets.commit import commit
-from muzo_ops.secrets.rotation import DEFAULT_KEEP, read_env_text
+from muzo_ops.secrets.rotation import DEFAULT_KEEP, keys_file_mode, keys_mode_warnings, read_env_text
 
 
 @dataclass
@@ -72,6 +72,7 @@ def encrypt_file(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float =
     """
     with locked(path, lock_timeout_s):
         text = read_env_text(path)
+        keys_mode = keys_file_mode(path)
         public_name, private_name = dotenvx.key_names(path, text)
         result = CryptResult("encrypt", path, public_key_name=public_name)
         found = dotenvx.file_public_key(text)
@@ -89,6 +90,7 @@ def encrypt_file(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float =
                 result.created_key = True
         transformed = dotenvx.encrypt_text(text, path, should_encrypt, public_hex)
         result.names = transformed.names
+        result.warnings += keys_mode_warnings(path, keys_mode)
         warning = dotenvx.keys_file_committable(path)
         if warning:
             result.warnings.append(warning)
@@ -107,12 +109,14 @@ def decrypt_file(path: str, *, to_stdout: bool = False, keep: int = DEFAULT_KEEP
     """
     with locked(path, lock_timeout_s):
         text = read_env_text(path)
+        keys_mode = keys_file_mode(path)
         private_name, keys = dotenvx.private_keys_for(path, text, environ)
         if not keys and any(dotenvx.is_encrypted(v) for _k, v in dotenvx.bindings(text)):
             raise UsageError(f"{path}: no private key: set {private_name} in the environment or put "
                              f"{dotenvx.KEYS_FILE} beside the file")
         transformed = dotenvx.decrypt_text(text, path, keys)
-        result = CryptResult("decrypt", path, names=transformed.names, public_key_name=transformed.public_key_name)
+        result = CryptResult("decrypt", path, names=transformed.names, public_key_name=transformed.public_key_name,
+                             warnings=keys_mode_warnings(path, keys_mode))
         if on_values is not None and not to_stdout:
             from muzo_ops.env.envfile import parse_text
 
@@ -137,6 +141,7 @@ def rekey_file(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float = D
     """
     with locked(path, lock_timeout_s):
         text = read_env_text(path)
+        keys_mode = keys_file_mode(path)
         public_name, private_name = dotenvx.key_names(path, text)
         _name, old_keys = dotenvx.private_keys_for(path, text, environ)
         if dotenvx.file_public_key(text) is None:
@@ -170,6 +175,7 @@ def rekey_file(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float = D
             result.warnings.append(f"{private_name} is set in the environment: replace it there with the new "
                                    f"key from {keys_file}, or the apps cannot decrypt the file")
         result.warnings.append(f"backups of {os.path.basename(path)} made before this rekey need the old key")
+        result.warnings += keys_mode_warnings(path, keys_mode)
         warning = dotenvx.keys_file_committable(path)
         if warning:
             result.warnings.append(warning)

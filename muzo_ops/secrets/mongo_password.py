@@ -48,7 +48,7 @@ from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
 from muzo_ops.mongo.url import with_credentials
 from muzo_ops.secrets import audit
 from muzo_ops.secrets.commit import commit, record, recover
-from muzo_ops.secrets.rotation import DEFAULT_KEEP
+from muzo_ops.secrets.rotation import DEFAULT_KEEP, keys_file_mode, keys_mode_warnings
 
 ADMIN_URI_VARIABLE = "MUZO_MONGO_ADMIN_URI"
 PASSWORD_BYTES = 32
@@ -243,6 +243,8 @@ def rotate(path: str, *, dry_run: bool = False, confirm: Callable[[str], bool] |
             on_values([v for v in (current.url, current.password) if v])
         target = idle_user(current.user) if swap_users else current.user
         result = MongoResult(path, user=target, dry_run=dry_run)
+        if dotenvx.file_public_key(current.text) is not None:
+            result.warnings += keys_mode_warnings(path, keys_file_mode(path))
         fingerprint = audit.Fingerprinter(path)
         result.old = fingerprint(current.password)
         _check_interrupted(path, current, environ, result, on_values, dry_run)

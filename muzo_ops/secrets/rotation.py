@@ -15,12 +15,16 @@ of an env file here:
 4. keeps the newest ``keep`` backups (5) and appends an audit record
    (fingerprints only).
 
-Invariants. rotate: the env file is the complete old file or the complete
-new one, and the newest backup is the file before the newest change.
-retire: the same, with only the ``…_PREVIOUS`` line emptied. rollback: the
-file becomes the chosen backup or stays as it was, and the file it replaced
-is kept as a backup first; a rollback that would install a MongoDB password
-the server no longer accepts, or a file no key at hand opens, is refused.
+Invariants. rotate: after any interruption (kill -9, SIGTERM, SIGINT after
+any step) the env file is either the old or the new one, whole, mode 0600,
+and a rerun completes the rotation (audited once: ``commit.recover``); the
+newest backup is the file before the newest change. retire: the same, with
+only the ``…_PREVIOUS`` line emptied. rollback: a rollback restores exactly
+the backup's contents, or leaves the file as it was (a rerun then restores
+them), and the file it replaced is kept as a backup first; a rollback that
+would install a MongoDB password the server no longer accepts, or a file no
+key at hand opens, is refused. tests/test_secrets_boundaries.py stops each
+command after every step (``muzo_ops.faults``) and checks these.
 
 An encrypted file (dotenvx header) stays encrypted: new and moved sensitive
 values are encrypted with the header's public key, so rotation needs no
@@ -104,6 +108,28 @@ def read_env_text(path: str) -> str:
     return text
 
 
+def keys_file_mode(path: str) -> int | None:
+    """The mode of the ``.env.keys`` beside ``path`` when its group or others may read it (else None)."""
+    return reading.loose_mode(dotenvx.keys_path(path))
+
+
+def keys_mode_warnings(path: str, mode: int | None) -> list[str]:
+    """One warning when ``.env.keys`` had the loose ``mode`` (``keys_file_mode`` taken before the
+    command read it): the private keys in it open the env file for whoever read them.
+
+    Warned, not refused: the keys were exposed before this command ran, refusing would not take
+    that back but would block a decrypt or rollback in an incident, and the apps read the file
+    whatever its mode. A command that rewrote the keys file left it 0600 (``files.atomic``)."""
+    if mode is None:
+        return []
+    keys_file = dotenvx.keys_path(path)
+    if keys_file_mode(path) is None:
+        return [f"{keys_file} was readable by its group or others (mode {mode:04o}) until this command "
+                "rewrote it 0600: a key read there still decrypts the backups made with it"]
+    return [f"{keys_file} is readable by its group or others (mode {mode:04o}) and holds the private key of "
+            f"{path}: run `chmod 600 {keys_file}` (and `muzo-ops secrets rekey` if anyone may have read it)"]
+
+
 def _plain(value: str | None, path: str, text: str, environ: Mapping[str, str] | None,
            name: str) -> str | None:
     """A value as the apps see it: decrypted when a key is at hand, None when it cannot be."""
@@ -156,6 +182,8 @@ def rotate(path: str, names: list[str] | None = None, *, dry_run: bool = False, 
         writer = dotenvx.LineWriter(text)
         fingerprint = audit.Fingerprinter(path)
         result = Result("rotate", path, dry_run=dry_run, encrypted=writer.encrypted)
+        if writer.encrypted:
+            result.warnings += keys_mode_warnings(path, keys_file_mode(path))
         lines: dict[str, str] = {}
         additions: list[str] = []
         changes_for_log: dict[str, tuple[str | None, str | None]] = {}
@@ -291,6 +319,7 @@ def rollback(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float = DEF
         keys_backup = _keys_backup_of(path, undone)
         fingerprint = audit.Fingerprinter(path)
         result = Result("rollback", path, encrypted=dotenvx.file_public_key(restored_text) is not None)
+        keys_mode = keys_file_mode(path)
         changes_for_log: dict[str, tuple[str | None, str | None]] = {}
         values: list[str] = []
         restored_env = dict(environ if environ is not None else os.environ)
@@ -329,6 +358,8 @@ def rollback(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float = DEF
             set_private_key(keys_path(path), keys_backup[0], ",".join(keys_backup[1]),
                             os.path.basename(path), owner_of=path)
         result.backup, result.pruned, result.audit_error = done.backup, done.pruned, done.audit_error
+        if result.encrypted or dotenvx.file_public_key(text) is not None:
+            result.warnings += keys_mode_warnings(path, keys_mode)
         return result
 
 
