@@ -77,3 +77,34 @@ def test_secrets_rotate_refuses_a_hard_linked_env_file_with_one_line(tmp_path: P
     assert env.read_bytes() == other.read_bytes() == before
     assert audit.read(str(env)) == []
     assert not [p for p in tmp_path.iterdir() if p.name.endswith((".bak", ".tmp", ".audit-pending"))]
+
+
+def test_rekey_refuses_a_hard_linked_keys_file_before_writing_anything(tmp_path: Path) -> None:
+    """The other name of .env.keys would keep only the old key, which no longer opens the env file."""
+    from muzo_ops.secrets import encryption
+
+    env = tmp_path / ".env.production"
+    env.write_text("".join(format_line(k, v) for k, v in FULL.items()), encoding="utf-8")
+    env.chmod(0o600)
+    encryption.encrypt_file(str(env), environ={})
+    keys = tmp_path / ".env.keys"
+    os.link(keys, tmp_path / "keys.copy")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if not p.name.endswith(".lock")}
+    with pytest.raises(EnvFileError, match=r"\.env\.keys: has 1 other hard link"):
+        encryption.rekey_file(str(env), environ={})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if not p.name.endswith(".lock")} == before
+
+
+def test_undoing_a_rekey_of_a_hard_linked_env_file_changes_neither_file(tmp_path: Path) -> None:
+    from muzo_ops.secrets import encryption, rotation
+
+    env = tmp_path / ".env.production"
+    env.write_text("".join(format_line(k, v) for k, v in FULL.items()), encoding="utf-8")
+    env.chmod(0o600)
+    encryption.encrypt_file(str(env), environ={})
+    encryption.rekey_file(str(env), environ={})
+    os.link(env, tmp_path / "web.env")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if not p.name.endswith(".lock")}
+    with pytest.raises(EnvFileError, match=r"\.env\.production: has 1 other hard link"):
+        rotation.rollback(str(env), environ={})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if not p.name.endswith(".lock")} == before

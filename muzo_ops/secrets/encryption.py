@@ -25,7 +25,7 @@ from typing import Any
 from muzo_ops import faults
 from muzo_ops.env import dotenvx, schema
 from muzo_ops.errors import UsageError
-from muzo_ops.files import backups
+from muzo_ops.files import backups, links
 from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
 from muzo_ops.secrets.commit import commit
 from muzo_ops.secrets.rotation import DEFAULT_KEEP, keys_file_mode, keys_mode_warnings, read_env_text
@@ -152,6 +152,8 @@ def rekey_file(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float = D
         pair = dotenvx.KeyPair.generate()
         transformed = dotenvx.reencrypt_text(text, path, old_keys, pair.public_hex)
         keys_file = dotenvx.keys_path(path)
+        for rewritten in (keys_file, path):  # before the keys backup: refused means nothing written
+            links.refuse_hard_links(rewritten)
         result = CryptResult("rekey", path, names=transformed.names, public_key_name=public_name,
                              keys_file=keys_file, created_key=True)
         # the old key stays in a numbered backup of the keys file (0600, locked) for rollback

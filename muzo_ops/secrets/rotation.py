@@ -43,7 +43,7 @@ from muzo_ops.constants import SESSION_LIFETIME_DAYS
 from muzo_ops.env import dotenvx, schema
 from muzo_ops.env.envfile import parse_text, with_lines
 from muzo_ops.errors import EnvFileError, MuzoOpsError, UsageError
-from muzo_ops.files import reading, temp
+from muzo_ops.files import links, reading, temp
 from muzo_ops.files.backups import numbered
 from muzo_ops.files.lock import DEFAULT_TIMEOUT_S, locked
 from muzo_ops.secrets import audit
@@ -317,6 +317,8 @@ def rollback(path: str, *, keep: int = DEFAULT_KEEP, lock_timeout_s: float = DEF
         undone = next((r for r in reversed(records)
                        if r.extra.get("backup") == os.path.basename(chosen) and r.command != "rollback"), None)
         keys_backup = _keys_backup_of(path, undone)
+        for rewritten in (path, *([dotenvx.keys_path(path)] if keys_backup is not None else [])):
+            links.refuse_hard_links(rewritten)  # before .env.keys changes: refused means nothing written
         fingerprint = audit.Fingerprinter(path)
         result = Result("rollback", path, encrypted=dotenvx.file_public_key(restored_text) is not None)
         keys_mode = keys_file_mode(path)
