@@ -81,8 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _traceback(out)
         out.err(f"error: {exc}")
         return exc.exit_code
-    except KeyboardInterrupt:
-        out.err("error: interrupted")
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM while a file lock is held (files.lock)
+        out.err(f"error: interrupted: {exc}" if str(exc) else "error: interrupted")
         return 130
     except BrokenPipeError:
         return EXIT_OK

@@ -46,7 +46,7 @@ class Terminated(KeyboardInterrupt):
 
 
 def _raise_terminated(_signum: int, _frame: object) -> None:
-    raise Terminated("terminated (SIGTERM)")
+    raise Terminated
 
 
 @contextmanager

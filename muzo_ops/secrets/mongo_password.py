@@ -272,25 +272,32 @@ def rotate(path: str, *, dry_run: bool = False, confirm: Callable[[str], bool] |
         new_text = with_lines(parse_text(current.text, path),
                               {NAME: dotenvx.LineWriter(current.text).line(NAME, new_url)})
         pending = pending_path(path)
-        atomic.write(pending, new_text, owner_of=path, lock_of=path)
-        result.pending = pending
-        if swap_users:
-            _set_idle_user(admin_uri, current, target, new_password, result)
-        else:
-            _update_user(admin_uri, current.auth_db, target, new_password, result, current.url)
-        faults.step(faults.PASSWORD_CHANGED)
-        result.new_works = authenticates(new_url)
-        if not result.new_works:
-            result.old_works = authenticates(current.url)
-            works = "the OLD password still works" if result.old_works else "NEITHER password works"
-            raise MongoRotationError(
-                f"the new password of {target} was set but does not authenticate; {works}. "
-                f"{path} is unchanged; the new URL is in {pending} (0600): once MongoDB answers, run "
-                f"`muzo-ops secrets confirm --env-file {path}`: it moves the pending file in if its password "
-                "works, else set a password with the admin tools")
-        faults.step(faults.PASSWORD_CHECKED)
-        return _finish(path, current, new_text, new_password, target, result, fingerprint, keep=keep, now=now,
-                       swap_users=swap_users)
+        try:
+            atomic.write(pending, new_text, owner_of=path, lock_of=path)
+            result.pending = pending
+            if swap_users:
+                _set_idle_user(admin_uri, current, target, new_password, result)
+            else:
+                _update_user(admin_uri, current.auth_db, target, new_password, result, current.url)
+            faults.step(faults.PASSWORD_CHANGED)
+            result.new_works = authenticates(new_url)
+            if not result.new_works:
+                result.old_works = authenticates(current.url)
+                works = "the OLD password still works" if result.old_works else "NEITHER password works"
+                raise MongoRotationError(
+                    f"the new password of {target} was set but does not authenticate; {works}. "
+                    f"{path} is unchanged; the new URL is in {pending} (0600): once MongoDB answers, run "
+                    f"`muzo-ops secrets confirm --env-file {path}`: it moves the pending file in if its password "
+                    "works, else set a password with the admin tools")
+            faults.step(faults.PASSWORD_CHECKED)
+            return _finish(path, current, new_text, new_password, target, result, fingerprint, keep=keep, now=now,
+                           swap_users=swap_users)
+        except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM (files.lock): say where the new password is
+            if not os.path.exists(pending):
+                raise
+            raise type(exc)(f"the new password of {target} may be set on the server and is kept in {pending} "
+                            f"(0600): run `muzo-ops secrets confirm --env-file {path}`, which keeps whichever "
+                            "password MongoDB accepts") from None
 
 
 def path_of(pending: str) -> str:
@@ -446,7 +453,7 @@ def resolve_pending(path: str, *, keep: int = DEFAULT_KEEP, environ: Mapping[str
     the env file's does, else stop (MongoRotationError, nothing changed). Call under the env file's lock.
 
     Invariant: a pending file is removed only once a password in the env
-    file is known to log in.
+    file is known to log in, or when the env file holds its URL already.
     """
     environ = os.environ if environ is None else environ
     pending = pending_path(path)
@@ -457,6 +464,12 @@ def resolve_pending(path: str, *, keep: int = DEFAULT_KEEP, environ: Mapping[str
     result = MongoResult(path, user=held.user)
     fingerprint = audit.Fingerprinter(path)
     result.old = fingerprint(current.password)
+    if held.url == current.url:  # stopped after the env file got the new URL: the rotation had finished
+        os.unlink(pending)
+        result.ok, result.new = True, result.old
+        result.message = (f"{path} already holds the URL in {pending} (the rotation had finished; it is audited): "
+                          f"removed {pending}; nothing else changed.")
+        return result
     if authenticates(held.url):
         new_text = with_lines(parse_text(current.text, path),
                               {NAME: dotenvx.LineWriter(current.text).line(NAME, held.url)})
