@@ -1,8 +1,9 @@
 """Handler execution: one claimed job's handler run within its timeout.
 
 Coroutine handlers run in the job's own task; plain functions run in a
-thread pool. A plain handler's thread cannot be killed: after its timeout
-it is abandoned, and ``MAX_ABANDONED_THREADS`` of them still running make
+thread pool. Both run while the job's lease holds (``lease``): a lost
+lease cancels the run. A plain handler's thread cannot be killed: after
+its timeout or a lost lease it is abandoned, and ``MAX_ABANDONED_THREADS`` of them still running make
 the worker drain and exit 1, so its service manager starts a fresh process.
 """
 
@@ -20,7 +21,8 @@ import bson
 
 from muzo_ops.queue.events import JobInfo, Observers
 from muzo_ops.queue.handlers import Handler
-from muzo_ops.queue.jobs import FatalJobError, JobTimeoutError, job_from_document
+from muzo_ops.queue.jobs import FatalJobError, JobTimeoutError, LeaseLostError, job_from_document
+from muzo_ops.queue.lease import Lease
 
 Doc = dict[str, Any]
 Outcome = tuple[bool, Any]  # (True, result) or (False, the error)
@@ -64,9 +66,10 @@ class Running:
 
     doc: Doc
     info: JobInfo
+    lease: Lease
     task: asyncio.Task[None] | None = None
     heartbeat: asyncio.Task[None] | None = None  # started by a timer once the job runs that long
-    lost: bool = False
+    lost: bool = False  # the last renewal matched nothing (the lease is given up on a second miss)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -82,8 +85,20 @@ class HandlerRunner:
         self.abandoned: set[concurrent.futures.Future[Outcome]] = set()
 
     async def call(self, entry: Running, handler: Handler, timeout: float) -> Outcome:
-        """Run ``handler`` on the entry's job within ``timeout``: (True, result) or (False, the error)."""
+        """Run ``handler`` on the entry's job within ``timeout`` and while its lease holds:
+        (True, result) or (False, the error: ``JobTimeoutError``, ``LeaseLostError``, the handler's)."""
         job = job_from_document(entry.doc)
+        thread: list[concurrent.futures.Future[Outcome]] = []
+        try:
+            async with entry.lease.guard():
+                return await self._call(entry, handler, job, timeout, thread)
+        except LeaseLostError as exc:
+            if thread and not thread[0].done():
+                self._abandon(entry, thread[0])
+            return False, exc
+
+    async def _call(self, entry: Running, handler: Handler, job: Any, timeout: float,
+                    thread: list[concurrent.futures.Future[Outcome]]) -> Outcome:
         deadline = time.monotonic() + timeout
         # asyncio.timeout, not wait_for: no extra task per job; the handler runs in
         # this job's task, whose cancelling() tells _guarded the worker's cancel apart.
@@ -94,6 +109,7 @@ class HandlerRunner:
             except TimeoutError:
                 return self._timed_out(entry, timeout, None)
         future = self.executor.submit(_call_plain, handler, job)
+        thread.append(future)
         try:
             async with asyncio.timeout(timeout):
                 ok, value = await asyncio.wrap_future(future)
@@ -113,13 +129,17 @@ class HandlerRunner:
         abandoned = future is not None and not future.done()
         self.events.job_timed_out(entry.info, timeout, abandoned)
         if abandoned and future is not None:
-            loop = asyncio.get_running_loop()
-            self.abandoned.add(future)
-            future.add_done_callback(lambda f: loop.call_soon_threadsafe(self.abandoned.discard, f))
-            self.events.thread_abandoned(entry.info, len(self.abandoned), MAX_ABANDONED_THREADS)
-            if len(self.abandoned) >= MAX_ABANDONED_THREADS:
-                self._on_too_many()
+            self._abandon(entry, future)
         return False, JobTimeoutError(entry.info.type, timeout, abandoned)
+
+    def _abandon(self, entry: Running, future: concurrent.futures.Future[Outcome]) -> None:
+        """A plain handler's thread still runs but its run is over (timeout, lease lost): counted until it ends."""
+        loop = asyncio.get_running_loop()
+        self.abandoned.add(future)
+        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self.abandoned.discard, f))
+        self.events.thread_abandoned(entry.info, len(self.abandoned), MAX_ABANDONED_THREADS)
+        if len(self.abandoned) >= MAX_ABANDONED_THREADS:
+            self._on_too_many()
 
     @staticmethod
     def check_storable(result: Any) -> None:
