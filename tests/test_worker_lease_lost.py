@@ -282,7 +282,7 @@ def test_an_async_handler_is_cancelled_and_counted(secantus: Secantus, db: tuple
     assert worker.stats["lost"] == 1
     assert LOST_LINE in log
     text = generate_latest(metrics.registry).decode()
-    assert 'muzo_worker_leases_lost_total{queue="mockup",reason="not_ours",type="MOCKUP"} 1.0' in text
+    assert 'muzo_worker_leases_lost_total{queue="mockup",type="MOCKUP"} 1.0' in text
     final = jobs.find_one({"_id": doc["_id"]})
     assert final["lockedBy"] == "thief" and final.get("result") is None
 
@@ -385,3 +385,28 @@ def test_a_heartbeat_miss_that_a_given_back_takeover_repairs_is_not_a_loss(secan
     assert code == 0 and worker.stats["done"] == 1, recorder.events[-5:]
     assert recorder.named("job_lock_lost") and not recorder.named("job_lease_lost")
     assert jobs.find_one({"_id": doc["_id"]})["status"] == "DONE"
+
+
+def test_a_plain_function_handler_keeps_its_lease_through_a_freeze(tmp_path: Path, own_server: Secantus) -> None:
+    """A thread cannot be stopped: giving its lease up would only run the job a second time beside it.
+    Its heartbeat goes on through a database frozen past the lock, and its result is written (fenced)."""
+    client, jobs, doc, url = _one_job(own_server, "plain", 8)
+    record = tmp_path / "record.txt"
+    worker = start_worker(tmp_path, url, "--lock-seconds", "2", "--poll-seconds", "0.2", name="plain",
+                          record=record)
+    assert own_server.proc is not None
+    try:
+        worker.wait_for(record.exists, 30, "the handler started")
+        os.kill(own_server.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(5)
+        finally:
+            os.kill(own_server.proc.pid, signal.SIGCONT)
+        wait_until(lambda: jobs.find_one({"_id": doc["_id"]})["status"] == "DONE", 40, "DONE")
+        time.sleep(3)
+    finally:
+        _stop(worker)
+    assert not _lost_lines(worker), worker.text()[-2000:]
+    assert [line.split()[1:3] for line in record.read_text().splitlines()] == [["start", "1"], ["end", "1"]]
+    assert jobs.find_one({"_id": doc["_id"]})["result"] == {"ok": True, "attempt": 1}
+    client.close()

@@ -38,7 +38,7 @@ class _Children:
     duration: Histogram
     wait: Histogram
     outcomes: dict[Outcome, Counter]
-    leases_lost: dict[LeaseLoss, Counter]
+    leases_lost: Counter
 
 
 class PrometheusObserver(Observer):
@@ -59,9 +59,9 @@ class PrometheusObserver(Observer):
                                  ["queue"], registry=r)
         self.concurrency = Gauge("muzo_worker_concurrency", "Jobs this worker runs at most at once.",
                                  registry=r)
-        self.leases_lost = Counter("muzo_worker_leases_lost", "Running jobs whose lease this worker lost "
-                                   "(not_ours: taken over or changed; expired: no renewal confirmed for a lock "
-                                   "period) and whose run it cancelled.", ["queue", "type", "reason"], registry=r)
+        self.leases_lost = Counter("muzo_worker_leases_lost", "Running jobs whose lease this worker lost (taken "
+                                   "over or changed, or no renewal confirmed for a lock period) and whose run it "
+                                   "cancelled; the reason is in the log line.", ["queue", "type"], registry=r)
         self.db_errors = Counter("muzo_worker_db_errors", "MongoDB calls that failed because the server "
                                  "was out of reach, by where they were made.", ["where"], registry=r)
         self.last_claim = Gauge("muzo_worker_last_claim_timestamp_seconds", "Unix time of the claim "
@@ -91,7 +91,7 @@ class PrometheusObserver(Observer):
             children = _Children(self.in_progress.labels(queue), self.duration.labels(queue, name),
                                  self.wait.labels(queue, name),
                                  {o: self.jobs.labels(queue, name, o.value) for o in Outcome},
-                                 {r: self.leases_lost.labels(queue, name, r.value) for r in LeaseLoss})
+                                 self.leases_lost.labels(queue, name))
             self._by_type[job_type] = children
         return children
 
@@ -114,7 +114,7 @@ class PrometheusObserver(Observer):
             children.duration.observe(max(0.0, duration_s))
 
     def job_lease_lost(self, job: JobInfo, reason: LeaseLoss, status: str | None, locked_by: str | None) -> None:
-        self._children(job.type).leases_lost[reason].inc()
+        self._children(job.type).leases_lost.inc()
 
     def exhausted_failed(self, jobs: Sequence[JobInfo], previous_workers: Sequence[str | None]) -> None:
         for job in jobs:  # a dead worker's last attempt: this worker failed it, without running it

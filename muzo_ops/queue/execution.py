@@ -1,10 +1,11 @@
 """Handler execution: one claimed job's handler run within its timeout.
 
 Coroutine handlers run in the job's own task; plain functions run in a
-thread pool. Both run while the job's lease holds (``lease``): a lost
-lease cancels the run. A plain handler's thread cannot be killed: after
-its timeout or a lost lease it is abandoned, and ``MAX_ABANDONED_THREADS`` of them still running make
-the worker drain and exit 1, so its service manager starts a fresh process.
+thread pool. A coroutine handler runs while the job's lease holds
+(``lease``): a lost lease cancels it. A plain handler's thread cannot be
+killed: after its timeout it is abandoned, and ``MAX_ABANDONED_THREADS``
+of them still running make the worker drain and exit 1, so its service
+manager starts a fresh process.
 """
 
 from __future__ import annotations
@@ -88,17 +89,14 @@ class HandlerRunner:
         """Run ``handler`` on the entry's job within ``timeout`` and while its lease holds:
         (True, result) or (False, the error: ``JobTimeoutError``, ``LeaseLostError``, the handler's)."""
         job = job_from_document(entry.doc)
-        thread: list[concurrent.futures.Future[Outcome]] = []
+        entry.lease.cancellable = inspect.iscoroutinefunction(handler)
         try:
             async with entry.lease.guard():
-                return await self._call(entry, handler, job, timeout, thread)
+                return await self._call(entry, handler, job, timeout)
         except LeaseLostError as exc:
-            if thread and not thread[0].done():
-                self._abandon(entry, thread[0])
             return False, exc
 
-    async def _call(self, entry: Running, handler: Handler, job: Any, timeout: float,
-                    thread: list[concurrent.futures.Future[Outcome]]) -> Outcome:
+    async def _call(self, entry: Running, handler: Handler, job: Any, timeout: float) -> Outcome:
         deadline = time.monotonic() + timeout
         # asyncio.timeout, not wait_for: no extra task per job; the handler runs in
         # this job's task, whose cancelling() tells _guarded the worker's cancel apart.
@@ -109,7 +107,6 @@ class HandlerRunner:
             except TimeoutError:
                 return self._timed_out(entry, timeout, None)
         future = self.executor.submit(_call_plain, handler, job)
-        thread.append(future)
         try:
             async with asyncio.timeout(timeout):
                 ok, value = await asyncio.wrap_future(future)
@@ -129,17 +126,13 @@ class HandlerRunner:
         abandoned = future is not None and not future.done()
         self.events.job_timed_out(entry.info, timeout, abandoned)
         if abandoned and future is not None:
-            self._abandon(entry, future)
+            loop = asyncio.get_running_loop()
+            self.abandoned.add(future)
+            future.add_done_callback(lambda f: loop.call_soon_threadsafe(self.abandoned.discard, f))
+            self.events.thread_abandoned(entry.info, len(self.abandoned), MAX_ABANDONED_THREADS)
+            if len(self.abandoned) >= MAX_ABANDONED_THREADS:
+                self._on_too_many()
         return False, JobTimeoutError(entry.info.type, timeout, abandoned)
-
-    def _abandon(self, entry: Running, future: concurrent.futures.Future[Outcome]) -> None:
-        """A plain handler's thread still runs but its run is over (timeout, lease lost): counted until it ends."""
-        loop = asyncio.get_running_loop()
-        self.abandoned.add(future)
-        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self.abandoned.discard, f))
-        self.events.thread_abandoned(entry.info, len(self.abandoned), MAX_ABANDONED_THREADS)
-        if len(self.abandoned) >= MAX_ABANDONED_THREADS:
-            self._on_too_many()
 
     @staticmethod
     def check_storable(result: Any) -> None:

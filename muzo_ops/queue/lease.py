@@ -23,8 +23,10 @@ The lease is lost, and the run is cancelled, when either
 
 Cancelling the run is the job timeout's path: an exec handler's session
 gets SIGTERM, then SIGKILL after its grace period; an HTTP request is
-closed; a coroutine handler is cancelled; a plain function's thread cannot
-be stopped and is abandoned (counted as after a timeout). The run then
+closed; a coroutine handler is cancelled. A plain function's thread cannot
+be stopped, so its lease is never given up (that would only run the job
+again beside it): its heartbeat goes on and its final write is fenced, as
+before. A cancelled run then
 ends as a failure with ``LeaseLostError``, whose writes are fenced: nothing
 is written unless the job is still this worker's (the lease had only run
 out by its clock), and then it is retried or failed by its policy.
@@ -63,6 +65,9 @@ class Lease:
 
     deadline: float  # time.monotonic(): the lease holds at least until then
     lost: LeaseLoss | None = None
+    # False for a plain function's thread, which cannot be stopped: its lease is never given up
+    # (that would only run the job again beside it); the heartbeat goes on, the final write is fenced.
+    cancellable: bool = True
     _task: asyncio.Task[Any] | None = field(default=None, repr=False)  # the run to cancel on a loss
     _cancelled: bool = False
 
@@ -140,12 +145,12 @@ class LeaseKeeper:
         lease = entry.lease
         while lease.lost is None:
             sent = time.monotonic()
-            if sent >= lease.deadline:
+            if sent >= lease.deadline and lease.cancellable:
                 self._lose(entry, LeaseLoss.EXPIRED, None)
                 return
             renewed: bool | None = None
             try:
-                async with asyncio.timeout(lease.deadline - sent):
+                async with asyncio.timeout(lease.deadline - sent if lease.cancellable else None):
                     renewed = await self._store().heartbeat(entry.doc, self.lock_s) is not None
                 self.db.ok()
                 self.db.round_trip(sent)
@@ -161,15 +166,21 @@ class LeaseKeeper:
                 entry.lost = False
                 lease.renewed(sent, self.lock_s)
             elif renewed is False:
-                if entry.lost:  # the second miss in a row: not a takeover given back
+                if entry.lost and lease.cancellable:  # the second miss in a row: not a takeover given back
                     await self._lose_not_ours(entry)
                     return
-                entry.lost = True
-                self.events.job_lock_lost(entry.info)
+                if not entry.lost:
+                    entry.lost = True
+                    self.events.job_lock_lost(entry.info)
                 # A takeover that waited for the server is given back at once: look again soon.
-                await asyncio.sleep(max(0.0, min(self.heartbeat_s, 1.0, lease.deadline - time.monotonic())))
+                await asyncio.sleep(self._pause(lease, min(self.heartbeat_s, 1.0)))
                 continue
-            await asyncio.sleep(max(0.0, min(self.heartbeat_s, lease.deadline - time.monotonic())))
+            await asyncio.sleep(self._pause(lease, self.heartbeat_s))
+
+    @staticmethod
+    def _pause(lease: Lease, seconds: float) -> float:
+        """``seconds``, cut short at the lease's deadline when it can be given up."""
+        return max(0.0, min(seconds, lease.deadline - time.monotonic())) if lease.cancellable else seconds
 
     async def _lose_not_ours(self, entry: Running) -> None:
         """Give the lease up, saying who holds the job now when the server tells quickly."""
