@@ -418,3 +418,61 @@ def test_a_plain_function_handler_keeps_its_lease_through_a_freeze(tmp_path: Pat
     assert [line.split()[1:3] for line in record.read_text().splitlines()] == [["start", "1"], ["end", "1"]]
     assert jobs.find_one({"_id": doc["_id"]})["result"] == {"ok": True, "attempt": 1}
     client.close()
+
+
+# ---------------------------------------------------------------- the run guard alone (no server)
+
+
+def _guarded_run(steps: Any) -> Any:
+    """Run ``steps(lease, task_started)`` and a guarded 30 s sleep side by side; what the guarded run raised."""
+    from muzo_ops.queue.lease import Lease
+
+    async def main() -> Any:
+        lease = Lease(deadline=time.monotonic() + 60)
+        started = asyncio.Event()
+
+        async def run() -> None:
+            async with lease.guard():
+                started.set()
+                await asyncio.sleep(30)
+
+        task = asyncio.create_task(run())
+        await asyncio.wait_for(started.wait(), 5)
+        steps(lease, task)
+        try:
+            await asyncio.wait_for(task, 5)
+        except BaseException as exc:
+            return type(exc), task.cancelling()
+        return None, task.cancelling()
+
+    return asyncio.run(main())
+
+
+def test_a_lost_lease_ends_the_guarded_run_with_lease_lost_error() -> None:
+    from muzo_ops.queue.jobs import LeaseLostError
+
+    assert _guarded_run(lambda lease, task: lease.lose(LeaseLoss.EXPIRED)) == (LeaseLostError, 0)
+
+
+def test_a_shutdown_cancel_on_top_of_a_lost_lease_goes_through() -> None:
+    def both(lease: Any, task: asyncio.Task[None]) -> None:
+        lease.lose(LeaseLoss.NOT_OURS)
+        task.cancel()
+
+    assert _guarded_run(both)[0] is asyncio.CancelledError
+
+
+def test_a_lease_lost_before_the_run_starts_it_not_and_lost_twice_reports_once() -> None:
+    from muzo_ops.queue.jobs import LeaseLostError
+    from muzo_ops.queue.lease import Lease
+
+    lease = Lease(deadline=0.0)
+    assert lease.lose(LeaseLoss.EXPIRED) and not lease.lose(LeaseLoss.NOT_OURS)
+    assert lease.lost is LeaseLoss.EXPIRED
+
+    async def run() -> None:
+        async with lease.guard():
+            raise AssertionError("ran although the lease was lost")
+
+    with pytest.raises(LeaseLostError, match="no renewal of the job's lock was confirmed"):
+        asyncio.run(run())
