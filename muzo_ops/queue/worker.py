@@ -1,7 +1,8 @@
 """The queue worker: runs ``Job`` documents through their handlers.
 
 One asyncio loop per process: a claim loop that keeps up to
-``concurrency`` jobs running, a heartbeat per job, a change-stream watcher
+``concurrency`` jobs running, a heartbeat per job (``lease``: a lost lease
+cancels the job's run), a change-stream watcher
 that wakes the claim loop when a job is inserted or put back (polling
 otherwise; while the claim loop is busy, the watcher reads the stream only
 once per poll interval: the claim loop claims again by itself), a slow
