@@ -18,7 +18,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-from muzo_ops.queue.events import JobInfo, Observer, Outcome, WorkerInfo
+from muzo_ops.queue.events import JobInfo, LeaseLoss, Observer, Outcome, WorkerInfo
 from muzo_ops.queue.jobs import JobType
 
 # Jobs here last from milliseconds (fulfillment calls) to long image generations.
@@ -38,6 +38,7 @@ class _Children:
     duration: Histogram
     wait: Histogram
     outcomes: dict[Outcome, Counter]
+    leases_lost: Counter
 
 
 class PrometheusObserver(Observer):
@@ -58,6 +59,9 @@ class PrometheusObserver(Observer):
                                  ["queue"], registry=r)
         self.concurrency = Gauge("muzo_worker_concurrency", "Jobs this worker runs at most at once.",
                                  registry=r)
+        self.leases_lost = Counter("muzo_worker_leases_lost", "Running jobs whose lease this worker lost (taken "
+                                   "over or changed, or no renewal confirmed for a lock period) and whose run it "
+                                   "cancelled; the reason is in the log line.", ["queue", "type"], registry=r)
         self.db_errors = Counter("muzo_worker_db_errors", "MongoDB calls that failed because the server "
                                  "was out of reach, by where they were made.", ["where"], registry=r)
         self.last_claim = Gauge("muzo_worker_last_claim_timestamp_seconds", "Unix time of the claim "
@@ -86,7 +90,8 @@ class PrometheusObserver(Observer):
             queue, name = job_type.queue, job_type.value
             children = _Children(self.in_progress.labels(queue), self.duration.labels(queue, name),
                                  self.wait.labels(queue, name),
-                                 {o: self.jobs.labels(queue, name, o.value) for o in Outcome})
+                                 {o: self.jobs.labels(queue, name, o.value) for o in Outcome},
+                                 self.leases_lost.labels(queue, name))
             self._by_type[job_type] = children
         return children
 
@@ -107,6 +112,9 @@ class PrometheusObserver(Observer):
             self._running.discard(key)
             children.in_progress.dec()
             children.duration.observe(max(0.0, duration_s))
+
+    def job_lease_lost(self, job: JobInfo, reason: LeaseLoss, status: str | None, locked_by: str | None) -> None:
+        self._children(job.type).leases_lost.inc()
 
     def exhausted_failed(self, jobs: Sequence[JobInfo], previous_workers: Sequence[str | None]) -> None:
         for job in jobs:  # a dead worker's last attempt: this worker failed it, without running it

@@ -29,6 +29,13 @@ class Outcome(enum.StrEnum):
     TIMED_OUT = "timed_out"  # passed its type's timeout (then retried or failed)
 
 
+class LeaseLoss(enum.StrEnum):
+    """Why a worker gave up a running job's lease (and cancelled the run)."""
+
+    NOT_OURS = "not_ours"  # a renewal reached the server and matched nothing, twice: taken over or changed
+    EXPIRED = "expired"  # no renewal confirmed for a lock period: the lease may have run out on the server
+
+
 @dataclass(frozen=True)
 class JobInfo:
     """The job an event is about: never its payload."""
@@ -138,6 +145,10 @@ class Observer:
 
     def job_lock_lost(self, job: JobInfo) -> None:
         """A heartbeat found the lock taken over (the final write is fenced; LOST unless it comes back)."""
+
+    def job_lease_lost(self, job: JobInfo, reason: LeaseLoss, status: str | None, locked_by: str | None) -> None:
+        """The worker lost the job's lease (or can no longer prove it holds it) and cancels the run;
+        ``status``/``locked_by``: the job as the server last showed it (None: not read)."""
 
     def task_crashed(self, task: str, error: BaseException) -> None:
         """A long-lived task (claim, watch, sweep, watchdog) raised: the worker stops with exit 1."""
@@ -254,6 +265,9 @@ class Observers(Observer):
 
     def job_lock_lost(self, job: JobInfo) -> None:
         self._each("job_lock_lost", job)
+
+    def job_lease_lost(self, job: JobInfo, reason: LeaseLoss, status: str | None, locked_by: str | None) -> None:
+        self._each("job_lease_lost", job, reason, status, locked_by)
 
     def task_crashed(self, task: str, error: BaseException) -> None:
         self._each("task_crashed", task, error)

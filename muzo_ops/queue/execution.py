@@ -1,9 +1,11 @@
 """Handler execution: one claimed job's handler run within its timeout.
 
 Coroutine handlers run in the job's own task; plain functions run in a
-thread pool. A plain handler's thread cannot be killed: after its timeout
-it is abandoned, and ``MAX_ABANDONED_THREADS`` of them still running make
-the worker drain and exit 1, so its service manager starts a fresh process.
+thread pool. A coroutine handler runs while the job's lease holds
+(``lease``): a lost lease cancels it. A plain handler's thread cannot be
+killed: after its timeout it is abandoned, and ``MAX_ABANDONED_THREADS``
+of them still running make the worker drain and exit 1, so its service
+manager starts a fresh process.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import bson
 
 from muzo_ops.queue.events import JobInfo, Observers
 from muzo_ops.queue.handlers import Handler
-from muzo_ops.queue.jobs import FatalJobError, JobTimeoutError, job_from_document
+from muzo_ops.queue.jobs import FatalJobError, JobTimeoutError, LeaseLostError, job_from_document
+from muzo_ops.queue.lease import Lease
 
 Doc = dict[str, Any]
 Outcome = tuple[bool, Any]  # (True, result) or (False, the error)
@@ -64,9 +67,10 @@ class Running:
 
     doc: Doc
     info: JobInfo
+    lease: Lease
     task: asyncio.Task[None] | None = None
     heartbeat: asyncio.Task[None] | None = None  # started by a timer once the job runs that long
-    lost: bool = False
+    lost: bool = False  # the last renewal matched nothing (the lease is given up on a second miss)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -82,8 +86,17 @@ class HandlerRunner:
         self.abandoned: set[concurrent.futures.Future[Outcome]] = set()
 
     async def call(self, entry: Running, handler: Handler, timeout: float) -> Outcome:
-        """Run ``handler`` on the entry's job within ``timeout``: (True, result) or (False, the error)."""
+        """Run ``handler`` on the entry's job within ``timeout`` and while its lease holds:
+        (True, result) or (False, the error: ``JobTimeoutError``, ``LeaseLostError``, the handler's)."""
         job = job_from_document(entry.doc)
+        entry.lease.cancellable = inspect.iscoroutinefunction(handler)
+        try:
+            async with entry.lease.guard():
+                return await self._call(entry, handler, job, timeout)
+        except LeaseLostError as exc:
+            return False, exc
+
+    async def _call(self, entry: Running, handler: Handler, job: Any, timeout: float) -> Outcome:
         deadline = time.monotonic() + timeout
         # asyncio.timeout, not wait_for: no extra task per job; the handler runs in
         # this job's task, whose cancelling() tells _guarded the worker's cancel apart.

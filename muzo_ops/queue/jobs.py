@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any, ClassVar, TypeGuard
 
 from muzo_ops.constants import DEFAULT_MAX_ATTEMPTS
 from muzo_ops.errors import UsageError
@@ -87,6 +87,25 @@ class JobTimeoutError(Exception):
         where = "; its thread was abandoned" if abandoned_thread else ""
         super().__init__(f"{job_type.value} job timed out after {timeout_s:g} s "
                          f"(JOB_TIMEOUT_{job_type.value}_SECONDS){where}")
+
+
+class LeaseLostError(Exception):
+    """The worker cancelled the run: its lease on the job was lost, or could no longer be proved.
+
+    Its writes are fenced: nothing is written unless the job is still this
+    worker's, and then it is retried or failed like any error (``lease``).
+    """
+
+    REASONS: ClassVar[dict[str, str]] = {
+        "not_ours": "the job's lock was no longer this worker's at renewal (taken over by another worker, or "
+                    "changed by an operator)",
+        "expired": "no renewal of the job's lock was confirmed for a lock period (MongoDB out of reach or "
+                   "frozen, or this worker paused)",
+    }
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"{self.REASONS.get(reason, reason)}; its run was cancelled")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from muzo_ops.constants import QUEUE_INIT_LOGGER_NAME
 from muzo_ops.logs import Logger
-from muzo_ops.queue.events import JobInfo, Observer, Outcome, WorkerInfo
+from muzo_ops.queue.events import JobInfo, LeaseLoss, Observer, Outcome, WorkerInfo
 from muzo_ops.queue.jobs import JobType
 
 
@@ -107,6 +107,12 @@ class LogObserver(Observer):
     def job_lock_lost(self, job: JobInfo) -> None:
         self.jobs[job.type].warn("Job lock lost to another worker; its result is written only if the lock "
                                  "comes back (fenced)", jobId=job.id)
+
+    def job_lease_lost(self, job: JobInfo, reason: LeaseLoss, status: str | None, locked_by: str | None) -> None:
+        # The one line to grep for: the run is cancelled (an exec command's session gets SIGTERM, then
+        # SIGKILL after the grace period) and its outcome written only where the job is still this worker's.
+        self.jobs[job.type].warn("Job lease lost; cancelling its run", jobId=job.id, type=job.type.value,
+                                 attempt=job.attempt, reason=reason.value, status=status, lockedBy=locked_by)
 
     def task_crashed(self, task: str, error: BaseException) -> None:
         self.log.fatal("Worker task crashed; stopping with exit code 1 for a restart", task=task, err=error)

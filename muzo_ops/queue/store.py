@@ -252,6 +252,10 @@ class JobStore:
                                                                    "updatedAt": "$$NOW"}}])
         return utcnow() + dt.timedelta(seconds=lock_s) if result.matched_count else None
 
+    async def holder(self, doc: Doc) -> Doc | None:
+        """The job's ``status`` and ``lockedBy`` as the server has them now (None: the job is gone)."""
+        return await self.jobs.find_one({"_id": doc["_id"]}, projection={"_id": 0, "status": 1, "lockedBy": 1})
+
     async def give_back(self, claimed: Doc, before: Doc, lock_s: float) -> bool:
         """Undo a takeover: the job back to its previous owner with a fresh lease; False when
         ``claimed``'s lock no longer holds.

@@ -1,7 +1,8 @@
 """The queue worker: runs ``Job`` documents through their handlers.
 
 One asyncio loop per process: a claim loop that keeps up to
-``concurrency`` jobs running, a heartbeat per job, a change-stream watcher
+``concurrency`` jobs running, a heartbeat per job (``lease``: a lost lease
+cancels the job's run), a change-stream watcher
 that wakes the claim loop when a job is inserted or put back (polling
 otherwise; while the claim loop is busy, the watcher reads the stream only
 once per poll interval: the claim loop claims again by itself), a slow
@@ -54,6 +55,7 @@ from muzo_ops.queue.jobs import (
     job_key,
     max_attempts_of,
 )
+from muzo_ops.queue.lease import LeaseKeeper
 from muzo_ops.queue.logobserver import LogObserver
 from muzo_ops.queue.payloads import validate
 from muzo_ops.queue.retry import backoff_delay
@@ -96,6 +98,7 @@ class Worker:
         self._rotation = 0  # which queue is tried first: rotates for fairness
         self._next_takeover = 0.0  # monotonic time of the next expired-first claim
         self.db = DatabaseLink(settings.lock_s, settings.error_backoff_cap_s, self.events, self.stop)
+        self.leases = LeaseKeeper(lambda: self._store, self.db, self.events, settings.lock_s, settings.heartbeat_s)
         self._client: AsyncMongoClient[Doc] | None = None
         self._store_: JobStore | None = None
 
@@ -272,7 +275,7 @@ class Worker:
                 await self._idle_wait()
                 continue
             before, after = claimed
-            entry = Running(after, self._job_info(after))
+            entry = Running(after, self._job_info(after), self.leases.new_lease(sent))
             key = entry.info.identity
             self.running[key] = entry
             entry.task = asyncio.create_task(self._run_job(before, entry), name=f"job-{entry.info.id}")
@@ -447,44 +450,17 @@ class Worker:
             self.events.too_many_abandoned_threads(len(self.runner.abandoned))
             self.request_stop()
 
-    # A job's heartbeat starts as a timer, not a task: most jobs end before the first beat.
+    # A job's heartbeat (``LeaseKeeper.keep``) starts as a timer, not a task: most jobs end before
+    # the first beat.
 
     def _start_heartbeat(self, entry: Running) -> None:
-        entry.heartbeat = asyncio.create_task(self._heartbeat(entry), name=f"heartbeat-{entry.info.id}")
+        entry.heartbeat = asyncio.create_task(self.leases.keep(entry), name=f"heartbeat-{entry.info.id}")
 
     @staticmethod
     def _stop_heartbeat(entry: Running, timer: asyncio.TimerHandle) -> None:
         timer.cancel()
         if entry.heartbeat is not None:
             entry.heartbeat.cancel()
-
-    async def _heartbeat(self, entry: Running) -> None:
-        """Renew the lock now, then every ``heartbeat_s``, until cancelled.
-
-        A renewal that matches nothing marks the lock lost; the beats go on,
-        since a takeover that waited for the server is given back (``lost``
-        clears). Whatever the flag says, the final write is fenced.
-        """
-        while True:
-            sent = time.monotonic()
-            try:
-                until = await self._store.heartbeat(entry.doc, self.settings.lock_s)
-                self.db.ok()
-                self.db.round_trip(sent)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if is_outage(exc):
-                    self.db.problem(exc, "heartbeat")
-                else:
-                    self.events.heartbeat_error(entry.info, exc)
-            else:
-                if until is None and not entry.lost:
-                    entry.lost = True
-                    self.events.job_lock_lost(entry.info)
-                elif until is not None:
-                    entry.lost = False
-            await asyncio.sleep(self.settings.heartbeat_s)
 
     async def _write_fenced(self, what: str, call: Callable[[], Awaitable[bool]]) -> bool | None:
         """A final write (fenced), tried once more a moment later when its fence matched nothing:
