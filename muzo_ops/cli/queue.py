@@ -183,7 +183,9 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
                    help="log lines: pino JSON, or one readable line (default: pretty on a terminal, "
                    "JSON otherwise and under systemd)")
     p.add_argument("--lock-seconds", type=positive,
-                   help="lock duration, renewed by heartbeats (default: WORKER_LOCK_SECONDS, else 300)")
+                   help="lock duration, renewed by heartbeats (default: WORKER_LOCK_SECONDS, else 300); a job "
+                   "whose lease is lost (taken over, or no renewal confirmed within it) has its exec, HTTP or "
+                   "async run cancelled")
     p.add_argument("--poll-seconds", type=positive,
                    help="poll interval without change streams (default: WORKER_POLL_SECONDS, else 1)")
     p.add_argument("--drain-timeout", type=positive, help="seconds to let running jobs finish on stop "
