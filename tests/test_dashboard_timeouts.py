@@ -357,3 +357,49 @@ def test_unknown_job_id_is_still_404_after_a_freeze(tmp_path: Path, secantus: Se
         wait_back(dash)
         with httpx.Client(headers=dash.auth, timeout=60) as client:
             assert client.get(f"{dash.base}/jobs/{ObjectId()}").status_code == 404
+
+
+def test_mounted_app_first_request_with_the_database_frozen(secantus: Secantus) -> None:
+    """A mounted app (its lifespan never runs) checks its indexes from its first request: with the database
+    frozen that check must not hold the request (nor the event loop) past the bound. The collection's client
+    here has no socket timeout at all: only the dashboard's own deadline bounds the wait."""
+    import io
+
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from starlette.testclient import TestClient
+
+    from muzo_ops.dashboard import create_app
+    from muzo_ops.logs import Logger
+
+    assert secantus.proc is not None
+    with fresh_jobs(secantus) as (jobs, _commands, url):
+        failed = prisma_job("MOCKUP", status="FAILED")
+        jobs.insert_one(failed)
+        inner = create_app(env_values(url), jobs=jobs, change_streams=False, poll_s=60.0, timeout_s=1.0,
+                           logger=Logger("muzo-dashboard", stream=io.StringIO()))
+        client = TestClient(Starlette(routes=[Mount("/ops", app=inner)]), base_url="http://127.0.0.1",
+                            headers={"Authorization": basic()})  # no `with`: no lifespan, as when mounted
+        os.kill(secantus.proc.pid, signal.SIGSTOP)
+        thaw = threading.Timer(30.0, os.kill, (secantus.proc.pid, signal.SIGCONT))  # never hang the session
+        thaw.start()
+        try:
+            started = time.monotonic()
+            page = client.get(f"/ops/jobs/{failed['_id']}")
+            took = time.monotonic() - started
+            health = client.get("/ops/healthz")
+        finally:
+            thaw.cancel()
+            os.kill(secantus.proc.pid, signal.SIGCONT)
+        print(f"mounted, first request, frozen (bound 1 s): {page.status_code} in {took:.2f} s")
+        assert page.status_code == 503 and took < 3.0, (page.status_code, took)
+        assert health.text == "ok\n"
+        deadline = time.monotonic() + 30
+        while client.get(f"/ops/jobs/{failed['_id']}").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        # the check MongoDB did not answer is tried again from a later request (10 s on) once it is back
+        while "type_1_status_1__id_1" not in jobs.index_information():
+            assert time.monotonic() < deadline + 30, "the indexes were never checked again"
+            client.get(f"/ops/jobs/{failed['_id']}")
+            time.sleep(1.0)

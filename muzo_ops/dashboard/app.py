@@ -18,7 +18,7 @@ import datetime as dt
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode
@@ -49,6 +49,7 @@ DEFAULT_CACHE_S = 3.0
 DEFAULT_CAP = 10_000  # shown as "10,000+" above it
 LOGGER_NAME = "muzo-dashboard"
 MAX_FORM_BYTES = 4096
+INDEX_RETRY_S = 10.0  # after MongoDB did not answer the index check, a request tries it again this much later
 
 
 @dataclass
@@ -67,30 +68,45 @@ class Dashboard:
 
     _ready: bool = False
     _pinged: tuple[float, bool] = (-1.0, False)  # when /readyz last asked MongoDB, and whether it answered
+    _indexes: str = "unchecked"  # unchecked, checking, done, failed (MongoDB did not answer)
+    _indexes_failed_at: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ready(self, background: bool = False) -> None:
-        """Indexes checked and the live feed running: at start-up (lifespan), else from the first request
-        (a mounted app's lifespan is not run), in the ``background`` so that request does not wait for it."""
-        if self._ready:
-            return
-        self._ready = True
-        self.feed.start()
+        """The live feed running and the indexes checked: at start-up (lifespan), else from the first request
+        (a mounted app's lifespan is not run), in the ``background`` so that request does not wait for it.
+        A check MongoDB did not answer is tried again from a request ``INDEX_RETRY_S`` later."""
+        with self._lock:
+            if not self._ready:
+                self._ready = True
+                self.feed.start()
+            due = self._indexes == "unchecked" or (
+                self._indexes == "failed" and time.monotonic() - self._indexes_failed_at >= INDEX_RETRY_S)
+            if not due:
+                return
+            self._indexes = "checking"
         if background:
             threading.Thread(target=self._check_indexes, name="dashboard-indexes", daemon=True).start()
         else:
             self._check_indexes()
 
     def _check_indexes(self) -> None:
+        outage = False
         try:
             created = self.deadline.call(ensure_operator_indexes, self.jobs)
             if created:
                 self.logger.info("dashboard created indexes", indexes=created)
         except Exception as exc:
             if not is_pymongo_error(exc):
+                self._indexes = "done"
                 raise
-            from muzo_ops.mongo.errors import error_line
+            from muzo_ops.mongo.errors import error_line, is_outage
 
-            self.logger.warn("dashboard could not check its indexes", reason=error_line(exc))
+            outage = is_outage(exc)  # else (no right to create them, say) asking again would not help
+            self.logger.warn("dashboard could not check its indexes", reason=error_line(exc),
+                             again=f"in {INDEX_RETRY_S:g} s" if outage else "no")
+        self._indexes_failed_at = time.monotonic()
+        self._indexes = "failed" if outage else "done"
 
     def page(self, request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         user = request.scope.get("state", {}).get("user", "")
@@ -134,7 +150,7 @@ def _age(seconds: float) -> str:
 
 def _dash(request: Request) -> Dashboard:
     dash: Dashboard = request.app.state.dashboard
-    if not dash._ready:
+    if dash._indexes in ("unchecked", "failed"):
         dash.ready(background=True)
     # the live feed's version before anything is read: a change while the page is drawn is sent at once
     request.scope.setdefault("state", {})["feed_version"] = dash.feed.version
