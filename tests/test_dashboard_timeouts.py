@@ -253,8 +253,16 @@ def test_database_frozen_longer_than_every_timeout(tmp_path: Path, secantus: Sec
                 first = burst(dash, prepared, 0)
                 time.sleep(max(0.0, 12.0 - max(a.seconds for a in first)))  # past the stall and socket timeouts
                 later = burst(dash, prepared, 1)
+                started = time.monotonic()
+                opened = EventStream(dash.port)  # a new event stream, frozen: its hello comes at once
+                while b"event: hello" not in opened.seen and time.monotonic() - started < 3 * dash.timeout_s:
+                    time.sleep(0.05)
+                hello_s = time.monotonic() - started
+                opened.close()
             finally:
                 os.kill(secantus.proc.pid, signal.SIGCONT)
+            print(f"frozen: a new /events stream said hello after {hello_s:.2f} s")
+            assert b"event: hello" in opened.seen
             show("frozen, at once:", first)
             show("frozen, 12 s in:", later)
             assert_within_bound(dash, [*first, *later])
