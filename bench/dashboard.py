@@ -7,7 +7,7 @@ FAILED, PENDING due and scheduled, RUNNING, three types); then, each the
 median of --runs, timed through the real app (Starlette's TestClient, the
 counts cache off so every overview asks MongoDB):
 
-- ``GET /`` (the overview: 22 commands, counts capped at 10,000),
+- ``GET /`` (the overview: 28 commands, counts capped at 10,000),
 - ``GET /jobs`` and ``GET /jobs?status=FAILED&type=MOCKUP`` (one ``find`` each),
 - the naive count: one ``$group`` by (type, status) over the whole
   collection (what ``jobs status`` and the dashboards the issue names do).
@@ -95,6 +95,12 @@ def median_ms(run: Callable[[], Any], runs: int) -> float:
     return statistics.median(times)
 
 
+def ok(response: Any) -> None:
+    """Only pages are timed: an error page (a 503 past the bound) stops the bench."""
+    if response.status_code != 200:
+        raise SystemExit(f"error: {response.request.url.path} answered {response.status_code}")
+
+
 def measure(uri: str, size: int, runs: int) -> dict[str, tuple[float, int]]:
     """(median ms, commands) per measured thing at ``size`` jobs."""
     from starlette.testclient import TestClient
@@ -115,7 +121,9 @@ def measure(uri: str, size: int, runs: int) -> dict[str, tuple[float, int]]:
     for start in range(0, size, 5000):
         jobs.insert_many(docs[start:start + 5000], ordered=False)
     values = {"DATABASE_URL": uri, "DASHBOARD_PASSWORD": PASSWORD}
-    app = create_app(values, jobs=jobs, change_streams=False, poll_s=3600, cache_s=0.0,
+    # the answer bound (5 s) is lifted: this measures what a page costs, and a scanning server at 50k jobs
+    # may take longer than the bound (a page would then be a 503, timed as if it were the page)
+    app = create_app(values, jobs=jobs, change_streams=False, poll_s=3600, cache_s=0.0, timeout_s=600.0,
                      logger=Logger("bench", "warn"))
     results: dict[str, tuple[float, int]] = {}
     import base64
@@ -128,7 +136,7 @@ def measure(uri: str, size: int, runs: int) -> dict[str, tuple[float, int]]:
             commands.count = 0
             http.get(path)
             sent = commands.count
-            results[label] = (median_ms(lambda p=path: http.get(p), runs), sent)  # type: ignore[misc]
+            results[label] = (median_ms(lambda p=path: ok(http.get(p)), runs), sent)  # type: ignore[misc]
     list(jobs.aggregate(status_pipeline()))
     commands.count = 0
     list(jobs.aggregate(status_pipeline()))

@@ -211,3 +211,43 @@ def test_enqueue_and_see_the_count_change_without_reload(page: Any, site: Site) 
     expect(page.locator(cell)).to_have_text(str(before + 1), timeout=20_000)
     assert page.evaluate("window.__sameDocument") is True
     shot(page, site, "count-changed")
+
+
+def test_an_action_while_the_database_is_frozen_says_reload(browser: Any, site: Site, secantus: Secantus) -> None:
+    """SIGSTOP the database and press Retry: within the bound (5 s; 3x allowed) the browser shows one line
+    saying the outcome is unknown and to reload; after SIGCONT the reloaded page shows the job, retried or
+    not (never half: one command)."""
+    import signal
+    import time
+
+    job = site.failed[2]
+    context = browser.new_context(http_credentials={"username": "ops", "password": DASHBOARD_PASSWORD})
+    tab = context.new_page()
+    tab.route("**/events*", lambda route: route.abort())  # no live redraw: the page stays as drawn
+    tab.goto(f"{site.base}/jobs/{job['_id']}")
+    assert tab.locator("#status").inner_text() == "FAILED"
+    assert secantus.proc is not None
+    os.kill(secantus.proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        tab.get_by_role("button", name="Retry").click()
+        expect(tab.locator("p.message")).to_contain_text("is unknown", timeout=15_000)
+        took = time.monotonic() - started
+    finally:
+        os.kill(secantus.proc.pid, signal.SIGCONT)
+    message = tab.locator("p.message").inner_text()
+    print(f"frozen: the action's page after {took:.2f} s: {message}")
+    assert took < 15.0 and "reload the job" in message
+    shot(tab, site, "frozen-action")
+    site.pages.append(tab.content())
+    deadline = time.monotonic() + 30
+    while True:
+        shown = tab.goto(f"{site.base}/jobs/{job['_id']}")
+        if shown is not None and shown.status == 200:
+            break
+        assert time.monotonic() < deadline, "the job page did not come back after SIGCONT"
+        time.sleep(0.5)
+    doc = site.jobs.find_one({"_id": job["_id"]})
+    assert doc is not None and tab.locator("#status").inner_text() in ("FAILED", "PENDING", "RUNNING", "DONE")
+    assert (doc["status"] == "FAILED") == (doc["attempts"] == 3)  # retried (attempts reset) or untouched
+    context.close()

@@ -138,7 +138,9 @@ def test_overview_counts_capped_and_cached(secantus: Secantus) -> None:
                prisma_job("MOCKUP", status="RUNNING", lockedBy="worker-a", updatedAt=t,
                           lockedUntil=t - dt.timedelta(seconds=5)),
                prisma_job("MOCKUP", status="RUNNING", lockedBy="worker-b", updatedAt=t,
-                          lockedUntil=t + dt.timedelta(minutes=5))])
+                          lockedUntil=t + dt.timedelta(minutes=5)),
+               # no lock date: not past its lock (a null sorts below every date; the count must not take it)
+               prisma_job("GENERATION", status="RUNNING", lockedBy="worker-c", updatedAt=t, lockedUntil=None)])
         with make(jobs, url, io.StringIO(), cap=5, cache_s=60) as client:
             data = client.get("/api/overview").json()
             assert data["counts"]["MOCKUP"] == {"PENDING_DUE": 0, "PENDING_SCHEDULED": 0, "RUNNING": 2,
@@ -149,7 +151,7 @@ def test_overview_counts_capped_and_cached(secantus: Secantus) -> None:
             assert 100 <= data["oldestDueSeconds"] < 400
             assert data["finishedLastHour"] == {"MOCKUP": 5} and data["failedLastHour"] == {}
             assert data["runningPastLock"] == 1
-            assert sorted(w["id"] for w in data["workers"]) == ["worker-a", "worker-b"]
+            assert sorted(w["id"] for w in data["workers"]) == ["worker-a", "worker-b", "worker-c"]
             page = client.get("/").text
             assert re.search(r'data-count="DONE"><a [^>]*>5\+</a>', page)  # at the cap: "5+"
             assert "worker-a" in page and "Retry all failed" in page
@@ -193,7 +195,9 @@ def test_page_costs_a_fixed_number_of_commands(secantus: Secantus) -> None:
             costs["next page"] = commands.take()
             seen.append(costs)
     assert seen[0] == seen[1]
-    assert len(seen[0]["/"]) == 28  # 3 types x (6 capped counts + 2 finds: dated and undated due) + 4 for the last hour, dead locks, workers
+    # 3 types x (6 capped counts + 2 finds: dated and undated due) + 3: the last hour (2), the workers with
+    # their jobs past the lock (1)
+    assert len(seen[0]["/"]) == 27
     assert all(names == ["find"] for path, names in seen[0].items() if path not in ("/", "/api/overview"))
     # every read is bounded: each aggregate (counts too) stops at a $limit before it groups; each find has a limit
     for body in bodies:
@@ -566,3 +570,19 @@ def test_secrets_with_markup_characters_stay_hidden(secantus: Secantus) -> None:
         for text in [*texts, log.getvalue()]:
             assert_no_secret(text, sorted(forms))
         assert "w-***" in texts[0]
+
+
+def test_running_past_lock_counts_every_worker_not_only_those_shown(secantus: Secantus, monkeypatch: Any) -> None:
+    """The overview shows the MAX_WORKERS_SHOWN newest workers, but counts jobs past their lock among all."""
+    from muzo_ops.queue import opsstore
+
+    monkeypatch.setattr(opsstore, "MAX_WORKERS_SHOWN", 1)
+    with fresh_jobs(secantus) as (jobs, _commands, url):
+        t = now()
+        jobs.insert_many([prisma_job("MOCKUP", status="RUNNING", lockedBy=f"worker-{i}",
+                                     updatedAt=t - dt.timedelta(seconds=i), lockedUntil=t - dt.timedelta(seconds=30))
+                          for i in range(3)])
+        with make(jobs, url, io.StringIO()) as client:
+            data = client.get("/api/overview").json()
+        assert [w["id"] for w in data["workers"]] == ["worker-0"]  # the newest heartbeat
+        assert data["runningPastLock"] == 3

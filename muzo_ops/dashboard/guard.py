@@ -2,7 +2,9 @@
 
 An ASGI middleware around the whole app: every response carries the
 security headers; ``/healthz`` answers without credentials (and says
-nothing but ``ok``); every other path needs ``DASHBOARD_USER`` and
+nothing but ``ok``: the process answers; it never asks MongoDB), and so
+does ``/readyz`` (the app's route: ``ready`` or ``not ready``, whether
+MongoDB answers); every other path needs ``DASHBOARD_USER`` and
 ``DASHBOARD_PASSWORD``. With no password the dashboard runs on 127.0.0.1
 only (``server.check_bind``) and answers only requests whose ``Host`` is
 127.0.0.1 or localhost, so a web page cannot reach it through a DNS name
@@ -22,6 +24,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HEALTH_PATH = "/healthz"
+READY_PATH = "/readyz"  # the app's own route (it asks MongoDB); like /healthz, it needs no credentials
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
@@ -98,6 +101,9 @@ class Guard:
         if _route_path(scope) == HEALTH_PATH:
             await _plain(send_secured, 200, b"ok\n")
             return
+        if _route_path(scope) == READY_PATH:
+            await self.app(scope, receive, send_secured)
+            return
         if self.credentials.password is None and _host(scope) not in LOCAL_HOSTS:
             await _plain(send_secured, 421, b"this dashboard answers on 127.0.0.1 only\n")
             return
@@ -119,4 +125,4 @@ async def _plain(send: Send, status: int, body: bytes, headers: list[tuple[bytes
     await send({"type": "http.response.body", "body": body})
 
 
-__all__ = ["CSP", "HEALTH_PATH", "Credentials", "Guard"]
+__all__ = ["CSP", "HEALTH_PATH", "READY_PATH", "Credentials", "Guard"]

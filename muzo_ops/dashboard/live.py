@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from muzo_ops.logs import Logger
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from pymongo.collection import Collection
 
 DEFAULT_POLL_S = 3.0
+DEFAULT_STALL_S = 4.0  # a stream's open, each wait for a change and its close end within this (plus MAX_AWAIT_MS)
+MAX_AWAIT_MS = 500
 KEEPALIVE_S = 15.0
 CHECK_S = 0.2  # how often a client's stream looks at the counter
 
@@ -35,8 +37,9 @@ class ChangeFeed:
     """``version`` moves on every change of the collection (or every ``poll_s`` when polling)."""
 
     def __init__(self, jobs: Collection[dict[str, Any]], logger: Logger, poll_s: float = DEFAULT_POLL_S,
-                 change_streams: bool = True) -> None:
+                 change_streams: bool = True, stall_s: float = DEFAULT_STALL_S) -> None:
         self.jobs = jobs
+        self.stall_s = stall_s
         self.logger = logger
         self.poll_s = poll_s
         self.change_streams = change_streams
@@ -66,7 +69,7 @@ class ChangeFeed:
         failures = 0
         while self.change_streams and not self._stop.is_set():
             try:
-                for change in watch_jobs(self.jobs, max_await_ms=500):
+                for change in self._bounded(watch_jobs(self.jobs, max_await_ms=MAX_AWAIT_MS, stall_s=self.stall_s)):
                     if self.mode != MODE_CHANGE_STREAM:
                         self.mode = MODE_CHANGE_STREAM
                         self.logger.info("dashboard live updates from a change stream")
@@ -96,6 +99,25 @@ class ChangeFeed:
         self.mode = MODE_POLLING
         while not self._stop.wait(self.poll_s):
             self.version += 1
+
+    def _bounded(self, stream: Iterator[Any]) -> Iterator[Any]:
+        """``stream``'s items, each step (the open, a wait, the close) under one pymongo deadline: a frozen
+        server fails the stream within ``stall_s`` instead of holding the feed on the client's own timeouts."""
+        import pymongo
+
+        limit = self.stall_s + MAX_AWAIT_MS / 1000
+        try:
+            while True:
+                with pymongo.timeout(limit):
+                    item = next(stream, None)
+                if item is None:
+                    return
+                yield item
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                with pymongo.timeout(limit):
+                    close()
 
     def _wait_polling(self, seconds: float) -> bool:
         """Wait ``seconds`` before trying the stream again (True: stopped meanwhile); while polling,

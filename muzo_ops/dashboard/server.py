@@ -61,11 +61,16 @@ def _server_class() -> type[uvicorn.Server]:
 
 
 def serve(values: Mapping[str, str], host: str = LOCAL_ONLY, port: int = 8090, allow_actions: bool = False,
-          redactor: Redactor | None = None, on_ready: Callable[[str], None] | None = None) -> int:
-    """Serve the dashboard of env ``values`` until SIGTERM/SIGINT; 0. UsageError for a refused bind."""
+          redactor: Redactor | None = None, on_ready: Callable[[str], None] | None = None,
+          timeout_s: float | None = None) -> int:
+    """Serve the dashboard of env ``values`` until SIGTERM/SIGINT; 0. UsageError for a refused bind.
+
+    ``timeout_s``: every request answers within it whatever MongoDB does (default 5 s).
+    """
     import uvicorn
 
     from muzo_ops.dashboard.app import LOGGER_NAME, create_app
+    from muzo_ops.dashboard.deadline import DEFAULT_TIMEOUT_S
 
     check_bind(host, values)
     redactor = redactor or Redactor()
@@ -76,13 +81,14 @@ def serve(values: Mapping[str, str], host: str = LOCAL_ONLY, port: int = 8090, a
         uv = logging.getLogger(name)
         uv.handlers = [handler]
         uv.propagate = False
-    app = create_app(values, allow_actions=allow_actions, redactor=redactor, logger=logger)
+    timeout_s = timeout_s or DEFAULT_TIMEOUT_S
+    app = create_app(values, allow_actions=allow_actions, redactor=redactor, logger=logger, timeout_s=timeout_s)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, server_header=False,
                             lifespan="on", timeout_graceful_shutdown=3)
     server = _server_class()(config)
     if on_ready is not None:
         auth = "basic auth" if values.get("DASHBOARD_PASSWORD") else "no password: 127.0.0.1 only"
         on_ready(f"serving the job dashboard on http://{host}:{port}/ ({auth}; "
-                 f"{'actions on' if allow_actions else 'read-only'})")
+                 f"{'actions on' if allow_actions else 'read-only'}; every answer within {timeout_s:g} s)")
     server.run()
     return 0 if server.started else 1

@@ -159,9 +159,9 @@ class AdminStore:
 #   (type, status, availableAt) index, five per type, plus one ``find`` of the
 #   oldest due job per type (18 commands for three types: what the metrics
 #   exporter serves, the same code). Cached ``cache_s`` seconds.
-# - activity (finished and failed in the last hour, RUNNING jobs past their
-#   lock, the workers seen): four commands, each capped, on (status, updatedAt)
-#   and (status, lockedUntil).
+# - activity (finished and failed in the last hour; the workers seen, with
+#   their RUNNING jobs past the lock): three commands, each capped, on
+#   (status, updatedAt) and (status, lockedUntil).
 # - a list page: one ``find`` of 51 documents on (type, status, _id) newest
 #   first, continued by an ``_id`` cursor (never ``skip``).
 # - a job: one ``find`` by ``_id``.
@@ -342,16 +342,21 @@ class QueueCounts:
                             {"$limit": self.cap},
                             {"$group": {"_id": "$type", "n": {"$sum": 1}}}]):
                         into[str(row["_id"])] = int(row["n"])
-                act.running_past_lock = int(self.jobs.count_documents(running_past_lock_query(now), limit=self.cap))
-                rows = self.jobs.aggregate([
+                # one command: the workers, and how many of their jobs are past the lock (a date before now, as
+                # running_past_lock_query matches: a null lockedUntil sorts below every date, so the type is asked)
+                rows = list(self.jobs.aggregate([
                     {"$match": {"status": JobStatus.RUNNING.value}},
                     {"$limit": self.cap},
                     {"$group": {"_id": "$lockedBy", "running": {"$sum": 1}, "lastHeartbeat": {"$max": "$updatedAt"},
-                                "lockedUntil": {"$max": "$lockedUntil"}}},
-                    {"$sort": {"lastHeartbeat": DESCENDING}},
-                    {"$limit": MAX_WORKERS_SHOWN}])
+                                "lockedUntil": {"$max": "$lockedUntil"},
+                                "pastLock": {"$sum": {"$cond": [{"$and": [
+                                    {"$eq": [{"$type": "$lockedUntil"}, "date"]},
+                                    {"$lt": ["$lockedUntil", {"$literal": now}]}]}, 1, 0]}}}},
+                    {"$sort": {"lastHeartbeat": DESCENDING}}]))
+                act.running_past_lock = sum(int(row.get("pastLock") or 0) for row in rows)
                 act.workers = [Worker(str(row["_id"]) if row["_id"] is not None else "(none)", int(row["running"]),
-                                      _aware(row.get("lastHeartbeat")), _aware(row.get("lockedUntil"))) for row in rows]
+                                      _aware(row.get("lastHeartbeat")), _aware(row.get("lockedUntil")))
+                               for row in rows[:MAX_WORKERS_SHOWN]]
         except Exception as exc:
             if not is_pymongo_error(exc):
                 raise
