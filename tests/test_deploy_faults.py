@@ -9,6 +9,10 @@ says what it runs now (the release its instances started with, never the
 planned one; ``healthy: null`` when it could not be asked). Then the fault is
 removed and the deploy rerun; invariant: after the rerun every host runs
 exactly what was asked, gated healthy.
+
+Also: the first deploy onto a host of the old layout (before ``muzo-host``)
+removes that layout's files only once the new release passed its gate, and
+says in ``old_layout`` what a rollback can do.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from muzo_ops.deploy.hoststate import HostState
 from tests.nspawn import NspawnHost, booted_hosts, build_rootfs, nspawn_unavailable
 from tests.servers import Secantus
 from tests.test_deploy import _prepare, as_json, deploy_args, muzo_deploy
@@ -204,3 +209,71 @@ def test_an_exception_in_an_operation_still_prints_the_json_and_the_rerun_conver
         assert now.running_env() == env_sha(hosts[0], env, work, False)
     rerun_converges(hosts, work, inv, env)
 
+
+
+# A host of the old layout (before muzo-host): units without the start record, no store, and the old
+# layout's files: a previous-release link, .prev and .next copies.
+OLD_LAYOUT = """set -e
+cur=$(readlink /opt/muzo/current | sed 's,.*/,,')
+sed -i '/muzo-host record-start/d' /etc/systemd/system/muzo-*.service
+mv /opt/muzo/bin/muzo-host /root/state-reader
+rm -rf /etc/muzo/state/env /etc/muzo/state/units /etc/muzo/state/previous /etc/muzo/state/lease /run/muzo/started \
+  /opt/muzo/bin
+ln -sfn "releases/$cur" /opt/muzo/previous
+cp /etc/muzo/worker.env /etc/muzo/state/worker.env.prev
+cp /etc/muzo/worker.env /etc/muzo/state/worker.env.next
+cp /etc/systemd/system/muzo-worker@.service /etc/muzo/state/muzo-worker@.service.prev
+systemctl daemon-reload
+systemctl restart $(systemctl list-units 'muzo-*' --plain --no-legend | cut -d' ' -f1)
+"""
+LEFTOVERS = ["/opt/muzo/previous", "/etc/muzo/state/worker.env.prev", "/etc/muzo/state/worker.env.next",
+             "/etc/muzo/state/muzo-worker@.service.prev"]
+
+
+def leftovers_on(host: NspawnHost) -> list[str]:
+    listing = host.ssh(" ".join(f"[ -e {p} ] && echo {p};" for p in LEFTOVERS) + " true").stdout
+    return listing.split()
+
+
+def test_first_deploy_onto_the_old_layout_removes_its_files_only_after_the_gate(
+        hosts: list[NspawnHost], work: Path, secantus: Secantus) -> None:
+    host = hosts[1]
+    assert host_state(host).instances["muzo-dashboard.service"].gated
+    host.ssh(OLD_LAYOUT)
+    old = HostState.parse(host.ssh("bash /root/state-reader state").stdout.splitlines())
+    assert sorted(leftovers_on(host)) == sorted(LEFTOVERS) and not old.stored_env
+    assert all(i.active == "active" and not i.release for i in old.instances.values()), old.instances
+    env = env_file(work, secantus, "old-layout")
+    # A release that cannot start: the gate fails, nothing ran gated before, so nothing is rolled back.
+    bad = inventory(work, hosts, False, name="inv-old-bad", muzo_health_timeout=5,
+                    muzo_handlers={"GENERATION": "muzo_no_such_module:run"})
+    proc = muzo_deploy(*deploy_args(work, bad, env, "--limit", host.name))
+    data = as_json(proc)
+    entry = data["hosts"][host.name]
+    assert proc.returncode == 1 and entry["status"] == "failed" and not entry["rolled_back"], entry
+    layout = entry["old_layout"]
+    assert layout["cleaned"] is False and sorted(layout["leftovers"]) == sorted(LEFTOVERS), layout
+    assert layout["ran_before"] == old.current and "never passed a health gate" in layout["rollback"], layout
+    assert sorted(leftovers_on(host)) == sorted(LEFTOVERS)  # kept: the gate did not pass
+    after = host_state(host)
+    assert old.env in after.stored_env and old.current in after.releases  # what it ran is still there
+    # The good deploy: paused in its gate, the old files are still there; once it passed, they are gone.
+    inv = inventory(work, hosts, False)
+    proc2 = start(deploy_args(work, inv, env, "--limit", host.name))
+    pause(host, "gate")
+    wait_paused(host, proc2)
+    try:
+        assert sorted(leftovers_on(host)) == sorted(LEFTOVERS)
+    finally:
+        unpause(host)
+    out, err = proc2.communicate(timeout=300)
+    data = as_json(subprocess.CompletedProcess([], proc2.returncode, out, err))
+    entry = data["hosts"][host.name]
+    assert proc2.returncode == 0 and entry["status"] == "deployed", err[-3000:]
+    layout = entry["old_layout"]
+    assert layout["cleaned"] is True and "--rollback has nothing to go back to" in layout["rollback"], layout
+    assert leftovers_on(host) == [] and not host_state(host).legacy
+    assert any(op.startswith("old-layout-removed ") for op in entry["operations"]), entry
+    assert_runs(host, entry, env_sha(host, env, work, False))
+    again = muzo_deploy(*deploy_args(work, inv, env, "--limit", host.name))
+    assert again.returncode == 0 and as_json(again)["hosts"][host.name]["old_layout"] is None

@@ -121,6 +121,9 @@ def test_the_last_three_releases_are_kept() -> None:
     assert releases_to_delete("r5", state) == ["r2", "r4", "r0"]
     assert releases_to_delete("r4", HostState(current="r3", previous="r2", releases=["r4", "r3", "r2"])) == []
     assert releases_to_delete("r2", HostState(current="r3", releases=["r3", "r2", "r1", "r0"])) == ["r0"]
+    # The releases the old layout's kept files name (its previous link, what it ran) stay while they do.
+    old = HostState(current="r3", releases=["r3", "r2", "r1", "r0"], legacy_releases=["r0", "r1"])
+    assert releases_to_delete("r2", old) == []
 
 
 def test_host_script_passes_shellcheck() -> None:

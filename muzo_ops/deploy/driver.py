@@ -62,11 +62,12 @@ class HostResult:
     status: str = "not-reached"
     detail: str = ""
     desired_release: str = ""
+    old_layout: dict[str, Any] | None = None  # a first deploy onto a host of the old layout: see old_layout()
 
     def to_json(self) -> dict[str, Any]:
         return {"status": self.status, "healthy": self.healthy, "reason": self.detail, "release": self.release,
                 "env": self.env[:12], "desired_release": self.desired_release, "rolled_back": self.rolled_back,
-                "changed": self.changed, "operations": self.operations}
+                "changed": self.changed, "operations": self.operations, "old_layout": self.old_layout}
 
 
 @dataclass
@@ -427,6 +428,7 @@ def _read_switch(res: HostResult, metas: tuple[Any, Any] | None, failed: bool) -
     outcome = (values.get("result") or [""])[-1]
     unhealthy = "; ".join(values.get("unhealthy", []))
     start_reason = (values.get("start_reason") or [""])[-1]
+    res.old_layout = old_layout(values, outcome)
     if outcome == "healthy":
         res.status = "deployed"
         return True
@@ -445,6 +447,26 @@ def _read_switch(res: HostResult, metas: tuple[Any, Any] | None, failed: bool) -
     }.get(outcome, outcome)
     del failed
     return False
+
+
+def old_layout(values: Mapping[str, list[str]], outcome: str) -> dict[str, Any] | None:
+    """What ``muzo-host switch`` said of a host still holding the old layout's files (``legacy=`` lines):
+    they go only once the new release passed its gate; what ran before never passed one, so nothing is
+    rolled back to it automatically and ``--rollback`` has nothing to go back to after this deploy."""
+    leftovers = values.get("legacy", [])
+    if not leftovers:
+        return None
+    ran = (values.get("legacy_release") or [""])[-1] or "(none)"
+    env = (values.get("legacy_env") or [""])[-1][:12] or "(none)"
+    cleaned = outcome == "healthy"
+    if cleaned:
+        rollback = (f"none: what ran before (release {ran}) never passed a health gate; --rollback has "
+                    "nothing to go back to until the next deploy that switches something")
+    else:
+        rollback = (f"none was made: what ran before (release {ran}, env {env}) never passed a health gate; "
+                    f"the old layout's files are kept, and that release and env file (in {ops.STATE}/env/) "
+                    "are still on the host to go back to by hand")
+    return {"leftovers": leftovers, "cleaned": cleaned, "ran_before": ran, "rollback": rollback}
 
 
 def _give_back(target: Target, names: Sequence[str], token: str) -> None:
