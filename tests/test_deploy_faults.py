@@ -10,18 +10,23 @@ planned one; ``healthy: null`` when it could not be asked). Then the fault is
 removed and the deploy rerun; invariant: after the rerun every host runs
 exactly what was asked, gated healthy.
 
-Also: the first deploy onto a host of the old layout (before ``muzo-host``)
+Also: the health gate takes an HTTP answer only from the unit's own process
+(another program answering on the exporter's port passed it, and the run said
+``deployed`` then ``healthy: false``); the first deploy onto a host of the old layout (before ``muzo-host``)
 removes that layout's files only once the new release passed its gate, and
 says in ``old_layout`` what a rollback can do.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +39,7 @@ from tests.nspawn import NspawnHost, booted_hosts, build_rootfs, nspawn_unavaila
 from tests.servers import Secantus
 from tests.test_deploy import _prepare, as_json, deploy_args, muzo_deploy
 from tests.test_deploy_converge import (
+    PORTS,
     _extra_wheel,
     assert_runs,
     env_file,
@@ -277,3 +283,43 @@ def test_first_deploy_onto_the_old_layout_removes_its_files_only_after_the_gate(
     assert_runs(host, entry, env_sha(host, env, work, False))
     again = muzo_deploy(*deploy_args(work, inv, env, "--limit", host.name))
     assert again.returncode == 0 and as_json(again)["hosts"][host.name]["old_layout"] is None
+
+
+@contextlib.contextmanager
+def another_process_answering(port: int) -> Iterator[None]:
+    """An HTTP server of this machine (not of the host's unit) answering 200 to every GET on ``port``
+    (the test hosts share this machine's network, as another program on a real host would)."""
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Ok)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_gate_takes_an_http_answer_only_from_the_units_own_process(
+        hosts: list[NspawnHost], work: Path, secantus: Secantus) -> None:
+    """The exporter cannot bind its port (another process holds it and answers 200): while it starts
+    (Type=simple, so already "active") the other process's 200 must not pass its gate."""
+    inv = inventory(work, hosts, False, name="inv-foreign", muzo_health_timeout=6)
+    env = env_file(work, secantus, "foreign")
+    hosts[0].ssh("systemctl stop muzo-jobs-metrics.service")
+    with another_process_answering(PORTS[0]):
+        proc = muzo_deploy(*deploy_args(work, inv, env, "--serial", "2"))
+        data = as_json(proc)
+        entry = data["hosts"][hosts[0].name]
+        assert proc.returncode == 1 and entry["status"] != "deployed", entry
+        assert "muzo-jobs-metrics.service" in entry["reason"], entry
+    rerun_converges(hosts, work, inventory(work, hosts, False), env)
