@@ -212,3 +212,13 @@ def test_waivers_accept_a_checked_code_on_record(tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no-such-code" in proc.stderr, proc.stderr
     proc = run_cli("deploy", "--inventory", str(tmp_path / "inv.py"), "--env-file", str(env), "--dry")
     assert proc.returncode == 2 and "DATABASE_URL" in proc.stderr, proc.stderr
+
+
+def test_a_host_read_unhealthy_after_its_deploy_fails_the_run() -> None:
+    from muzo_ops.deploy.result import DeployResult, HostResult
+
+    # The switch said healthy, the reading after it did not (a unit crashed after its gate): exit 1.
+    assert not DeployResult({"w1": HostResult(status="deployed", healthy=False)}).ok
+    assert not DeployResult({"w1": HostResult(status="unchanged", healthy=False)}).ok
+    assert DeployResult({"w1": HostResult(status="deployed", healthy=True),
+                         "w2": HostResult(status="dry", healthy=False)}).ok  # --dry only says what runs

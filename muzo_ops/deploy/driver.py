@@ -23,7 +23,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,48 +41,12 @@ from muzo_ops.deploy import ops
 from muzo_ops.deploy.hoststate import Desired, HostState, lease_is_stale, lease_owner
 from muzo_ops.deploy.plan import HostPlan, plan_host, read_env_file, validate_host_data
 from muzo_ops.deploy.release import DeployError, Release, build_release
+from muzo_ops.deploy.result import OK_STATUSES as OK_STATUSES  # re-exported: the CLI and bench read them here
+from muzo_ops.deploy.result import DeployResult as DeployResult
+from muzo_ops.deploy.result import HostResult as HostResult
 from muzo_ops.deploy.stopping import stop_signals, stopped_by
 
 Progress = Callable[[str], None]
-OK_STATUSES = ("deployed", "unchanged", "dry", "rolled-back-on-demand")
-
-
-@dataclass
-class HostResult:
-    """One host's outcome. ``status``: deployed, unchanged, rolled-back, unhealthy, failed, refused,
-    unreachable, not-reached, dry, rolled-back-on-demand. ``release``/``env``/``healthy`` say what it
-    runs now (``healthy`` None: not known, the host could not be asked)."""
-
-    changed: int = 0
-    operations: list[str] = field(default_factory=list)
-    release: str = ""
-    env: str = ""
-    healthy: bool | None = None
-    rolled_back: bool = False
-    status: str = "not-reached"
-    detail: str = ""
-    desired_release: str = ""
-    old_layout: dict[str, Any] | None = None  # a first deploy onto a host of the old layout: see old_layout()
-
-    def to_json(self) -> dict[str, Any]:
-        return {"status": self.status, "healthy": self.healthy, "reason": self.detail, "release": self.release,
-                "env": self.env[:12], "desired_release": self.desired_release, "rolled_back": self.rolled_back,
-                "changed": self.changed, "operations": self.operations, "old_layout": self.old_layout}
-
-
-@dataclass
-class DeployResult:
-    hosts: dict[str, HostResult] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return all(r.status in OK_STATUSES for r in self.hosts.values())
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "hosts": {n: r.to_json() for n, r in self.hosts.items()}}
-
-
 @dataclass
 class Target:
     """The inventory file and which of its hosts to work on."""
