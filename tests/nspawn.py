@@ -236,6 +236,15 @@ class NspawnHost:
             raise RuntimeError(f"ssh {self.name} {command!r} exited {result.returncode}: {result.stderr.strip()}")
         return result
 
+    def inside(self, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run ``command`` as root in the host without SSH (nsenter into its init): for when sshd is down."""
+        assert self.proc is not None
+        init = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True,
+                              text=True).stdout.split()
+        assert init, f"no init process under systemd-nspawn {self.proc.pid}"
+        return subprocess.run(["nsenter", "-t", init[0], "-m", "-u", "-i", "-n", "-p", "--", "/bin/sh", "-c",
+                               command], capture_output=True, text=True, timeout=timeout, check=True)
+
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM to systemd-nspawn (an orderly shutdown of the container), SIGKILL after ``timeout``."""
         proc = self.proc

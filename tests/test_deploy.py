@@ -212,7 +212,7 @@ def test_redeploy_with_nothing_changed_restarts_nothing(hosts: list[NspawnHost],
         entry = data["hosts"][host.name]
         assert entry | {"release": "", "env": "", "desired_release": ""} == {
             "changed": 0, "release": "", "env": "", "desired_release": "", "healthy": True, "rolled_back": False,
-            "status": "unchanged", "reason": "", "operations": []}
+            "status": "unchanged", "reason": "", "operations": [], "old_layout": None}
         assert entry["release"] == entry["desired_release"]
         assert main_pid(host) == pid
 

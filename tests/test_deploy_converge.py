@@ -102,7 +102,8 @@ def host_state(host: NspawnHost) -> HostState:
 def assert_runs(host: NspawnHost, entry: dict[str, Any], env_sha: str | None = None) -> HostState:
     """The host runs ``entry``'s desired release (and ``env_sha``), every instance active and gated."""
     state = host_state(host)
-    assert entry["healthy"] is True and entry["release"] == entry["desired_release"], json.dumps(entry)
+    assert entry["healthy"] is True and entry["release"] == entry["desired_release"], \
+        json.dumps(entry) + unit_story(host)
     workers = {n: i for n, i in state.instances.items() if n.startswith("muzo-worker@")}
     assert sorted(workers) == ["muzo-worker@generation.service", "muzo-worker@mockup.service"]
     for inst in state.instances.values():
@@ -112,6 +113,13 @@ def assert_runs(host: NspawnHost, entry: dict[str, Any], env_sha: str | None = N
         assert inst.unit == state.unit_files[inst.name if "@" not in inst.name else "muzo-worker@.service"]
     assert state.current == entry["desired_release"] and not state.lease.token
     return state
+
+
+def unit_story(host: NspawnHost) -> str:
+    """What systemd says of the muzo units now and what they logged last (for a failing assertion)."""
+    units = host.ssh("systemctl list-units 'muzo-*' --all --plain --no-legend; "
+                     "journalctl -u 'muzo-*' --no-pager -n 40 -o short-precise", check=False)
+    return f"\n--- {host.name} now ---\n{units.stdout[-6000:]}"
 
 
 def start(args: list[str]) -> subprocess.Popen[str]:

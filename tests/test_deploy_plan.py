@@ -121,6 +121,9 @@ def test_the_last_three_releases_are_kept() -> None:
     assert releases_to_delete("r5", state) == ["r2", "r4", "r0"]
     assert releases_to_delete("r4", HostState(current="r3", previous="r2", releases=["r4", "r3", "r2"])) == []
     assert releases_to_delete("r2", HostState(current="r3", releases=["r3", "r2", "r1", "r0"])) == ["r0"]
+    # The releases the old layout's kept files name (its previous link, what it ran) stay while they do.
+    old = HostState(current="r3", releases=["r3", "r2", "r1", "r0"], legacy_releases=["r0", "r1"])
+    assert releases_to_delete("r2", old) == []
 
 
 def test_host_script_passes_shellcheck() -> None:
@@ -209,3 +212,13 @@ def test_waivers_accept_a_checked_code_on_record(tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no-such-code" in proc.stderr, proc.stderr
     proc = run_cli("deploy", "--inventory", str(tmp_path / "inv.py"), "--env-file", str(env), "--dry")
     assert proc.returncode == 2 and "DATABASE_URL" in proc.stderr, proc.stderr
+
+
+def test_a_host_read_unhealthy_after_its_deploy_fails_the_run() -> None:
+    from muzo_ops.deploy.result import DeployResult, HostResult
+
+    # The switch said healthy, the reading after it did not (a unit crashed after its gate): exit 1.
+    assert not DeployResult({"w1": HostResult(status="deployed", healthy=False)}).ok
+    assert not DeployResult({"w1": HostResult(status="unchanged", healthy=False)}).ok
+    assert DeployResult({"w1": HostResult(status="deployed", healthy=True),
+                         "w2": HostResult(status="dry", healthy=False)}).ok  # --dry only says what runs

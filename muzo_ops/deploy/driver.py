@@ -9,9 +9,11 @@
    and rolls back to what ran healthy at its start; the lease is given back.
    The rollout stops after a batch with a host that is not healthy.
 
-Invariant: whatever stops a run (a crash, SSH lost, a kill), the result has
-one entry per host saying what it runs now; a rerun restarts exactly what
-runs something else than asked and gates it.
+Invariant: whatever stops a run (a crash, SSH lost, the host's sshd gone,
+SIGTERM or SIGINT), the result has one entry per host saying what it runs now
+(the release its instances started with; nothing, with ``healthy`` None, for a
+host that could not be asked); a rerun restarts exactly what runs something
+else than asked and gates it. Only SIGKILL ends it without a result.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,46 +41,12 @@ from muzo_ops.deploy import ops
 from muzo_ops.deploy.hoststate import Desired, HostState, lease_is_stale, lease_owner
 from muzo_ops.deploy.plan import HostPlan, plan_host, read_env_file, validate_host_data
 from muzo_ops.deploy.release import DeployError, Release, build_release
+from muzo_ops.deploy.result import OK_STATUSES as OK_STATUSES  # re-exported: the CLI and bench read them here
+from muzo_ops.deploy.result import DeployResult as DeployResult
+from muzo_ops.deploy.result import HostResult as HostResult
+from muzo_ops.deploy.stopping import stop_signals, stopped_by
 
 Progress = Callable[[str], None]
-OK_STATUSES = ("deployed", "unchanged", "dry", "rolled-back-on-demand")
-
-
-@dataclass
-class HostResult:
-    """One host's outcome. ``status``: deployed, unchanged, rolled-back, unhealthy, failed, refused,
-    unreachable, not-reached, dry, rolled-back-on-demand. ``release``/``env``/``healthy`` say what it
-    runs now (``healthy`` None: not known, the host could not be asked)."""
-
-    changed: int = 0
-    operations: list[str] = field(default_factory=list)
-    release: str = ""
-    env: str = ""
-    healthy: bool | None = None
-    rolled_back: bool = False
-    status: str = "not-reached"
-    detail: str = ""
-    desired_release: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"status": self.status, "healthy": self.healthy, "reason": self.detail, "release": self.release,
-                "env": self.env[:12], "desired_release": self.desired_release, "rolled_back": self.rolled_back,
-                "changed": self.changed, "operations": self.operations}
-
-
-@dataclass
-class DeployResult:
-    hosts: dict[str, HostResult] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return all(r.status in OK_STATUSES for r in self.hosts.values())
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "hosts": {n: r.to_json() for n, r in self.hosts.items()}}
-
-
 @dataclass
 class Target:
     """The inventory file and which of its hosts to work on."""
@@ -262,11 +230,16 @@ def _refusal(meta: Any) -> str:
     return ""
 
 
-def describe(res: HostResult, state: HostState | None, wanted: Sequence[str]) -> None:
-    """Fill in what the host runs now from a fresh reading (None: it could not be asked)."""
+def describe(res: HostResult, state: HostState | None, wanted: Sequence[str], before: HostState | None = None) -> None:
+    """Fill in what the host runs now from a fresh reading (None: it could not be asked; ``release``
+    then stays empty, and the reason says what it ran when this run read it first, if it did)."""
     if state is None:
-        res.healthy = None
-        res.detail = res.detail or "the host could not be asked what it runs"
+        res.healthy, res.release, res.env = None, "", ""
+        asked = "the host could not be asked what it runs"
+        if before is not None:
+            asked += (f" (at the start of this run: release {before.running_release() or '(none)'}, env "
+                      f"{before.running_env()[:12] or '(none)'})")
+        res.detail = f"{res.detail}; {asked}" if res.detail else asked
         return
     res.release, res.env = state.running_release(), state.running_env()
     res.healthy, reason = state.health(wanted)
@@ -284,33 +257,54 @@ def deploy(inventory: str, env_file: str, *, dry: bool = False, serial: int = 1,
     target = load_target(inventory, limit)
     plans = plan_hosts(target, env_file, waivers)
     lock = lock or Path(inventory).resolve().parent / "muzo-worker.lock"
-    releases = build_releases(plans, lock, progress, source)
-    desired = {n: Desired.of(plans[n], releases[n].name) for n in target.names}
-    result = DeployResult({n: HostResult(desired_release=releases[n].name) for n in target.names})
-    if dry:
-        _dry(target, desired, result)
-        result.seconds = time.monotonic() - start
-        return result
-    token, owner = uuid.uuid4().hex, lease_owner()
-    settled: set[str] = set()  # hosts whose entry is final
-    try:
-        pending = _phase1(target, plans, releases, desired, token, owner, result, settled)
-        progress(f"phase 1 (staged on {len(target.names)} hosts) done at {time.monotonic() - start:.1f} s")
-        _phase2(target, pending, desired, token, serial, result, settled, progress, start)
-    except DeployError:
-        raise
-    except Exception as exc:  # a crash: every host still gets its entry, read afresh
-        for name in target.names:
-            if name not in settled:
-                result.hosts[name].status = "failed"
-                result.hosts[name].detail = f"the deploy stopped: {type(exc).__name__}"
-    _report(target, result, settled, plans)
+    result = DeployResult({n: HostResult() for n in target.names})
+    book = _Book(settled=set(), inflight=set(), seen={})
+    with stop_signals() as caught:
+        try:
+            releases = build_releases(plans, lock, progress, source)
+            desired = {n: Desired.of(plans[n], releases[n].name) for n in target.names}
+            for name in target.names:
+                result.hosts[name].desired_release = releases[name].name
+            if dry:
+                _dry(target, desired, result)
+                result.seconds = time.monotonic() - start
+                return result
+            token, owner = uuid.uuid4().hex, lease_owner()
+            book.inflight = set(target.names)
+            pending = _phase1(target, plans, releases, desired, token, owner, result, book)
+            progress(f"phase 1 (staged on {len(target.names)} hosts) done at {time.monotonic() - start:.1f} s")
+            _phase2(target, pending, desired, token, serial, result, book, progress, start)
+        except DeployError:
+            raise
+        except (Exception, KeyboardInterrupt) as exc:  # a crash or a signal: every host gets its entry
+            _stopped(result, book, stopped_by(exc, caught))
+        _report(target, result, book.settled, plans, book.seen)
     result.seconds = time.monotonic() - start
     return result
 
 
+@dataclass
+class _Book:
+    """Where a run is: hosts whose entry is final, hosts being worked on, each host's reading at the start."""
+
+    settled: set[str]
+    inflight: set[str]
+    seen: dict[str, HostState]
+
+
+def _stopped(result: DeployResult, book: _Book, why: str) -> None:
+    """Entries of the hosts a stopped run left: failed where it was at work, not reached after."""
+    for name, res in result.hosts.items():
+        if name in book.settled:
+            continue
+        if name in book.inflight:
+            res.status, res.detail = "failed", f"the deploy stopped ({why}) while at work on this host"
+        else:
+            res.status, res.detail = "not-reached", f"the deploy stopped ({why}) before this host"
+
+
 def _phase1(target: Target, plans: dict[str, HostPlan], releases: dict[str, Release],
-            desired: dict[str, Desired], token: str, owner: str, result: DeployResult, settled: set[str]) -> list[str]:
+            desired: dict[str, Desired], token: str, owner: str, result: DeployResult, book: _Book) -> list[str]:
     """Lease and staging everywhere at once; the hosts with something to switch."""
     metas: dict[str, ops.Labelled] = {}
     give_back: dict[str, bool] = {}
@@ -327,6 +321,9 @@ def _phase1(target: Target, plans: dict[str, HostPlan], releases: dict[str, Rele
             leader.append(dict(metas[name])["lease"])
 
     run, states = _run_once(target, target.names, phase1, check_machines=True)
+    book.seen.update(states)
+    book.inflight.clear()
+    settled = book.settled
     pending = []
     for name in target.names:
         res = result.hosts[name]
@@ -356,7 +353,7 @@ def _phase1(target: Target, plans: dict[str, HostPlan], releases: dict[str, Rele
 
 
 def _phase2(target: Target, pending: list[str], desired: dict[str, Desired], token: str, serial: int,
-            result: DeployResult, settled: set[str], progress: Progress, start: float) -> None:
+            result: DeployResult, book: _Book, progress: Progress, start: float) -> None:
     switched: dict[str, tuple[Any, Any]] = {}
 
     def phase2() -> None:
@@ -366,11 +363,13 @@ def _phase2(target: Target, pending: list[str], desired: dict[str, Desired], tok
     step = max(1, serial)
     for first in range(0, len(pending), step):
         batch = pending[first:first + step]
+        book.inflight = set(batch)
         run, _states = _run_once(target, batch, phase2)
         stop = False
         for name in batch:
             stop = not _read_switch(result.hosts[name], switched.get(name), run.failed(name)) or stop
-            settled.add(name)
+            book.settled.add(name)
+        book.inflight = set()
         progress(f"batch {', '.join(batch)} done at {time.monotonic() - start:.1f} s")
         if stop:
             rest = pending[first + step:]
@@ -393,6 +392,7 @@ def _read_switch(res: HostResult, metas: tuple[Any, Any] | None, failed: bool) -
     outcome = (values.get("result") or [""])[-1]
     unhealthy = "; ".join(values.get("unhealthy", []))
     start_reason = (values.get("start_reason") or [""])[-1]
+    res.old_layout = old_layout(values, outcome)
     if outcome == "healthy":
         res.status = "deployed"
         return True
@@ -413,6 +413,26 @@ def _read_switch(res: HostResult, metas: tuple[Any, Any] | None, failed: bool) -
     return False
 
 
+def old_layout(values: Mapping[str, list[str]], outcome: str) -> dict[str, Any] | None:
+    """What ``muzo-host switch`` said of a host still holding the old layout's files (``legacy=`` lines):
+    they go only once the new release passed its gate; what ran before never passed one, so nothing is
+    rolled back to it automatically and ``--rollback`` has nothing to go back to after this deploy."""
+    leftovers = values.get("legacy", [])
+    if not leftovers:
+        return None
+    ran = (values.get("legacy_release") or [""])[-1] or "(none)"
+    env = (values.get("legacy_env") or [""])[-1][:12] or "(none)"
+    cleaned = outcome == "healthy"
+    if cleaned:
+        rollback = (f"none: what ran before (release {ran}) never passed a health gate; --rollback has "
+                    "nothing to go back to until the next deploy that switches something")
+    else:
+        rollback = (f"none was made: what ran before (release {ran}, env {env}) never passed a health gate; "
+                    f"the old layout's files are kept, and that release and env file (in {ops.STATE}/env/) "
+                    "are still on the host to go back to by hand")
+    return {"leftovers": leftovers, "cleaned": cleaned, "ran_before": ran, "rollback": rollback}
+
+
 def _give_back(target: Target, names: Sequence[str], token: str) -> None:
     """Give back the leases of hosts this run will not switch."""
     if not names:
@@ -423,21 +443,23 @@ def _give_back(target: Target, names: Sequence[str], token: str) -> None:
     _run_once(target, names, give)
 
 
-def _report(target: Target, result: DeployResult, settled: set[str], plans: dict[str, HostPlan]) -> None:
-    """What every host whose entry is not final runs now (one more reading of each)."""
+def _report(target: Target, result: DeployResult, settled: set[str], plans: dict[str, HostPlan],
+            seen: Mapping[str, HostState] | None = None) -> None:
+    """What every host whose entry is not final runs now (one more reading of each; a second signal
+    skips it: those hosts are reported as not asked, with what they ran at the start, from ``seen``)."""
     names = [n for n in target.names if n not in settled or result.hosts[n].status != "unchanged"]
     names = [n for n in names if result.hosts[n].status not in ("unchanged", "refused")]
     if not names:
         return
     states: dict[str, HostState] = {}
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception, KeyboardInterrupt):
         run = _Run(target, names)
         try:
             states = run.read_states()
         finally:
             run.close()
     for name in names:
-        describe(result.hosts[name], states.get(name), plans[name].instances)
+        describe(result.hosts[name], states.get(name), plans[name].instances, (seen or {}).get(name))
 
 
 def rollback(inventory: str, env_file: str, *, serial: int = 1, limit: Sequence[str] = (),
@@ -459,40 +481,49 @@ def rollback(inventory: str, env_file: str, *, serial: int = 1, limit: Sequence[
         stale = state.lease.token if state.lease.token and lease_is_stale(state.lease, state.now) else ""
         metas[current_host.name] = ops.rollback(token, owner, stale, plans[current_host.name].health_timeout_s)
 
-    try:
-        for first in range(0, len(target.names), max(1, serial)):
-            batch = target.names[first:first + max(1, serial)]
-            _run_once(target, batch, back, check_machines=True)
-            stop = False
-            for name in batch:
-                res = result.hosts[name]
-                meta = metas.get(name, (None, None))[0]
-                values = ops.output_values(meta.stdout_lines) if meta is not None and meta.is_complete() else {}
-                outcome = (values.get("result") or [""])[-1]
-                res.operations = values.get("op", []) + [f"rollback {o}" for o in values.get("rollback_op", [])]
-                res.changed = len(res.operations)
-                res.rolled_back = outcome == "rolled-back"
-                res.status = "rolled-back-on-demand" if res.rolled_back else "failed"
-                res.detail = {"rolled-back": "", "nothing-to-roll-back": "nothing to roll back to on this host",
-                              "reverted": "the rollback's health gate failed; back to what ran before it",
-                              "": "the rollback stopped before it finished"}.get(outcome, outcome)
-                refusal = _refusal(metas[name][1]) if name in metas else ""
-                if refusal:
-                    res.status, res.detail = "refused", refusal
-                    settled.add(name)
-                stop = stop or not res.rolled_back
-            progress(f"batch {', '.join(batch)} rolled back at {time.monotonic() - start:.1f} s")
-            if stop:
-                break
-    except DeployError:
-        raise
-    except Exception as exc:
-        for name in target.names:
-            if result.hosts[name].status == "not-reached":
-                result.hosts[name].status, result.hosts[name].detail = "failed", f"stopped: {type(exc).__name__}"
-    _report(target, result, settled, plans)
+    with stop_signals() as caught:
+        try:
+            _rollback_batches(target, serial, back, metas, result, settled, progress, start)
+        except DeployError:
+            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            for name in target.names:
+                if result.hosts[name].status == "not-reached":
+                    result.hosts[name].detail = f"the rollback stopped ({stopped_by(exc, caught)})"
+                    if metas.get(name):
+                        result.hosts[name].status = "failed"
+        _report(target, result, settled, plans)
     result.seconds = time.monotonic() - start
     return result
+
+
+def _rollback_batches(target: Target, serial: int, back: Callable[[], None], metas: dict[str, tuple[Any, Any]],
+                      result: DeployResult, settled: set[str], progress: Progress, start: float) -> None:
+    """The on-demand rollback, batch by batch; stops after a host that is not healthy."""
+    for first in range(0, len(target.names), max(1, serial)):
+        batch = target.names[first:first + max(1, serial)]
+        _run_once(target, batch, back, check_machines=True)
+        stop = False
+        for name in batch:
+            res = result.hosts[name]
+            meta = metas.get(name, (None, None))[0]
+            values = ops.output_values(meta.stdout_lines) if meta is not None and meta.is_complete() else {}
+            outcome = (values.get("result") or [""])[-1]
+            res.operations = values.get("op", []) + [f"rollback {o}" for o in values.get("rollback_op", [])]
+            res.changed = len(res.operations)
+            res.rolled_back = outcome == "rolled-back"
+            res.status = "rolled-back-on-demand" if res.rolled_back else "failed"
+            res.detail = {"rolled-back": "", "nothing-to-roll-back": "nothing to roll back to on this host",
+                          "reverted": "the rollback's health gate failed; back to what ran before it",
+                          "": "the rollback stopped before it finished"}.get(outcome, outcome)
+            refusal = _refusal(metas[name][1]) if name in metas else ""
+            if refusal:
+                res.status, res.detail = "refused", refusal
+                settled.add(name)
+            stop = stop or not res.rolled_back
+        progress(f"batch {', '.join(batch)} rolled back at {time.monotonic() - start:.1f} s")
+        if stop:
+            break
 
 
 def _dry(target: Target, desired: dict[str, Desired], result: DeployResult) -> None:

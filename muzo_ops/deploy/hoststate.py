@@ -83,6 +83,8 @@ class HostState:
     stored_unit: set[str] = field(default_factory=set)
     unit_files: dict[str, str] = field(default_factory=dict)
     previous: str = ""
+    legacy: list[str] = field(default_factory=list)  # files of the old layout still on the host
+    legacy_releases: list[str] = field(default_factory=list)  # releases the old layout's files name
     lease: Lease = field(default_factory=Lease)
     instances: dict[str, Instance] = field(default_factory=dict)
 
@@ -95,6 +97,10 @@ class HostState:
                 state.releases.append(value)
             elif key == "partial":
                 state.partial.append(value)
+            elif key == "legacy":
+                state.legacy.append(value)
+            elif key == "legacy_release":
+                state.legacy_releases.append(value)
             elif key == "stored_env":
                 state.stored_env.add(value)
             elif key == "stored_unit":

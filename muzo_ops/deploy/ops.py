@@ -153,9 +153,11 @@ def releases_pruned(release: Release, keep: int = KEEP_RELEASES) -> OpGen:
 
 
 def releases_to_delete(new: str, state: HostState, keep: int = KEEP_RELEASES) -> list[str]:
-    """The oldest complete releases beyond ``keep`` (never new, current, previous or running), and partial ones."""
+    """The oldest complete releases beyond ``keep`` (never new, current, previous, the old layout's previous
+    or running), and partial ones."""
     names = list(dict.fromkeys([new, *state.releases]))  # newest first
-    protected = {new, state.current, state.previous, *(i.release for i in state.instances.values())}
+    protected = {new, state.current, state.previous, *state.legacy_releases,
+                 *(i.release for i in state.instances.values())}
     surplus = len(names) - keep
     doomed = [n for n in reversed(names) if n not in protected][:max(0, surplus)]
     return doomed + [n for n in state.partial if n != new]
