@@ -1,0 +1,256 @@
+"""Adversarial runs against the worker's lease promises (docs/WORKER_TROUBLESHOOTING.md, "Lease lost").
+
+Each test attacks one promise from outside, with real processes against SecantusDB:
+
+- a finished job never runs again, and a run whose lease was lost is never recorded DONE (not even
+  when its command answers SIGTERM at once with exit 0 and valid JSON);
+- once a worker knows it lost a lease, at most one process runs the job's code, except for the grace;
+- a database freeze shorter than two thirds of the lock cancels nothing;
+- every job ends DONE or FAILED or is retried, and the in-progress gauge returns to 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from pymongo import MongoClient
+
+from tests.helpers import descendants, process_table, wait_until
+from tests.servers import Secantus, free_port
+from tests.test_worker_lease_lost import _lost_lines as _lost
+from tests.test_worker_lease_lost import (
+    _stop,
+    own_server,  # noqa: F401  (fixture)
+)
+from tests.workers import WorkerProcess, mockup_payload, prisma_job, start_worker
+
+# An exec handler. Ledger lines: "<job> <event> <attempt> <pid> <time>". payload.seconds: how long it
+# works; payload.onTerm: "ignore" (only SIGKILL ends it) or "done" (prints a valid JSON answer and
+# exits 0 the instant SIGTERM comes).
+CHILD = r'''
+import json, os, signal, sys, time
+ledger = sys.argv[1]
+job = json.loads(sys.stdin.read())
+def note(event):
+    with open(ledger, "a") as out:
+        out.write(f"{job['id']} {event} {job['attempt']} {os.getpid()} {time.time():.3f}\n")
+on_term = job["payload"].get("onTerm")
+if on_term == "ignore":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+elif on_term == "done":
+    def answer(*_):
+        note("term-answered")
+        print(json.dumps({"attempt": job["attempt"], "answeredSigterm": True}), flush=True)
+        os._exit(0)
+    signal.signal(signal.SIGTERM, answer)
+note("start")
+time.sleep(float(job["payload"]["seconds"]))
+note("end")
+print(json.dumps({"attempt": job["attempt"]}))
+'''
+
+def _ledger(path: Path) -> list[tuple[str, str, int, int]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        job_id, event, attempt, pid, _at = line.split()
+        rows.append((job_id, event, int(attempt), int(pid)))
+    return rows
+
+
+def _events(path: Path) -> list[tuple[str, int]]:
+    return [(event, attempt) for _job, event, attempt, _pid in _ledger(path)]
+
+
+def _worker(tmp_path: Path, url: str, ledger: Path, name: str, lock: float, *args: str) -> WorkerProcess:
+    script = tmp_path / "attack_child.py"
+    script.write_text(CHILD)
+    return start_worker(tmp_path, url, "--poll-seconds", "0.2", "--lock-seconds", str(lock), *args, name=name,
+                        handler=f"MOCKUP=exec:{sys.executable} {script} {ledger}")
+
+
+def _collection(server: Secantus, name: str) -> tuple[MongoClient[dict[str, Any]], Any, str]:
+    client: MongoClient[dict[str, Any]] = MongoClient(server.uri, serverSelectionTimeoutMS=60000)
+    return client, client[name]["Job"], server.url(name, serverSelectionTimeoutMS="30000")
+
+
+def _freeze(server: Secantus, seconds: float) -> None:
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+
+
+def test_a_command_answering_sigterm_with_exit_0_after_a_lost_lease_is_not_recorded_done(
+        tmp_path: Path, own_server: Secantus) -> None:  # noqa: F811
+    """The database frozen 1.5 locks: the worker cancels the run; its command answers SIGTERM at once
+    with exit 0 and valid JSON. That answer is not the job's result: the job runs again, to its end."""
+    client, jobs, url = _collection(own_server, "exit0")
+    doc = prisma_job("MOCKUP", mockup_payload(1, seconds=5, onTerm="done"), max_attempts=3)
+    jobs.insert_one(doc)
+    ledger = tmp_path / "ledger.txt"
+    worker = _worker(tmp_path, url, ledger, "w", 3)
+    try:
+        worker.wait_for(lambda: ("start", 1) in _events(ledger), 30, "attempt 1 started")
+        _freeze(own_server, 4.5)
+        wait_until(lambda: jobs.find_one({"_id": doc["_id"]})["status"] in ("DONE", "FAILED"), 40, "finished")
+        time.sleep(1)
+    finally:
+        _stop(worker)
+    final = jobs.find_one({"_id": doc["_id"]})
+    assert _lost(worker), worker.text()[-3000:]
+    assert ("term-answered", 1) in _events(ledger), _events(ledger)
+    assert final["status"] == "DONE" and "answeredSigterm" not in final["result"], (final, _events(ledger))
+    assert [e for e in _events(ledger) if e[0] == "end"] == [("end", final["result"]["attempt"])]
+    client.close()
+
+
+def test_database_freezes_of_0_3_and_0_6_locks_at_any_phase_cancel_nothing(
+        tmp_path: Path, own_server: Secantus) -> None:  # noqa: F811
+    """Freezes of 0.3 and 0.6 locks (under the promised two thirds), at shifting phases of the heartbeat."""
+    client, jobs, url = _collection(own_server, "short")
+    doc = prisma_job("MOCKUP", mockup_payload(2, seconds=14), max_attempts=3)
+    jobs.insert_one(doc)
+    ledger = tmp_path / "ledger.txt"
+    worker = _worker(tmp_path, url, ledger, "w", 4)
+    try:
+        worker.wait_for(lambda: ("start", 1) in _events(ledger), 30, "attempt 1 started")
+        for pause, freeze in [(0.1, 1.2), (0.3, 2.4), (0.9, 2.4), (0.5, 2.4)]:
+            time.sleep(pause)
+            _freeze(own_server, freeze)
+        wait_until(lambda: jobs.find_one({"_id": doc["_id"]})["status"] == "DONE", 40, "DONE")
+    finally:
+        _stop(worker)
+    assert not _lost(worker), worker.text()[-3000:]
+    assert _events(ledger) == [("start", 1), ("end", 1)]
+    client.close()
+
+
+def _gauge(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port + 1}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("muzo_worker_jobs_in_progress{"))
+
+
+def test_three_workers_racing_through_a_freeze_of_3_locks_run_each_job_to_its_end_once(
+        tmp_path: Path, own_server: Secantus) -> None:  # noqa: F811
+    client, jobs, url = _collection(own_server, "race")
+    docs = [prisma_job("MOCKUP", mockup_payload(10 + i, seconds=3, onTerm="done" if i % 2 else "ignore"),
+                       max_attempts=5) for i in range(6)]
+    jobs.insert_many(docs)
+    ledger = tmp_path / "ledger.txt"
+    ports = [free_port() - 1 for _ in range(3)]  # a mockup-only worker adds 1
+    workers = [_worker(tmp_path, url, ledger, f"w{i}", 2, "--concurrency", "2", "--handler-grace", "1",
+                       "--metrics-port", str(ports[i])) for i in range(3)]
+    try:
+        wait_until(lambda: len([e for e in _events(ledger) if e[0] == "start"]) >= 3, 30, "jobs started")
+        _freeze(own_server, 6)
+        wait_until(lambda: jobs.count_documents({"status": {"$in": ["DONE", "FAILED"]}}) == 6, 90,
+                   "all finished", lambda: str(list(jobs.find({}, {"status": 1, "attempts": 1}))))
+        time.sleep(2.5)  # past a lock: a finished job would be claimed again now
+        gauges = [_gauge(port) for port in ports]
+    finally:
+        _stop(*workers)
+    rows = _ledger(ledger)
+    for doc in docs:
+        final = jobs.find_one({"_id": doc["_id"]})
+        ends = [r for r in rows if r[0] == str(doc["_id"]) and r[1] == "end"]
+        assert final["status"] == "DONE", final
+        assert len(ends) == 1 and "answeredSigterm" not in final["result"], (final, rows)
+        assert final["result"]["attempt"] == ends[0][2]
+    assert gauges == [0.0, 0.0, 0.0]
+    for worker in workers:
+        assert worker.proc.returncode == 0, worker.text()[-2000:]
+        assert not descendants(worker.proc.pid)
+    client.close()
+
+
+def test_sigterm_to_a_worker_while_it_cancels_a_lost_run_ends_the_command_and_gives_nothing_back(
+        tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any) -> None:
+    """Worker A frozen past its lock, B takes the job over; A resumes and cancels its run (the command
+    ignores SIGTERM, grace 3 s); SIGTERM to A meanwhile: A's command is gone within the grace, A does
+    not hand B's job back, B runs it to its end once."""
+    doc = prisma_job("MOCKUP", mockup_payload(3, seconds=6, onTerm="ignore"), max_attempts=3)
+    jobs.insert_one(doc)
+    ledger = tmp_path / "ledger.txt"
+    url = secantus.url(dbname)
+    first = _worker(tmp_path, url, ledger, "first", 2, "--handler-grace", "3")
+    second: WorkerProcess | None = None
+    try:
+        first.wait_for(lambda: ("start", 1) in _events(ledger), 30, "attempt 1 started")
+        mine = next(r for r in _ledger(ledger) if r[1] == "start")
+        os.kill(first.proc.pid, signal.SIGSTOP)
+        second = _worker(tmp_path, url, ledger, "second", 2)
+        second.wait_for(lambda: ("start", 2) in _events(ledger), 30, "attempt 2 started")
+        os.kill(first.proc.pid, signal.SIGCONT)
+        first.wait_for(lambda: bool(_lost(first)), 10, "the lease declared lost")
+        os.kill(first.proc.pid, signal.SIGTERM)
+        code = first.proc.wait(30)
+        assert mine[3] not in process_table(), "the cancelled command outlived the worker's stop"
+        wait_until(lambda: jobs.find_one({"_id": doc["_id"]})["status"] == "DONE", 40, "DONE",
+                   lambda: str(jobs.find_one({"_id": doc["_id"]})))
+        time.sleep(2.5)
+    finally:
+        _stop(first, *([second] if second else []))
+    assert code == 0, first.text()[-3000:]
+    final = jobs.find_one({"_id": doc["_id"]})
+    assert final["result"]["attempt"] == 2 and final["attempts"] == 2, final
+    assert _events(ledger) == [("start", 1), ("start", 2), ("end", 2)]
+
+
+def test_a_worker_paused_1_5_locks_alone_does_not_record_its_commands_sigterm_answer(
+        tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any) -> None:
+    """The worker itself frozen (SIGSTOP) for 1.5 locks, no other worker: on resuming it gives the lease
+    up before any server call; its command's exit 0 and JSON on SIGTERM is not the job's result."""
+    doc = prisma_job("MOCKUP", mockup_payload(4, seconds=8, onTerm="done"), max_attempts=3)
+    jobs.insert_one(doc)
+    ledger = tmp_path / "ledger.txt"
+    worker = _worker(tmp_path, secantus.url(dbname), ledger, "w", 3)
+    try:
+        worker.wait_for(lambda: ("start", 1) in _events(ledger), 30, "attempt 1 started")
+        os.kill(worker.proc.pid, signal.SIGSTOP)
+        time.sleep(4.5)
+        os.kill(worker.proc.pid, signal.SIGCONT)
+        wait_until(lambda: jobs.find_one({"_id": doc["_id"]})["status"] in ("DONE", "FAILED"), 40, "finished")
+        time.sleep(1)
+    finally:
+        _stop(worker)
+    final = jobs.find_one({"_id": doc["_id"]})
+    events = _events(ledger)
+    assert _lost(worker) and ("term-answered", 1) in events, (events, worker.text()[-3000:])
+    assert final["status"] == "DONE" and final["result"] == {"attempt": 2}, (final, events)
+    assert [e for e in events if e[0] == "end"] == [("end", 2)]
+
+
+def test_a_database_frozen_1_1_locks_runs_the_job_to_its_end_once(tmp_path: Path,
+                                                                   own_server: Secantus) -> None:  # noqa: F811
+    """Two workers, the database frozen 1.1 locks mid-run: whether the lease ran out or not, the job ends
+    DONE, run to its end once, and no two of its commands ever ran at once outside the grace."""
+    client, jobs, url = _collection(own_server, "eleven")
+    doc = prisma_job("MOCKUP", mockup_payload(5, seconds=4, onTerm="ignore"), max_attempts=4)
+    jobs.insert_one(doc)
+    ledger = tmp_path / "ledger.txt"
+    workers = [_worker(tmp_path, url, ledger, f"w{i}", 3, "--handler-grace", "1") for i in range(2)]
+    try:
+        wait_until(lambda: ("start", 1) in _events(ledger), 30, "attempt 1 started")
+        time.sleep(0.4)
+        _freeze(own_server, 3.3)
+        wait_until(lambda: jobs.find_one({"_id": doc["_id"]})["status"] in ("DONE", "FAILED"), 60, "finished")
+        time.sleep(3.5)  # past a lock: a finished job would be claimed again now
+    finally:
+        _stop(*workers)
+    final = jobs.find_one({"_id": doc["_id"]})
+    events = _events(ledger)
+    assert final["status"] == "DONE" and [e for e in events if e[0] == "end"] == [("end", final["result"]["attempt"])]
+    assert [e for e in events if e[0] == "start"] == [("start", a) for a in range(1, final["attempts"] + 1)], events
+    client.close()
