@@ -11,6 +11,7 @@ Each test attacks one promise from outside, with real processes against Secantus
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -312,27 +313,6 @@ def test_a_grandchild_that_escaped_into_its_own_session_is_gone_when_a_lost_run_
     assert not left, "the setsid grandchild outlived its lost run"
 
 
-def test_a_timeout_during_a_lost_runs_grace_does_not_report_the_run_over_before_its_command_is_gone(
-        tmp_path: Path, secantus: Secantus, dbname: str, jobs: Any) -> None:
-    """The lease is lost (another worker's takeover) and the command ignores SIGTERM (grace 4 s); the
-    type's timeout (3 s) passes during the grace: the run is reported over only once the command is gone."""
-    doc = prisma_job("MOCKUP", mockup_payload(8, seconds=30, onTerm="ignore"), max_attempts=3)
-    jobs.insert_one(doc)
-    ledger = tmp_path / "ledger.txt"
-    worker = _worker(tmp_path, secantus.url(dbname), ledger, "w", 2, "--handler-grace", "4",
-                     "--policy", "MOCKUP:timeout=3")
-    try:
-        worker.wait_for(lambda: ("start", 1) in _events(ledger), 30, "attempt 1 started")
-        mine = next(r for r in _ledger(ledger) if r[1] == "start")
-        jobs.update_one({"_id": doc["_id"]}, {"$set": {"lockedBy": "thief"}, "$inc": {"attempts": 1}})
-        worker.wait_for(lambda: any("not written" in m for m in worker.messages()), 20, "the run over")
-        left = mine[3] in process_table()
-    finally:
-        _stop(worker)
-    assert _lost(worker), worker.text()[-2000:]
-    assert not left, "the run was reported over while its command still ran"
-
-
 def test_sigterm_to_a_worker_cancelling_a_lost_run_while_the_database_is_frozen(
         tmp_path: Path, own_server: Secantus) -> None:  # noqa: F811
     """The database frozen, the lease runs out, the worker cancels its run (the command ignores SIGTERM,
@@ -364,4 +344,77 @@ def test_sigterm_to_a_worker_cancelling_a_lost_run_while_the_database_is_frozen(
     assert code == 0, worker.text()[-2000:]
     final = jobs.find_one({"_id": doc["_id"]})
     assert [e for e in _events(ledger) if e[0] == "end"] == [("end", final["result"]["attempt"])]
+    client.close()
+
+
+class _SlowServer:
+    """Answers each POST with 200 and ``{"request": n}``; the first after ``first_delay`` seconds (or
+    never, when its client hangs up first), the others at once. Notes which answers were delivered."""
+
+    def __init__(self, first_delay: float) -> None:
+        import http.server
+        import threading
+
+        outer = self
+        self.first_delay = first_delay
+        self.count = 0
+        self.delivered: list[int] = []
+        self.lock = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with outer.lock:
+                    outer.count += 1
+                    n = outer.count
+                deadline = time.monotonic() + (outer.first_delay if n == 1 else 0)
+                while time.monotonic() < deadline:  # wait, unless the client hung up
+                    time.sleep(0.05)
+                body = json.dumps({"request": n}).encode()
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    self.wfile.flush()
+                    outer.delivered.append(n)
+                except OSError:
+                    pass
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_slow_http_answer_to_a_run_whose_lease_ran_out_is_not_the_result(
+        tmp_path: Path, own_server: Secantus) -> None:  # noqa: F811
+    """An HTTP handler answering its first request after 5 s; the database frozen 1.5 locks (lock 2)
+    meanwhile: the run is cancelled, and that late 200 is not the job's result: the retry's is."""
+    client, jobs, url = _collection(own_server, "slowhttp")
+    doc = prisma_job("MOCKUP", mockup_payload(11), max_attempts=3)
+    jobs.insert_one(doc)
+    server = _SlowServer(5)
+    worker = start_worker(tmp_path, url, "--poll-seconds", "0.2", "--lock-seconds", "2", name="w",
+                          env={"MUZO_HANDLER_SIGNING_SECRET": "hs-test-secret-0123456789abcdef0123456789"},
+                          handler=f"MOCKUP=http://127.0.0.1:{server.port}/jobs")
+    try:
+        wait_until(lambda: server.count >= 1, 30, "the first request")
+        _freeze(own_server, 3)
+        wait_until(lambda: jobs.find_one({"_id": doc["_id"]})["status"] in ("DONE", "FAILED"), 40, "finished")
+        time.sleep(max(0.0, 5.5 - 3))  # the first answer's moment has passed
+    finally:
+        _stop(worker)
+        server.close()
+    final = jobs.find_one({"_id": doc["_id"]})
+    assert _lost(worker), worker.text()[-3000:]
+    assert final["status"] == "DONE" and final["result"] == {"request": 2}, (final, server.delivered)
     client.close()
