@@ -19,7 +19,9 @@ The lease is lost, and the run is cancelled, when either
   clock without waiting for the server. A renewal that merely waits for
   the server is not a loss before then: a database frozen for less than
   the lock minus one heartbeat interval (two thirds of the lock) stops
-  nothing.
+  nothing, however many such freezes follow one another: each renewal is
+  due an interval after the last one was sent, so one that waited for the
+  server is followed at once by a fresh one.
 
 Cancelling the run is the job timeout's path: an exec handler's session
 gets SIGTERM, then SIGKILL after its grace period; an HTTP request is
@@ -175,11 +177,15 @@ class LeaseKeeper:
                 # A takeover that waited for the server is given back at once: look again soon.
                 await asyncio.sleep(self._pause(lease, min(self.heartbeat_s, 1.0)))
                 continue
-            await asyncio.sleep(self._pause(lease, self.heartbeat_s))
+            # The next renewal is due a heartbeat interval after this one was *sent*: one that waited
+            # for a frozen server is followed at once, not an interval after its late answer (else
+            # freezes shorter than two thirds of the lock, a moment apart, run the lease out).
+            await asyncio.sleep(self._pause(lease, sent + self.heartbeat_s - time.monotonic()))
 
     @staticmethod
     def _pause(lease: Lease, seconds: float) -> float:
         """``seconds``, cut short at the lease's deadline when it can be given up."""
+        seconds = max(0.0, seconds)
         return max(0.0, min(seconds, lease.deadline - time.monotonic())) if lease.cancellable else seconds
 
     async def _lose_not_ours(self, entry: Running) -> None:

@@ -17,9 +17,11 @@ and a secret the cut goes through dropped whole); the worker redacts it
 again before ``lastError`` and its log line.
 
 Invariant: when ``run`` returns or raises (done, failed, cancelled by the
-type's timeout or the worker's shutdown), no process of the job's session is
-left (its group, and a group a process of it moved to with setpgid): they
-get SIGTERM, then SIGKILL after ``grace_s``.
+type's timeout, a lost lease or the worker's shutdown), no process of the
+job's run is left (its group, a group a process of it moved to with setpgid,
+and a process it started into a session of its own with setsid, found by
+the ``MUZO_JOB_RUN`` token every command's environment carries, unless a
+process cleared it): they get SIGTERM, then SIGKILL after ``grace_s``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from muzo_ops.constants import (
@@ -63,56 +67,86 @@ def _describe_status(returncode: int) -> str:
     return f"exited with status {returncode}"
 
 
-def _session_members(sid: int) -> list[int]:
-    """Live (not zombie) processes of session ``sid``: the job's group, and any group a process of it
-    moved to with setpgid (a job-control shell's pipelines); only setsid leaves the session."""
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return [sid]
-    members = []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
+# Each command's environment names its run (a random token): a process it started into a session of its
+# own (setsid, a double fork) keeps the name, so it is found and ended with the run all the same.
+RUN_MARKER_VAR = "MUZO_JOB_RUN"
+
+
+@dataclass(frozen=True)
+class _RunProcesses:
+    """The processes of one job's run: its session ``sid`` (its group, and any group a process of it
+    moved to with setpgid), and any process started since the run began whose environment carries
+    ``marker`` (``RUN_MARKER_VAR=<token>``: one that left the session with setsid)."""
+
+    sid: int
+    marker: bytes
+    since: int  # the leader's start time (clock ticks after boot): no older process is looked at
+
+    @classmethod
+    def started(cls, sid: int, marker: bytes) -> _RunProcesses:
+        stat = _stat(str(sid))
+        return cls(sid, marker, int(stat[19]) if stat is not None and len(stat) > 19 else 0)
+
+    def members(self) -> list[int]:
+        """Live (not zombie) processes of the run."""
         try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 3 and fields[3] == str(sid) and fields[0] != "Z":
-            members.append(int(entry))
-    return members
+            entries = os.listdir("/proc")
+        except OSError:
+            return [self.sid]
+        members = []
+        for entry in entries:
+            if not entry.isdigit():
+                continue
+            fields = _stat(entry)
+            if fields is None or len(fields) < 20 or fields[0] == "Z":
+                continue
+            if fields[3] == str(self.sid) or (int(fields[19]) >= self.since and self._marked(entry)):
+                members.append(int(entry))
+        return members
 
+    def _marked(self, pid: str) -> bool:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as environ:
+                return self.marker in environ.read().split(b"\0")
+        except OSError:  # gone, or another user's
+            return False
 
-def _group_alive(sid: int) -> bool:
-    """Whether a live process is left in the job's session ``sid`` (its leader's group included)."""
-    return bool(_session_members(sid))
+    def alive(self) -> bool:
+        return bool(self.members())
 
-
-def _signal_group(sid: int, sig: signal.Signals) -> None:
-    """``sig`` to the job's process group and to every other process of its session."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(sid, sig)
-    for pid in _session_members(sid):
+    def signal(self, sig: signal.Signals) -> None:
+        """``sig`` to the job's process group and to every other process of the run."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
+            os.killpg(self.sid, sig)
+        for pid in self.members():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
 
 
-async def _end_group(pgid: int, grace_s: float) -> None:
-    """SIGTERM to the group, SIGKILL after ``grace_s`` if any of it is left; returns once none is.
+def _stat(pid: str) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state first), or None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+async def _end_group(run: _RunProcesses, grace_s: float) -> None:
+    """SIGTERM to the run's processes, SIGKILL after ``grace_s`` if any is left; returns once none is.
 
     Not interruptible: a cancel while it waits sends SIGKILL at once, then re-raises.
     """
-    if not _group_alive(pgid):
+    if not run.alive():
         return
-    _signal_group(pgid, signal.SIGTERM)
+    run.signal(signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     try:
-        while _group_alive(pgid) and time.monotonic() < deadline:
+        while run.alive() and time.monotonic() < deadline:
             await asyncio.sleep(_GROUP_POLL_S)
     finally:
-        if _group_alive(pgid):
-            _signal_group(pgid, signal.SIGKILL)
+        if run.alive():
+            run.signal(signal.SIGKILL)
 
 
 class _Tail:
@@ -182,20 +216,22 @@ class ExecHandler:
         self.grace_s = grace_s
         self.stderr_tail = stderr_tail
         self.mask = mask if mask is not None else OutputMask(self.environ)
-        self.groups: set[int] = set()  # process groups of the jobs running now
+        self.groups: dict[int, _RunProcesses] = {}  # the jobs running now, by process group
 
     def terminate_all(self) -> None:
-        """SIGTERM to every running job's group (the worker drains); each job's own wait sends SIGKILL."""
-        for pgid in list(self.groups):
-            _signal_group(pgid, signal.SIGTERM)
+        """SIGTERM to every running job's processes (the worker drains); each job's own wait sends SIGKILL."""
+        for run in list(self.groups.values()):
+            run.signal(signal.SIGTERM)
 
     async def run(self, job: Job) -> Any:
         """One job: the result, or RetryJob / FatalJobError / HandlerCommandError."""
         loop = asyncio.get_running_loop()
+        marker = f"{RUN_MARKER_VAR}={uuid.uuid4().hex}"
         try:
             transport, proto = await loop.subprocess_exec(
                 lambda: _JobProtocol(loop, self.stderr_tail, self.mask), *self.argv, stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.cwd, env=self.environ,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.cwd,
+                env={**self.environ, RUN_MARKER_VAR: marker.split("=", 1)[1]},
                 start_new_session=True)
         except FileNotFoundError as exc:
             raise HandlerCommandError(f"exec handler {self.argv[0]}: command not found (PATH, or the "
@@ -203,7 +239,8 @@ class ExecHandler:
         except PermissionError as exc:
             raise HandlerCommandError(f"exec handler {self.argv[0]}: permission denied") from exc
         pgid = transport.get_pid()  # start_new_session: the child leads its own session and group
-        self.groups.add(pgid)
+        run = _RunProcesses.started(pgid, marker.encode())
+        self.groups[pgid] = run
         try:
             stdin = transport.get_pipe_transport(0)
             if stdin is not None:  # a command that exits without reading it is not an error
@@ -211,14 +248,14 @@ class ExecHandler:
                 stdin.close()
             await proto.exited
             # Whatever the command left in its group goes too: nothing outlives the job.
-            await _end_group(pgid, self.grace_s)
+            await _end_group(run, self.grace_s)
             await asyncio.wait([proto.closed], timeout=self.grace_s)
         except BaseException:
             # Cancelled (the type's timeout, the worker's shutdown): the group gets its grace.
-            await asyncio.shield(_end_group(pgid, self.grace_s))
+            await asyncio.shield(_end_group(run, self.grace_s))
             raise
         finally:
-            self.groups.discard(pgid)
+            self.groups.pop(pgid, None)
             transport.close()  # closes the pipes (and kills the leader if it somehow still runs)
         returncode = transport.get_returncode()
         return self._outcome(returncode if returncode is not None else -signal.SIGKILL,
