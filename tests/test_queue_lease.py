@@ -25,6 +25,7 @@ from tests.workers import WorkerProcess, mockup_payload, prisma_job, start_worke
 LOCK_S = 3.0
 SELECTION_MS = 30000  # what check-env recommends
 JOBS = 18
+EXTRA_JOBS = 6  # added before the kill -9, so that the killed worker is running one
 JOB_S = 1.5
 OUTAGE_S = 7.0  # longer than the lock, shorter than server selection
 
@@ -85,6 +86,11 @@ def test_outages_freezes_and_kill9_run_no_job_twice(tmp_path: Path, handler: str
             steps = Counter((job, e) for job, e, _, pid in _ledger(ledger) if pid == workers[0].proc.pid)
             return any(e == "start" and steps[(job, "end")] < n for (job, e), n in steps.items())
 
+        # the first jobs may all be done by now (the thread handler keeps its leases through the outages):
+        # more work, so that worker 0 is surely running one when it is killed
+        extra = [prisma_job("MOCKUP", mockup_payload(JOBS + i, seconds=JOB_S * 2), max_attempts=10)
+                 for i in range(EXTRA_JOBS)]
+        jobs.insert_many(extra)
         _wait(running_in_w0, 30, "worker 0 running a job")
         killed_pid = workers[0].proc.pid
         workers[0].kill9()
@@ -94,8 +100,9 @@ def test_outages_freezes_and_kill9_run_no_job_twice(tmp_path: Path, handler: str
         time.sleep(LOCK_S / 2)
         os.kill(server.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
         frozen = False
-        _wait(lambda: jobs.count_documents({"status": "DONE"}) == JOBS, 90,
-              f"all {JOBS} jobs DONE: {Counter(d['status'] for d in jobs.find({}, {'status': 1}))}")
+        total = JOBS + EXTRA_JOBS
+        _wait(lambda: jobs.count_documents({"status": "DONE"}) == total, 90,
+              f"all {total} jobs DONE: {Counter(d['status'] for d in jobs.find({}, {'status': 1}))}")
         time.sleep(LOCK_S + 1)  # a wrong takeover would start now
         rows = _ledger(ledger)
         ends: dict[str, list[int]] = defaultdict(list)
@@ -107,7 +114,7 @@ def test_outages_freezes_and_kill9_run_no_job_twice(tmp_path: Path, handler: str
         allowed = {j: pids for j, pids in ends.items() if len(pids) > 1 and pids[0] == killed_pid}
         lost = [str(d["_id"]) for d in jobs.find({"status": {"$ne": "DONE"}})]
         no_side_effect = [str(d["_id"]) for d in jobs.find() if str(d["_id"]) not in ends]
-        print(f"chaos ({handler}): {JOBS} jobs, {len(rows)} ledger rows, twice={len(twice)}, allowed after kill -9="
+        print(f"chaos ({handler}): {total} jobs, {len(rows)} ledger rows, twice={len(twice)}, allowed after kill -9="
               f"{len(allowed)}, lost={len(lost) + len(no_side_effect)}, takeovers="
               f"{sum(1 for _, e, a, _ in rows if e == 'start' and a > 1)}")
         assert not twice, twice
