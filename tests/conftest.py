@@ -78,8 +78,27 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
 SESSION_MARKER = "MUZO_OPS_TEST_SESSION"  # inherited by every process a test starts
 
 
+XDIST_WORKER = "PYTEST_XDIST_WORKER"  # set by pytest-xdist in each of its worker processes
+NSPAWN_FILES = ("test_deploy.py", "test_deploy_converge.py", "test_deploy_faults.py", "test_secrets_deploy.py")
+
+
+def _inherited_marker() -> bool:
+    """An xdist worker that got the run's marker from the controller: the controller checks at the end."""
+    return bool(os.environ.get(XDIST_WORKER)) and bool(os.environ.get(SESSION_MARKER))
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    os.environ[SESSION_MARKER] = uuid.uuid4().hex
+    if not _inherited_marker():
+        os.environ[SESSION_MARKER] = uuid.uuid4().hex
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``-n N --dist loadgroup``: a file's tests stay on one worker (module fixtures start once),
+    and every nspawn file shares one worker (they boot hosts from one cache and one network)."""
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("nspawn" if name in NSPAWN_FILES else name))
 
 
 def _marked_processes(marker: str) -> list[tuple[int, str]]:
@@ -135,9 +154,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run when a process a test started is still running once every fixture stopped;
     kill it so that nothing outlives the suite either way."""
     marker = os.environ.get(SESSION_MARKER)
-    if not marker:
-        return
-    deadline = time.monotonic() + 5
+    if not marker or _inherited_marker():
+        return  # an xdist worker: its processes carry the controller's marker, checked there at the end
+    deadline = time.monotonic() + 10
     left = _left_running(marker)
     while left and time.monotonic() < deadline:
         time.sleep(0.2)
