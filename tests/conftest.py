@@ -92,13 +92,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         os.environ[SESSION_MARKER] = uuid.uuid4().hex
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``-n N --dist loadgroup``: a file's tests stay on one worker (module fixtures start once),
-    and every nspawn file shares one worker (they boot hosts from one cache and one network)."""
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("nspawn" if name in NSPAWN_FILES else name))
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: without xdist it is never called
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under ``-n N``: a file's tests run on one worker, in order (module fixtures start once, and
+    some files' tests build on each other), and the nspawn files share one worker (their hosts
+    share this machine's network). Grouping by file path, not xdist_group marks, whose node-id
+    suffix newer pytest versions drop."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "nspawn" if path.rsplit("/", 1)[-1] in NSPAWN_FILES else path
+
+    return FileScheduling(config, log)
 
 
 def _marked_processes(marker: str) -> list[tuple[int, str]]:
