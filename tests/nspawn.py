@@ -23,9 +23,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 from tests.servers import free_port
 
@@ -295,3 +297,15 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def module_hosts(prefix: str, folder: str) -> Callable[..., Iterator[list[NspawnHost]]]:
+    """A module-scoped ``hosts`` fixture: two booted hosts ``<prefix><pid>-<n>`` with their work in ``folder``."""
+
+    @pytest.fixture(scope="module")
+    def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NspawnHost]]:
+        build_rootfs()
+        with booted_hosts(prefix, tmp_path_factory.mktemp(folder)) as booted:
+            yield booted
+
+    return hosts

@@ -31,7 +31,7 @@ import pytest
 
 from muzo_ops.deploy.hoststate import HostState
 from tests.envdata import write_env
-from tests.nspawn import NspawnHost, booted_hosts, build_rootfs, free_port, nspawn_unavailable
+from tests.nspawn import NspawnHost, free_port, module_hosts, nspawn_unavailable
 from tests.servers import Secantus
 from tests.test_deploy import _prepare, as_json, deploy_args, env_values, muzo_deploy
 
@@ -45,11 +45,7 @@ DATA = {"muzo_queues": "generation,mockup", "muzo_concurrency": 1}
 PORTS = tuple(sorted({free_port() for _ in range(4)}))[:2]
 
 
-@pytest.fixture(scope="module")
-def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NspawnHost]]:
-    build_rootfs()
-    with booted_hosts("muzo-c", tmp_path_factory.mktemp("nspawn-converge")) as booted:
-        yield booted
+hosts = module_hosts("muzo-c", "nspawn-converge")
 
 
 @pytest.fixture(scope="module")

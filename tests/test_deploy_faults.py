@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 
 from muzo_ops.deploy.hoststate import HostState
-from tests.nspawn import NspawnHost, booted_hosts, build_rootfs, nspawn_unavailable
+from tests.nspawn import NspawnHost, module_hosts, nspawn_unavailable
 from tests.servers import Secantus
 from tests.test_deploy import _prepare, as_json, deploy_args, muzo_deploy
 from tests.test_deploy_converge import (
@@ -57,11 +57,7 @@ pytestmark = [pytest.mark.skipif(UNAVAILABLE is not None, reason=f"no systemd-ns
               pytest.mark.timeout(600)]
 
 
-@pytest.fixture(scope="module")
-def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NspawnHost]]:
-    build_rootfs()
-    with booted_hosts("muzo-f", tmp_path_factory.mktemp("nspawn-faults")) as booted:
-        yield booted
+hosts = module_hosts("muzo-f", "nspawn-faults")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from muzo_ops.deploy.plan import plan_host, read_env_file
 from muzo_ops.secrets import audit
 from tests.envdata import FULL, SECRETS, write_env
 from tests.helpers import assert_no_secret, copy_checkout, run_cli
-from tests.nspawn import NspawnHost, booted_hosts, build_rootfs, nspawn_unavailable
+from tests.nspawn import NspawnHost, module_hosts, nspawn_unavailable
 from tests.servers import Secantus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,11 +53,7 @@ def mongo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secantus]:
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NspawnHost]]:
-    build_rootfs()
-    with booted_hosts("muzo-s", tmp_path_factory.mktemp("nspawn-secrets")) as booted:
-        yield booted
+hosts = module_hosts("muzo-s", "nspawn-secrets")
 
 
 @pytest.fixture(scope="module")
